@@ -1,0 +1,4 @@
+//! One module per `shoal` subcommand. Each owns its clap arguments and a `run` function; the
+//! real work lives in the library crates and `shoal_node`'s modules.
+
+pub(crate) mod keys;

@@ -1,0 +1,42 @@
+//! The `shoal` binary: parses the command line and hands each subcommand to its module under
+//! `cmd/`. Only this binary installs a tracing subscriber.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// shoal runs one language model across many small devices on a weak network.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `shoal_node=debug`.
+    #[arg(long, global = true, env = "SHOAL_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or show this node's ed25519 identity.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    match cli.command {
+        Command::Keys(c) => cmd::keys::run(c),
+    }
+}
+
+/// Installs the subscriber; logs go to stderr so stdout stays machine-readable.
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
