@@ -3,7 +3,7 @@
 //! The signed bytes are `len(domain) as u8 || domain || message`: the length prefix keeps one
 //! domain from being a prefix of another's signed input.
 
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::KeyError;

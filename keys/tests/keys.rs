@@ -46,12 +46,21 @@ fn every_flipped_bit_fails() {
 fn other_domain_fails() {
     let a = id(4);
     let sig = a.sign(Domain::ACTIVATION, b"m");
-    for d in [Domain::PLAN, Domain::CAPABILITY, Domain::LINKS, Domain::GENERATE] {
+    for d in [
+        Domain::PLAN,
+        Domain::CAPABILITY,
+        Domain::LINKS,
+        Domain::GENERATE,
+    ] {
         assert!(a.public_key().verify(d, b"m", &sig).is_err(), "{d:?}");
     }
     // The length prefix keeps a domain plus message from colliding with a longer domain.
     let sig = a.sign(Domain::new("ab"), b"cm");
-    assert!(a.public_key().verify(Domain::new("abc"), b"m", &sig).is_err());
+    assert!(
+        a.public_key()
+            .verify(Domain::new("abc"), b"m", &sig)
+            .is_err()
+    );
 }
 
 #[test]
