@@ -1,0 +1,106 @@
+//! `Capability`: what a node can do, gossiped on `shoal/1/capability`.
+//!
+//! A node announces its measured compute speed and memory bandwidth (the inputs of the cost
+//! model), the memory it offers, its per-stage overhead, its battery state, the model it holds
+//! and where to reach it. It re-announces periodically and on change with a higher `seq`;
+//! receivers keep the highest `seq` per node and use the arrival time for liveness. The
+//! announcement must be signed by the node it describes ([`Message::author`]).
+
+use serde::{Deserialize, Serialize};
+use shoal_keys::{Domain, NodeId};
+
+use crate::check::{fraction, max_len, max_text, non_negative, positive};
+use crate::{Kind, Message, ProtocolError};
+
+/// Most listen addresses one announcement carries.
+pub const MAX_LISTEN_ADDRS: usize = 16;
+/// Longest listen address (a multiaddr in text form), in bytes.
+pub const MAX_ADDR_LEN: usize = 256;
+/// Longest model name, in bytes.
+pub const MAX_MODEL_NAME_LEN: usize = 128;
+
+/// A model a node holds: the manifest's name and the sha256 of `manifest.json`, which is
+/// what identifies it (two nodes run the same model only if the hashes match).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    /// Human-readable model name from the manifest.
+    pub name: String,
+    /// sha256 of the model's `manifest.json`.
+    #[serde(with = "serde_bytes")]
+    pub manifest_sha256: [u8; 32],
+}
+
+impl ModelRef {
+    pub(crate) fn check(&self, kind: Kind) -> Result<(), ProtocolError> {
+        max_text(kind, "model name", &self.name, MAX_MODEL_NAME_LEN)
+    }
+}
+
+/// Battery state, where the operating system reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Battery {
+    /// True when running on battery (not plugged in).
+    pub on_battery: bool,
+    /// Charge level in `[0, 1]`, if known.
+    pub level: Option<f64>,
+}
+
+/// A node's capability announcement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capability {
+    /// The announcing node; must be the signer.
+    pub node: NodeId,
+    /// Increases with every announcement of this node; receivers keep the highest.
+    pub seq: u64,
+    /// Sender's wall clock at announcement, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The model the node holds shards of, if any.
+    pub model: Option<ModelRef>,
+    /// Effective compute speed, FLOP/s (> 0).
+    pub flops: f64,
+    /// Effective memory bandwidth, bytes/s (> 0), if measured.
+    pub mem_bw: Option<f64>,
+    /// Memory the node offers to model layers and K/V caches, bytes.
+    pub mem_bytes: u64,
+    /// Fixed cost of running one stage on this node, seconds (>= 0).
+    pub overhead_s: f64,
+    /// Battery state, if the OS reports one.
+    pub battery: Option<Battery>,
+    /// Multiaddrs (text form) the node listens on; at most [`MAX_LISTEN_ADDRS`].
+    pub listen_addrs: Vec<String>,
+    /// UDP port of the node's loss-probe echo ([`crate::LossProbe`]), if it runs one.
+    pub loss_probe_port: Option<u16>,
+}
+
+impl Message for Capability {
+    const KIND: Kind = Kind::Capability;
+    const DOMAIN: Domain = Domain::CAPABILITY;
+    const MAX_BYTES: usize = 16 * 1024;
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        let k = Self::KIND;
+        positive(k, "flops", self.flops)?;
+        if let Some(bw) = self.mem_bw {
+            positive(k, "mem_bw", bw)?;
+        }
+        non_negative(k, "overhead_s", self.overhead_s)?;
+        if let Some(level) = self.battery.and_then(|b| b.level) {
+            fraction(k, "battery level", level)?;
+        }
+        if let Some(model) = &self.model {
+            model.check(k)?;
+        }
+        max_len(k, "listen_addrs", self.listen_addrs.len(), MAX_LISTEN_ADDRS)?;
+        for addr in &self.listen_addrs {
+            max_text(k, "listen address", addr, MAX_ADDR_LEN)?;
+        }
+        Ok(())
+    }
+
+    fn author(&self) -> Option<&NodeId> {
+        Some(&self.node)
+    }
+}

@@ -1,0 +1,112 @@
+//! Link probes: timed transfers on `/shoal/probe/1` and UDP loss-probe datagrams.
+//!
+//! **Bandwidth.** The prober sends a [`BandwidthProbe`] with `payload` bytes and asks for
+//! `reply_bytes` back; the peer answers with a [`BandwidthProbeReply`] of that size. Timing the
+//! exchange with a small and a large payload separates latency from throughput in both
+//! directions. **Loss.** Reliable streams hide packet loss, so a node runs a UDP echo beside
+//! the swarm ([`crate::Capability::loss_probe_port`]): the prober sends [`LossProbe`]
+//! datagrams with a random per-run `nonce` and increasing `seq`, the peer echoes each one with
+//! `echo` set, and the prober counts which `seq` never came back. The nonce lets the prober drop
+//! stray or spoofed echoes.
+
+use serde::{Deserialize, Serialize};
+use shoal_keys::Domain;
+
+use crate::{Kind, Message, ProtocolError};
+
+/// Largest probe payload either way, bytes (a timed 1 MiB transfer with room to spare).
+pub const MAX_PROBE_PAYLOAD: usize = 8 * 1024 * 1024;
+/// Largest loss-probe datagram, bytes (fits any MTU).
+pub const MAX_LOSS_PROBE_BYTES: usize = 128;
+
+/// A timed transfer request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthProbe {
+    /// Random id the reply echoes.
+    pub nonce: u64,
+    /// How many payload bytes the reply should carry (at most [`MAX_PROBE_PAYLOAD`]).
+    pub reply_bytes: u32,
+    /// Filler bytes whose transfer is timed (content is ignored).
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl Message for BandwidthProbe {
+    const KIND: Kind = Kind::BandwidthProbe;
+    const DOMAIN: Domain = Domain::PROBE;
+    const MAX_BYTES: usize = MAX_PROBE_PAYLOAD + 256;
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        if usize::try_from(self.reply_bytes).map_or(true, |n| n > MAX_PROBE_PAYLOAD) {
+            return Err(ProtocolError::invalid(
+                Self::KIND,
+                format!(
+                    "reply_bytes {} exceeds {MAX_PROBE_PAYLOAD}",
+                    self.reply_bytes
+                ),
+            ));
+        }
+        check_payload(Self::KIND, &self.payload)
+    }
+}
+
+fn check_payload(kind: Kind, payload: &[u8]) -> Result<(), ProtocolError> {
+    if payload.len() > MAX_PROBE_PAYLOAD {
+        return Err(ProtocolError::invalid(
+            kind,
+            format!(
+                "payload of {} bytes exceeds {MAX_PROBE_PAYLOAD}",
+                payload.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer to a [`BandwidthProbe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthProbeReply {
+    /// The request's nonce.
+    pub nonce: u64,
+    /// Payload bytes the responder received.
+    pub received_bytes: u32,
+    /// `reply_bytes` filler bytes.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl Message for BandwidthProbeReply {
+    const KIND: Kind = Kind::BandwidthProbeReply;
+    const DOMAIN: Domain = Domain::PROBE;
+    const MAX_BYTES: usize = MAX_PROBE_PAYLOAD + 256;
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        check_payload(Self::KIND, &self.payload)
+    }
+}
+
+/// One UDP loss-probe datagram (the echo is the same datagram with `echo` set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossProbe {
+    /// Random per probing run; echoes with another nonce are ignored.
+    pub nonce: u64,
+    /// Sequence number within the run, from 0.
+    pub seq: u32,
+    /// Prober's clock when sent, microseconds (only the prober interprets it).
+    pub sent_us: u64,
+    /// False from the prober, true in the echo.
+    pub echo: bool,
+}
+
+impl Message for LossProbe {
+    const KIND: Kind = Kind::LossProbe;
+    const DOMAIN: Domain = Domain::PROBE;
+    const MAX_BYTES: usize = MAX_LOSS_PROBE_BYTES;
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+}

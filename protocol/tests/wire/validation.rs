@@ -1,0 +1,350 @@
+//! Semantic rules: decoders refuse well-formed CBOR that breaks them.
+
+use shoal_protocol::*;
+
+use crate::strategies::{identity, node};
+
+fn tensor(dtype: DType, shape: Vec<u32>, len: usize) -> Tensor {
+    Tensor {
+        dtype,
+        shape,
+        data: vec![0; len],
+    }
+}
+
+fn activation(t: Tensor) -> Activation {
+    Activation {
+        epoch: 1,
+        session: 1,
+        step: 0,
+        stage: 0,
+        position: 0,
+        tensor: t,
+    }
+}
+
+/// `msg` encodes without checks, then the decoder refuses it as invalid.
+fn refused<T: Message + std::fmt::Debug>(msg: T) -> String {
+    let bytes = encode_unchecked(&msg).unwrap();
+    let err = decode::<T>(&bytes).unwrap_err();
+    assert_eq!(err.reason(), "invalid", "{msg:?}: {err}");
+    assert_eq!(msg.validate().unwrap_err(), err);
+    assert!(encode(&msg).is_err());
+    err.to_string()
+}
+
+#[test]
+fn tensor_rules() {
+    assert!(
+        activation(tensor(DType::F32, vec![1, 2, 3], 24))
+            .validate()
+            .is_ok()
+    );
+    assert!(
+        activation(tensor(DType::I64, vec![1, 5], 40))
+            .validate()
+            .is_ok()
+    );
+    assert!(
+        activation(tensor(DType::Bf16, vec![], 2))
+            .validate()
+            .is_ok()
+    );
+    refused(activation(tensor(DType::F32, vec![1, 2, 3], 23)));
+    refused(activation(tensor(DType::F16, vec![1, 2, 3], 24)));
+    refused(activation(tensor(DType::U8, vec![1, 1, 1, 1, 1], 1)));
+    refused(activation(tensor(
+        DType::F32,
+        vec![u32::MAX, u32::MAX, u32::MAX],
+        0,
+    )));
+    let mut far = activation(tensor(DType::U8, vec![1], 1));
+    far.stage = MAX_SWARM as u32;
+    refused(far);
+    let logits = TokenReturn {
+        epoch: 1,
+        session: 1,
+        step: 1,
+        output: Sampled::Logits(tensor(DType::I64, vec![2], 16)),
+    };
+    refused(logits);
+}
+
+fn plan() -> Plan {
+    let mut members = vec![node(0), node(1), node(2)];
+    members.sort();
+    Plan {
+        epoch: 9,
+        coordinator: node(0),
+        model: ModelRef {
+            name: "tiny".into(),
+            manifest_sha256: [3; 32],
+        },
+        num_layers: 10,
+        objective: Objective::Latency,
+        cost_s: 0.012,
+        stages: vec![
+            Stage {
+                node: node(1),
+                start: 0,
+                end: 4,
+            },
+            Stage {
+                node: node(2),
+                start: 4,
+                end: 10,
+            },
+        ],
+        members,
+        strategy: PlanStrategy::Milp,
+        optimal: true,
+        timestamp_ms: 0,
+    }
+}
+
+#[test]
+fn plan_rules() {
+    let p = plan();
+    p.validate().unwrap();
+    assert_eq!(p.stages[1].layers(), 4..10);
+    assert_eq!(p.stage_of(&node(2)), Some(1));
+    assert_eq!(p.stage_of(&node(0)), None);
+
+    let mut gap = plan();
+    gap.stages[1].start = 5;
+    assert!(refused(gap).contains("stage 1"));
+    let mut empty_stage = plan();
+    empty_stage.stages[0].end = 0;
+    empty_stage.stages[1].start = 0;
+    refused(empty_stage);
+    let mut none = plan();
+    none.stages.clear();
+    refused(none);
+    let mut short = plan();
+    short.num_layers = 11;
+    refused(short);
+    let mut twice = plan();
+    twice.stages[1].node = node(1);
+    refused(twice);
+    let mut stranger = plan();
+    stranger.stages[1].node = node(5);
+    refused(stranger);
+    let mut unsorted = plan();
+    unsorted.members.reverse();
+    refused(unsorted);
+    let mut nan = plan();
+    nan.cost_s = f64::NAN;
+    refused(nan);
+    let mut outsider = plan();
+    outsider.coordinator = node(6);
+    refused(outsider);
+}
+
+#[test]
+fn link_and_capability_rules() {
+    let entry = LinkEntry {
+        to: node(1),
+        rtt_s: 0.02,
+        jitter_s: 0.003,
+        bandwidth_bps: Some(5e7),
+        loss: Some(0.01),
+        samples: 10,
+        loss_samples: 400,
+        age_s: 1.0,
+    };
+    let report = |links: Vec<LinkEntry>| LinkReport {
+        from: node(0),
+        seq: 1,
+        timestamp_ms: 0,
+        links,
+    };
+    report(vec![entry.clone()]).validate().unwrap();
+    refused(report(vec![entry.clone(), entry.clone()]));
+    refused(report(vec![LinkEntry {
+        to: node(0),
+        ..entry.clone()
+    }]));
+    refused(report(vec![LinkEntry {
+        loss: Some(1.5),
+        ..entry.clone()
+    }]));
+    refused(report(vec![LinkEntry {
+        rtt_s: -1.0,
+        ..entry.clone()
+    }]));
+    refused(report(vec![LinkEntry {
+        bandwidth_bps: Some(0.0),
+        ..entry
+    }]));
+
+    let cap = Capability {
+        node: node(0),
+        seq: 0,
+        timestamp_ms: 0,
+        model: None,
+        flops: 1e9,
+        mem_bw: None,
+        mem_bytes: 1 << 30,
+        overhead_s: 0.0,
+        battery: None,
+        listen_addrs: vec![],
+        loss_probe_port: None,
+    };
+    cap.validate().unwrap();
+    refused(Capability {
+        flops: f64::INFINITY,
+        ..cap.clone()
+    });
+    refused(Capability {
+        flops: 0.0,
+        ..cap.clone()
+    });
+    refused(Capability {
+        battery: Some(Battery {
+            on_battery: true,
+            level: Some(2.0),
+        }),
+        ..cap.clone()
+    });
+    refused(Capability {
+        listen_addrs: vec!["x".repeat(MAX_ADDR_LEN + 1)],
+        ..cap.clone()
+    });
+    refused(Capability {
+        listen_addrs: vec![String::new(); MAX_LISTEN_ADDRS + 1],
+        ..cap
+    });
+}
+
+#[test]
+fn generate_rules() {
+    let req = GenerateRequest {
+        session: 1,
+        prompt: vec![1, 2, 3],
+        sampling: Sampling::GREEDY,
+        max_tokens: 8,
+        stop: vec![2],
+        stream: true,
+    };
+    req.validate().unwrap();
+    refused(GenerateRequest {
+        prompt: vec![],
+        ..req.clone()
+    });
+    refused(GenerateRequest {
+        max_tokens: 0,
+        ..req.clone()
+    });
+    refused(GenerateRequest {
+        max_tokens: MAX_NEW_TOKENS + 1,
+        ..req.clone()
+    });
+    refused(GenerateRequest {
+        stop: vec![0; MAX_STOP_IDS + 1],
+        ..req.clone()
+    });
+    refused(GenerateRequest {
+        sampling: Sampling {
+            top_p: 0.0,
+            ..Sampling::GREEDY
+        },
+        ..req.clone()
+    });
+    refused(GenerateRequest {
+        sampling: Sampling {
+            temperature: f32::NAN,
+            ..Sampling::GREEDY
+        },
+        ..req
+    });
+    refused(TokenChunk {
+        session: 1,
+        index: 0,
+        tokens: vec![],
+        text: String::new(),
+    });
+    refused(ErrorReply {
+        session: None,
+        code: ErrorCode::Internal,
+        message: "e".repeat(MAX_ERROR_MESSAGE + 1),
+    });
+    refused(BandwidthProbe {
+        nonce: 0,
+        reply_bytes: u32::MAX,
+        payload: vec![],
+    });
+}
+
+#[test]
+fn largest_gossip_messages_fit_gossipsub() {
+    // A full-size link report and plan still fit GOSSIP_MAX_BYTES once signed.
+    let me = identity(0);
+    let ids: Vec<_> = (0..MAX_SWARM)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1000).to_le_bytes());
+            shoal_keys::Identity::from_secret_bytes(seed).node_id()
+        })
+        .collect();
+    let links = ids
+        .iter()
+        .map(|&to| LinkEntry {
+            to,
+            rtt_s: 0.123456789,
+            jitter_s: 0.0123456789,
+            bandwidth_bps: Some(1.23456789e8),
+            loss: Some(0.0123456789),
+            samples: u32::MAX,
+            loss_samples: u32::MAX,
+            age_s: 12.3456789,
+        })
+        .collect();
+    let report = LinkReport {
+        from: me.node_id(),
+        seq: u64::MAX,
+        timestamp_ms: u64::MAX,
+        links,
+    };
+    let bytes = encode(&Signed::sign(&me, report).unwrap()).unwrap();
+    assert!(
+        bytes.len() <= GOSSIP_MAX_BYTES,
+        "link report {} bytes",
+        bytes.len()
+    );
+
+    let mut members = ids.clone();
+    members.pop();
+    members.push(me.node_id());
+    members.sort();
+    let stages = ids[..MAX_SWARM - 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Stage {
+            node: n,
+            start: i as u32 * 16,
+            end: i as u32 * 16 + 16,
+        })
+        .collect::<Vec<_>>();
+    let plan = Plan {
+        epoch: u64::MAX,
+        coordinator: me.node_id(),
+        model: ModelRef {
+            name: "m".repeat(MAX_MODEL_NAME_LEN),
+            manifest_sha256: [0xff; 32],
+        },
+        num_layers: (MAX_SWARM as u32 - 1) * 16,
+        objective: Objective::Throughput,
+        cost_s: 0.123456789,
+        stages,
+        members,
+        strategy: PlanStrategy::Exhaustive,
+        optimal: false,
+        timestamp_ms: u64::MAX,
+    };
+    let bytes = encode(&Signed::sign(&me, plan).unwrap()).unwrap();
+    assert!(
+        bytes.len() <= GOSSIP_MAX_BYTES,
+        "plan {} bytes",
+        bytes.len()
+    );
+}
