@@ -20,7 +20,7 @@ pub const MAX_PROBE_PAYLOAD: usize = 8 * 1024 * 1024;
 pub const MAX_LOSS_PROBE_BYTES: usize = 128;
 
 /// A timed transfer request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BandwidthProbe {
     /// Random id the reply echoes.
@@ -65,7 +65,7 @@ fn check_payload(kind: Kind, payload: &[u8]) -> Result<(), ProtocolError> {
 }
 
 /// The answer to a [`BandwidthProbe`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BandwidthProbeReply {
     /// The request's nonce.
@@ -108,5 +108,27 @@ impl Message for LossProbe {
 
     fn validate(&self) -> Result<(), ProtocolError> {
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for BandwidthProbe {
+    /// Prints the payload's length, not its bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BandwidthProbe")
+            .field("nonce", &self.nonce)
+            .field("reply_bytes", &self.reply_bytes)
+            .field("payload_bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BandwidthProbeReply {
+    /// Prints the payload's length, not its bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BandwidthProbeReply")
+            .field("nonce", &self.nonce)
+            .field("received_bytes", &self.received_bytes)
+            .field("payload_bytes", &self.payload.len())
+            .finish()
     }
 }

@@ -20,12 +20,21 @@ use crate::{Kind, Message, ProtocolError, Wire};
 pub const SIGNED_OVERHEAD: usize = 256;
 
 /// A body of type `T` signed by `signer`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Signed<T> {
     signer: NodeId,
     signature: Signature,
     body: T,
     body_bytes: Vec<u8>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Signed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signed")
+            .field("signer", &self.signer)
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The envelope as it is serialised.

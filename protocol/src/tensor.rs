@@ -45,7 +45,7 @@ impl DType {
 }
 
 /// A dense tensor: element type, shape and raw little-endian bytes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tensor {
     /// Element type.
@@ -96,5 +96,16 @@ impl Tensor {
             ));
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    /// Prints the byte count, not the bytes: activations can be megabytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tensor")
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .field("bytes", &self.data.len())
+            .finish()
     }
 }

@@ -42,6 +42,8 @@ fn capability(of: u8) -> Capability {
 #[test]
 fn tampered_tensor_fails_verification() {
     let signed = Signed::sign(&identity(0), activation()).unwrap();
+    // Logs show the tensor's size, never its bytes.
+    assert!(format!("{signed:?}").contains("bytes: 16"), "{signed:?}");
     let mut bytes = encode(&signed).unwrap();
     // The tensor data is the last field of the body, which is the last field of the frame.
     *bytes.last_mut().unwrap() ^= 0x01;
