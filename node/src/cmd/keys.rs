@@ -46,7 +46,8 @@ pub(crate) fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             let id = Identity::load(&args.file.path()?)?;
             let public = hex::encode(id.public_key().to_bytes());
             if args.json {
-                let v = serde_json::json!({"node_id": id.node_id().to_string(), "public_key": public});
+                let v =
+                    serde_json::json!({"node_id": id.node_id().to_string(), "public_key": public});
                 println!("{v}");
             } else {
                 println!("node id:    {}", id.node_id());
