@@ -1,0 +1,89 @@
+//! Gemma-3-270M (Q4_K_M GGUF) imported into ONNX shards, run on ONNX Runtime, continues
+//! "The capital of France is" exactly as two independent reference runs do.
+//!
+//! How the reference was made (`scripts/gemma-reference.py`, same GGUF file, sha256
+//! a5fd3b62...6818):
+//! - llama.cpp 0.3.36 through `llama-cpp-python` (its own loader, tokenizer and quantised
+//!   kernels) greedily continues with ids REFERENCE (16 steps) and prompt ids PROMPT_IDS;
+//! - a float32 NumPy forward pass written from the Hugging Face Gemma 3 definition on weights
+//!   dequantised by gguf-py agrees on the first 15 ids. Only the first CHECKED ids are
+//!   asserted: from step 12 on the top-2 logit margin of the f32 reference falls to 0.014,
+//!   below what separates f32 ONNX Runtime from NumPy, so later steps could flip honestly.
+//!
+//! The files come from `scripts/fetch-gemma.sh` (CI sets `SHOAL_FETCH_GEMMA=1`); without
+//! them the test prints a SKIP line and passes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use shoal_model::generate::{GenerateRequest, generate};
+use shoal_model::{BackendChoice, RuntimeConfig, SamplingConfig, StageRunner, Tokenizer, gguf};
+
+const PROMPT: &str = "The capital of France is";
+/// `<bos>The capital of France is` in Gemma 3's vocabulary (llama.cpp's tokenizer).
+const PROMPT_IDS: [u32; 6] = [2, 818, 5279, 529, 7001, 563];
+/// llama.cpp's greedy continuation: " the capital of the country of France. It is the
+/// largest city in France."
+const REFERENCE: [u32; 16] = [
+    506, 5279, 529, 506, 2891, 529, 7001, 236761, 1030, 563, 506, 7488, 3207, 528, 7001, 236761,
+];
+/// Steps asserted (see the module doc).
+const CHECKED: usize = 11;
+
+fn files() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma3-270m");
+    let gguf = dir.join("gemma-3-270m-q4_k_m.gguf");
+    let tokenizer = dir.join("tokenizer.json");
+    if gguf.exists() && tokenizer.exists() {
+        Some((gguf, tokenizer))
+    } else {
+        eprintln!(
+            "SKIP gemma: {} not fetched; run scripts/fetch-gemma.sh",
+            dir.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn gemma3_270m_continues_like_llama_cpp() {
+    let Some((gguf_path, tokenizer_path)) = files() else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let manifest = gguf::import(&gguf_path, Some(&tokenizer_path), out.path(), false).unwrap();
+    eprintln!("import: {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(manifest.dims.layers, 18);
+    assert_eq!(manifest.dims.vocab, 262_144);
+
+    let tokenizer = Tokenizer::load(out.path(), &manifest).unwrap().unwrap();
+    let prompt_ids = tokenizer.encode(PROMPT).unwrap();
+    assert_eq!(prompt_ids, PROMPT_IDS);
+
+    let config = RuntimeConfig {
+        backend: BackendChoice::Ort,
+        ..RuntimeConfig::default()
+    };
+    let n = manifest.planner_layers();
+    let mut runner = StageRunner::load(out.path(), &manifest, 0..n, &config).unwrap();
+    let req = GenerateRequest {
+        prompt_ids,
+        max_tokens: REFERENCE.len(),
+        sampling: SamplingConfig::greedy(),
+        stop_ids: Vec::new(),
+    };
+    let stats = generate(&mut runner, 1, &req, |_| true).unwrap();
+    let text = tokenizer.decode(&stats.token_ids).unwrap();
+    eprintln!(
+        "gemma3-270m greedy: {:?} {text:?}; prefill {:.3} s, decode {:.1} tokens/s",
+        stats.token_ids, stats.prefill_s, stats.decode_tokens_per_s
+    );
+    assert_eq!(
+        stats.token_ids[..CHECKED],
+        REFERENCE[..CHECKED],
+        "text: {text:?}"
+    );
+}
