@@ -21,6 +21,17 @@ enum Command {
     /// Create or show this node's ed25519 identity.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Place a scenario's model on its devices (the planner MILP and its baselines).
+    Plan(cmd::plan::PlanArgs),
+    /// Measure something and print a table.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// Run a swarm node until Ctrl-C (prints a `shoal-ready ...` line once listening).
+    Run(cmd::run::RunArgs),
+    /// Show a running node's members, links and plan.
+    Status(cmd::status::StatusArgs),
+    /// Start a swarm of N nodes on loopback, split a model across them and generate.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +39,11 @@ fn main() -> anyhow::Result<()> {
     init_tracing(&cli.log);
     match cli.command {
         Command::Keys(c) => cmd::keys::run(c),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     }
 }
 

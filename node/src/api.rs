@@ -1,0 +1,115 @@
+//! The node's HTTP API (axum). [`router`] is the one place routes are registered: this file
+//! serves `GET /v1/status`; the pipeline adds its OpenAI-compatible routes and `/metrics` from
+//! submodules under `api/` by merging their routers here.
+//!
+//! `GET /v1/status` returns one JSON object: `node`, `epoch`, `next_coordinator`, `members`
+//! (id, capability, age), `links` (the directed link matrix), `plan` (DESIGN.md's plan JSON plus
+//! `epoch`, `coordinator`, `members`; `null` before the first plan), `predicted_latency_s` and
+//! `refused` (counters by reason).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use shoal_protocol::Plan;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{NodeHandle, View};
+
+pub mod client;
+pub mod openai;
+
+/// The full router of a node's API.
+pub fn router(node: &NodeHandle) -> Router {
+    let router = Router::new()
+        .route("/v1/status", get(status))
+        .with_state(node.clone());
+    match node.pipeline() {
+        Some(p) => router.merge(openai::router(p)),
+        None => router,
+    }
+}
+
+/// Serves `router` on `listener` until `cancel` fires.
+pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) {
+    let res = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "http api stopped");
+    }
+}
+
+async fn status(State(node): State<NodeHandle>) -> Json<Value> {
+    Json(status_json(&node.snapshot()))
+}
+
+/// The `/v1/status` document of a view.
+pub fn status_json(view: &Arc<View>) -> Value {
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|m| {
+            let c = &m.capability;
+            json!({
+                "id": m.id.to_string(),
+                "flops": c.flops,
+                "mem_bw": c.mem_bw,
+                "mem_bytes": c.mem_bytes,
+                "overhead_s": c.overhead_s,
+                "battery": c.battery.map(|b| json!({"on_battery": b.on_battery, "level": b.level})),
+                "model": c.model.as_ref().map(|m| m.name.clone()),
+                "listen_addrs": c.listen_addrs,
+                "loss_probe_port": c.loss_probe_port,
+                "age_s": m.age_s,
+            })
+        })
+        .collect();
+    let links: Vec<Value> = view
+        .links
+        .iter()
+        .map(|l| {
+            json!({
+                "from": l.from.to_string(),
+                "to": l.to.to_string(),
+                "rtt_s": l.metrics.rtt_s,
+                "jitter_s": l.metrics.jitter_s,
+                "bandwidth_bps": l.metrics.bandwidth_bps,
+                "loss": l.metrics.loss,
+            })
+        })
+        .collect();
+    json!({
+        "node": view.local.to_string(),
+        "epoch": view.epoch(),
+        "next_coordinator": view.next_coordinator.map(|c| c.to_string()),
+        "members": members,
+        "links": links,
+        "plan": view.plan().map(plan_json),
+        "predicted_latency_s": view.predicted_latency_s,
+        "refused": view.refused,
+    })
+}
+
+/// A plan as JSON: DESIGN.md's `shoal plan` object (`objective`, `cost_s`, `stages` with
+/// `device` and half-open `layers`, `strategy`, `optimal`) plus `epoch`, `coordinator`,
+/// `model` and `members`.
+pub fn plan_json(plan: &Plan) -> Value {
+    json!({
+        "epoch": plan.epoch,
+        "coordinator": plan.coordinator.to_string(),
+        "model": plan.model.name,
+        "objective": plan.objective,
+        "cost_s": plan.cost_s,
+        "stages": plan.stages.iter().map(|s| json!({
+            "device": s.node.to_string(),
+            "layers": [s.start, s.end],
+        })).collect::<Vec<_>>(),
+        "strategy": plan.strategy,
+        "optimal": plan.optimal,
+        "members": plan.members.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+    })
+}

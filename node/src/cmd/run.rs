@@ -1,0 +1,133 @@
+//! `shoal run`: starts a node and runs it until Ctrl-C or SIGTERM.
+//!
+//! Once the node listens, one line goes to stdout (logs go to stderr), so tests and
+//! `shoal demo` can read it:
+//!
+//! ```text
+//! shoal-ready node=<node id> api=<ip:port|none> listen=<multiaddr>[,<multiaddr>...]
+//! ```
+//!
+//! Fields are separated by single spaces and appear in this order; every listen address ends
+//! in `/p2p/<node id>`, so each one can be passed to another node's `--bootstrap` as is.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use shoal_node::config::Config;
+use shoal_node::node::{Node, NodeHandle};
+use tokio_util::sync::CancellationToken;
+
+/// The first word of the ready line.
+pub(crate) const READY_PREFIX: &str = "shoal-ready";
+
+/// Arguments of `shoal run`; flags override the config file.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// TOML config (see configs/node.example.toml); defaults apply without one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen multiaddr (repeatable; replaces the config's list).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Bootstrap multiaddr ending in /p2p/<id> (repeatable; added to the config's list).
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Data directory of the sled store [default: ~/.shoal/data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Identity key file, created if missing [default: ~/.shoal/node.key].
+    #[arg(long, env = "SHOAL_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Model directory (with manifest.json).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// HTTP API address (port 0: any free port).
+    #[arg(long)]
+    api: Option<SocketAddr>,
+}
+
+pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
+    let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    rt.block_on(serve(config))
+}
+
+fn config(args: RunArgs) -> anyhow::Result<Config> {
+    let mut c = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !args.listen.is_empty() {
+        c.listen = args.listen;
+    }
+    c.bootstrap.extend(args.bootstrap);
+    if let Some(d) = args.data_dir {
+        c.data_dir = d;
+    }
+    if let Some(k) = args.key_file {
+        c.key_file = k;
+    }
+    if args.model.is_some() {
+        c.model = args.model;
+    }
+    if args.api.is_some() {
+        c.api = args.api;
+    }
+    let home = || -> anyhow::Result<PathBuf> {
+        Ok(PathBuf::from(
+            std::env::var_os("HOME").context("HOME is not set; pass --data-dir and --key-file")?,
+        )
+        .join(".shoal"))
+    };
+    if c.data_dir.as_os_str().is_empty() {
+        c.data_dir = home()?.join("data");
+    }
+    if c.key_file.as_os_str().is_empty() {
+        c.key_file = super::keys::default_key_file()?;
+    }
+    Ok(c)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let node = Node::start(config, cancel.clone())
+        .await
+        .context("starting the node")?;
+    print_ready(&node)?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown();
+    // Let the tasks see the cancellation and close connections.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok(())
+}
+
+/// Prints the ready line (format in the module docs).
+fn print_ready(node: &NodeHandle) -> anyhow::Result<()> {
+    let listen: Vec<String> = node.listen_addrs().iter().map(|a| a.to_string()).collect();
+    let api = node
+        .api_addr()
+        .map_or("none".to_string(), |a| a.to_string());
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{READY_PREFIX} node={} api={api} listen={}",
+        node.node_id(),
+        listen.join(",")
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("Ctrl-C handler")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The node's configuration: one serde [`Config`] with a [`Default`], read from TOML.
+//!
+//! Every field says its unit and default; `configs/node.example.toml` lists every key with its
+//! default and a test parses every file in `configs/`. The CLI only overrides a few fields
+//! (`shoal run --listen/--bootstrap/...`); everything else is data.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of reading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`] (unknown keys are errors).
+    #[error("config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Multiaddrs to listen on. Default: `/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1`
+    /// (port 0: the OS picks one; the ready line of `shoal run` prints the real ones).
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to join through, each ending in `/p2p/<node id>`. Default: none.
+    pub bootstrap: Vec<String>,
+    /// Directory of the sled store (peer addresses, last accepted plan). Default: `~/.shoal/data`
+    /// (empty path: resolved by the CLI).
+    pub data_dir: PathBuf,
+    /// The node's ed25519 secret key file, created (mode 0600) if missing.
+    /// Default: `~/.shoal/node.key` (empty path: resolved by the CLI).
+    pub key_file: PathBuf,
+    /// A model directory (with `manifest.json`) whose layers this node can serve and plan.
+    /// Default: none (the node joins the swarm but holds no model).
+    pub model: Option<PathBuf>,
+    /// Address of the HTTP API (`GET /v1/status`, ...). Default: `127.0.0.1:7070`.
+    /// Use port 0 to let the OS pick (the ready line prints it).
+    pub api: Option<SocketAddr>,
+    /// Discover peers on the local network with mDNS. Default: `true`.
+    pub mdns: bool,
+    /// Also use QUIC (needs the `quic` cargo feature; ignored with `psk_file`). Default: `true`.
+    pub quic: bool,
+    /// A libp2p pre-shared key file (`/key/swarm/psk/1.0.0/` format) that makes a private
+    /// swarm: outsiders cannot complete a handshake. TCP only: QUIC is switched off when it is
+    /// set. Default: none.
+    pub psk_file: Option<PathBuf>,
+    /// Memory this node offers for model layers, in bytes. Default: none, meaning 70% of the
+    /// available memory (`MemAvailable` in `/proc/meminfo`).
+    pub memory_offered: Option<u64>,
+    /// ONNX Runtime shared library; when absent the `ORT_DYLIB_PATH` environment variable is
+    /// used. Default: none.
+    pub ort_dylib: Option<PathBuf>,
+    /// Membership and gossip timing.
+    pub membership: MembershipConfig,
+    /// Link probing.
+    pub probe: ProbeConfig,
+    /// Re-planning triggers and the plan's fixed knobs.
+    pub planner: PlannerConfig,
+}
+
+/// Membership and gossip timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// A peer whose last capability announcement is older than this is no longer a member,
+    /// in milliseconds. Default: `15000`.
+    pub liveness_timeout_ms: u64,
+    /// Interval of capability and link-report announcements, in milliseconds. Must be well
+    /// below the liveness timeout. Default: `3000`.
+    pub announce_interval_ms: u64,
+    /// After start, wait this long before planning as coordinator, so the first plan sees the
+    /// other members, in milliseconds. Default: `2000`.
+    pub settle_ms: u64,
+}
+
+/// Link probing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Interval of libp2p pings (RTT and jitter samples), in milliseconds. Default: `1000`.
+    pub ping_interval_ms: u64,
+    /// Interval between bandwidth probes of one peer, in milliseconds. Default: `30000`.
+    pub bandwidth_interval_ms: u64,
+    /// Size of the large bandwidth probe transfer, in bytes. Default: `1048576` (1 MiB).
+    pub bandwidth_bytes: u64,
+    /// UDP address of the loss-probe echo socket (port 0: any free port; the port is announced
+    /// in the capability message). Default: `0.0.0.0:0`.
+    pub udp_echo: SocketAddr,
+    /// UDP loss probes sent per second to each peer. Default: `50`.
+    pub loss_rate_hz: u32,
+    /// Loss is estimated over this many most recent probes; 1500 keeps 5% and 10% more than
+    /// three standard errors from their midpoint (30 s of probes at 50 Hz). Default: `1500`.
+    pub loss_window: u32,
+    /// A probe unanswered after this long counts as lost, in milliseconds. Default: `1000`.
+    pub loss_timeout_ms: u64,
+    /// Weight of a new sample in the exponentially weighted moving averages of RTT, jitter and
+    /// bandwidth (0..1]. Default: `0.25`.
+    pub ewma_alpha: f64,
+}
+
+/// Re-planning triggers, hysteresis and the plan's fixed knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlannerConfig {
+    /// Objective: `latency` or `throughput`. Default: `latency`.
+    pub objective: String,
+    /// Strategy forced on the planner (`milp`, `even`, `memory`, `greedy`, `exhaustive`);
+    /// tests use `even` to get a fast, predictable plan. Default: `milp`.
+    pub strategy: String,
+    /// Re-plan when a link's RTT moves by more than this fraction of its value in the current
+    /// plan. Default: `0.5`.
+    pub rtt_change: f64,
+    /// Re-plan when a link's bandwidth moves by more than this fraction. Default: `0.5`.
+    pub bandwidth_change: f64,
+    /// Re-plan when a link's loss moves by more than this absolute amount. Default: `0.03`.
+    pub loss_change: f64,
+    /// Hysteresis: no link-triggered re-plan sooner than this after the last plan, in
+    /// milliseconds (membership changes re-plan at once). Default: `30000`.
+    pub min_replan_interval_ms: u64,
+    /// The coordinator re-publishes the current plan this often, so late joiners and peers
+    /// whose view was behind accept it, in milliseconds. Default: `5000`.
+    pub republish_interval_ms: u64,
+    /// Fraction of each device's offered memory a plan may fill. Default: `0.8`.
+    pub memory_fraction: f64,
+    /// Risk factor on a hop's standard deviation. Default: `1.0`.
+    pub risk_kappa: f64,
+    /// Fixed per-stage overhead added to every device, in seconds. Default: `0.0005`.
+    pub overhead_s: f64,
+    /// Extra latency charged per additional stage, in seconds. Default: `0.0`.
+    pub stage_penalty_s: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".to_string(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".to_string(),
+            ],
+            bootstrap: Vec::new(),
+            data_dir: PathBuf::new(),
+            key_file: PathBuf::new(),
+            model: None,
+            api: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            mdns: true,
+            quic: true,
+            psk_file: None,
+            memory_offered: None,
+            ort_dylib: None,
+            membership: MembershipConfig::default(),
+            probe: ProbeConfig::default(),
+            planner: PlannerConfig::default(),
+        }
+    }
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            liveness_timeout_ms: 15_000,
+            announce_interval_ms: 3_000,
+            settle_ms: 2_000,
+        }
+    }
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            ping_interval_ms: 1_000,
+            bandwidth_interval_ms: 30_000,
+            bandwidth_bytes: 1 << 20,
+            udp_echo: SocketAddr::from(([0, 0, 0, 0], 0)),
+            loss_rate_hz: 50,
+            loss_window: 1500,
+            loss_timeout_ms: 1_000,
+            ewma_alpha: 0.25,
+        }
+    }
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            objective: "latency".to_string(),
+            strategy: "milp".to_string(),
+            rtt_change: 0.5,
+            bandwidth_change: 0.5,
+            loss_change: 0.03,
+            min_replan_interval_ms: 30_000,
+            republish_interval_ms: 5_000,
+            memory_fraction: 0.8,
+            risk_kappa: 1.0,
+            overhead_s: 0.0005,
+            stage_penalty_s: 0.0,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file; missing keys take their defaults, unknown keys are errors.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// Milliseconds to a [`Duration`].
+pub(crate) fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_text_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(Config::parse("no_such_key = 1").is_err());
+        assert!(Config::parse("[membership]\nliveness = 3").is_err());
+    }
+
+    #[test]
+    fn nested_override() {
+        let c = Config::parse("mdns = false\n[membership]\nliveness_timeout_ms = 3000\n").unwrap();
+        assert!(!c.mdns);
+        assert_eq!(c.membership.liveness_timeout_ms, 3000);
+        assert_eq!(c.membership.announce_interval_ms, 3000);
+    }
+}

@@ -1,0 +1,253 @@
+//! Coordinator rotation and plan acceptance (pure logic, no IO).
+//!
+//! **Rotation.** The coordinator of epoch `e` is the member whose rank
+//! `sha256(e.to_be_bytes() || node_id.to_bytes())` is smallest, compared as 32 big-endian
+//! bytes. `e.to_be_bytes()` is the epoch as a `u64` in 8 big-endian bytes; `node_id.to_bytes()`
+//! is the binary libp2p peer id (the identity multihash of the protobuf-encoded ed25519 public
+//! key, 38 bytes). Every member with the same view computes the same coordinator, and because the
+//! rank changes with the epoch, the role rotates.
+//!
+//! **Acceptance** ([`PlanGate`]): a plan of epoch `e` signed by `s` is accepted only if its
+//! signature holds, `s` is the coordinator of `e` in our own view, and `e` is newer than the plan
+//! we hold. At the same epoch a different plan replaces ours only when our plan's signer is no
+//! longer that epoch's coordinator in our view (views converged after a split). Everything else
+//! is refused, counted by [`Refusal`] and logged by the caller.
+//!
+//! **Re-planning** ([`replan_trigger`]): when the members differ from the plan's, or a link
+//! metric moved past its threshold and the hysteresis interval since the last plan has passed.
+//! Only the coordinator of the next epoch (`current + 1`) acts on a trigger.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use shoal_keys::NodeId;
+
+use crate::links::LinkMetrics;
+
+/// The rank of `node` for `epoch`: `sha256(epoch_be_u64 || node_id_bytes)`.
+pub fn rank(epoch: u64, node: &NodeId) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(epoch.to_be_bytes());
+    h.update(node.to_bytes());
+    h.finalize().into()
+}
+
+/// The coordinator of `epoch` among `members`: the smallest rank (None when there are none).
+pub fn coordinator<'a>(
+    epoch: u64,
+    members: impl IntoIterator<Item = &'a NodeId>,
+) -> Option<NodeId> {
+    members.into_iter().min_by_key(|n| rank(epoch, n)).copied()
+}
+
+/// Why a plan was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// The signature does not verify for the claimed signer.
+    BadSignature,
+    /// The signer is not the coordinator of the plan's epoch in our view.
+    NotCoordinator,
+    /// The epoch is older than the plan we hold (or the same epoch with a conflicting plan).
+    Stale,
+}
+
+impl Refusal {
+    /// A stable label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::BadSignature => "bad_signature",
+            Refusal::NotCoordinator => "not_coordinator",
+            Refusal::Stale => "stale_epoch",
+        }
+    }
+}
+
+/// What to do with a plan that passed the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A new plan: adopt it.
+    Adopt,
+    /// The plan we already hold (a re-publication): nothing changes.
+    Duplicate,
+}
+
+/// The plan currently held: its epoch, signer and a digest of its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The plan's epoch.
+    pub epoch: u64,
+    /// Who signed it.
+    pub signer: NodeId,
+    /// sha256 of its signed bytes, to tell a re-publication from a conflicting plan.
+    pub digest: [u8; 32],
+}
+
+/// Accepts or refuses plans and counts the refusals.
+#[derive(Debug, Clone, Default)]
+pub struct PlanGate {
+    held: Option<Held>,
+    refused: BTreeMap<Refusal, u64>,
+}
+
+impl PlanGate {
+    /// A gate holding `held` (e.g. the plan restored from the store).
+    pub fn new(held: Option<Held>) -> Self {
+        PlanGate {
+            held,
+            refused: BTreeMap::new(),
+        }
+    }
+
+    /// Checks a plan against our view `members`; on [`Verdict::Adopt`] it becomes the held one.
+    pub fn check(
+        &mut self,
+        plan: Held,
+        signature_ok: bool,
+        members: &[NodeId],
+    ) -> Result<Verdict, Refusal> {
+        let verdict = self.judge(plan, signature_ok, members);
+        match verdict {
+            Ok(Verdict::Adopt) => self.held = Some(plan),
+            Ok(Verdict::Duplicate) => {}
+            Err(r) => *self.refused.entry(r).or_default() += 1,
+        }
+        verdict
+    }
+
+    fn judge(
+        &self,
+        plan: Held,
+        signature_ok: bool,
+        members: &[NodeId],
+    ) -> Result<Verdict, Refusal> {
+        if !signature_ok {
+            return Err(Refusal::BadSignature);
+        }
+        if coordinator(plan.epoch, members) != Some(plan.signer) {
+            return Err(Refusal::NotCoordinator);
+        }
+        let Some(held) = self.held else {
+            return Ok(Verdict::Adopt);
+        };
+        if plan.epoch > held.epoch {
+            return Ok(Verdict::Adopt);
+        }
+        if plan.epoch < held.epoch {
+            return Err(Refusal::Stale);
+        }
+        if plan.digest == held.digest {
+            return Ok(Verdict::Duplicate);
+        }
+        // Same epoch, different plan: take it only if ours came from someone who is not this
+        // epoch's coordinator in our (now converged) view.
+        if held.signer != plan.signer {
+            Ok(Verdict::Adopt)
+        } else {
+            Err(Refusal::Stale)
+        }
+    }
+
+    /// The plan held now.
+    pub fn held(&self) -> Option<Held> {
+        self.held
+    }
+
+    /// The epoch of the held plan (0 when none).
+    pub fn epoch(&self) -> u64 {
+        self.held.map_or(0, |h| h.epoch)
+    }
+
+    /// Refusals so far, by reason.
+    pub fn refused(&self) -> &BTreeMap<Refusal, u64> {
+        &self.refused
+    }
+}
+
+/// Why the swarm should re-plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// No plan yet.
+    NoPlan,
+    /// The members differ from the members the plan was made for.
+    Membership,
+    /// A link metric moved past its threshold.
+    LinkDrift {
+        /// Sender side of the link.
+        from: NodeId,
+        /// Receiver side.
+        to: NodeId,
+        /// Which metric: `rtt`, `bandwidth` or `loss`.
+        metric: &'static str,
+    },
+}
+
+/// Thresholds and hysteresis of [`replan_trigger`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplanPolicy {
+    /// Relative RTT change that triggers.
+    pub rtt_change: f64,
+    /// Relative bandwidth change that triggers.
+    pub bandwidth_change: f64,
+    /// Absolute loss change that triggers.
+    pub loss_change: f64,
+    /// No link-triggered re-plan sooner than this after the last plan.
+    pub min_interval: Duration,
+}
+
+/// A link matrix: metrics of each directed pair (from, to).
+pub type LinkMatrix = BTreeMap<(NodeId, NodeId), LinkMetrics>;
+
+/// Decides whether to re-plan. `plan` is the held plan's members and the link matrix as it
+/// was when the plan was adopted; `since_plan` is the time since then.
+pub fn replan_trigger(
+    plan: Option<(&[NodeId], &LinkMatrix)>,
+    members: &[NodeId],
+    links: &LinkMatrix,
+    since_plan: Duration,
+    policy: &ReplanPolicy,
+) -> Option<Trigger> {
+    let Some((plan_members, plan_links)) = plan else {
+        return Some(Trigger::NoPlan);
+    };
+    let mut a = plan_members.to_vec();
+    let mut b = members.to_vec();
+    a.sort();
+    b.sort();
+    if a != b {
+        return Some(Trigger::Membership);
+    }
+    if since_plan < policy.min_interval {
+        return None;
+    }
+    for (&(from, to), old) in plan_links {
+        let Some(new) = links.get(&(from, to)) else {
+            continue;
+        };
+        let drift = |metric| Some(Trigger::LinkDrift { from, to, metric });
+        if relative(old.rtt_s, new.rtt_s) > policy.rtt_change {
+            return drift("rtt");
+        }
+        if relative(old.bandwidth_bps, new.bandwidth_bps) > policy.bandwidth_change {
+            return drift("bandwidth");
+        }
+        if (old.loss - new.loss).abs() > policy.loss_change {
+            return drift("loss");
+        }
+    }
+    None
+}
+
+/// |new - old| / old, with a zero old value counting as no change unless new is non-zero.
+fn relative(old: f64, new: f64) -> f64 {
+    if old > 0.0 {
+        (new - old).abs() / old
+    } else if new > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests;

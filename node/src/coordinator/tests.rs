@@ -1,0 +1,219 @@
+//! Seeded deterministic tests of rotation, plan acceptance and re-plan triggers.
+
+use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shoal_keys::Identity;
+
+use super::*;
+
+fn ids(rng: &mut ChaCha8Rng, n: usize) -> Vec<NodeId> {
+    (0..n)
+        .map(|_| {
+            let mut s = [0u8; 32];
+            rng.fill_bytes(&mut s);
+            Identity::from_secret_bytes(s).node_id()
+        })
+        .collect()
+}
+
+fn held(epoch: u64, signer: NodeId, tag: u8) -> Held {
+    Held {
+        epoch,
+        signer,
+        digest: [tag; 32],
+    }
+}
+
+#[test]
+fn rank_encoding_is_epoch_be_then_peer_id_bytes() {
+    let id = Identity::from_secret_bytes([7; 32]).node_id();
+    let mut input = 0x0102_0304_0506_0708u64.to_be_bytes().to_vec();
+    assert_eq!(input[0], 1);
+    input.extend_from_slice(&id.to_bytes());
+    assert_eq!(id.to_bytes().len(), 38);
+    let want: [u8; 32] = Sha256::digest(&input).into();
+    assert_eq!(rank(0x0102_0304_0506_0708, &id), want);
+}
+
+#[test]
+fn every_member_computes_the_same_coordinator() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for epoch in 0..200 {
+        let members = ids(&mut rng, 2 + (epoch as usize % 9));
+        let expected = coordinator(epoch, &members).unwrap();
+        for _ in 0..members.len() {
+            let mut view = members.clone();
+            view.shuffle(&mut rng);
+            assert_eq!(coordinator(epoch, &view), Some(expected));
+        }
+        let best = members.iter().map(|m| rank(epoch, m)).min().unwrap();
+        assert_eq!(rank(epoch, &expected), best);
+    }
+}
+
+#[test]
+fn next_coordinator_takes_over_when_one_disappears() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut members = ids(&mut rng, 5);
+    let mut epoch = 1;
+    while members.len() > 1 {
+        let c = coordinator(epoch, &members).unwrap();
+        members.retain(|m| *m != c);
+        epoch += 1;
+        let next = coordinator(epoch, &members).unwrap();
+        assert_ne!(next, c);
+        assert!(members.contains(&next));
+        // Every survivor, whatever the order of its view, agrees on the successor.
+        let mut view = members.clone();
+        view.shuffle(&mut rng);
+        assert_eq!(coordinator(epoch, &view), Some(next));
+    }
+}
+
+#[test]
+fn the_role_rotates_over_epochs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let members = ids(&mut rng, 5);
+    let mut count = BTreeMap::new();
+    for e in 0..1000 {
+        *count.entry(coordinator(e, &members).unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(count.len(), 5);
+    assert!(
+        count.values().all(|&c| (120..=280).contains(&c)),
+        "{count:?}"
+    );
+}
+
+#[test]
+fn gate_refuses_forgeries_and_stale_plans() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let members = ids(&mut rng, 4);
+    let c3 = coordinator(3, &members).unwrap();
+    let other3 = *members.iter().find(|m| **m != c3).unwrap();
+    let mut gate = PlanGate::default();
+
+    assert_eq!(
+        gate.check(held(3, other3, 1), true, &members),
+        Err(Refusal::NotCoordinator)
+    );
+    assert_eq!(
+        gate.check(held(3, c3, 1), false, &members),
+        Err(Refusal::BadSignature)
+    );
+    assert_eq!(
+        gate.check(held(3, c3, 1), true, &members),
+        Ok(Verdict::Adopt)
+    );
+    assert_eq!(
+        gate.check(held(3, c3, 1), true, &members),
+        Ok(Verdict::Duplicate)
+    );
+    assert_eq!(
+        gate.check(held(3, c3, 2), true, &members),
+        Err(Refusal::Stale)
+    );
+    let c2 = coordinator(2, &members).unwrap();
+    assert_eq!(
+        gate.check(held(2, c2, 9), true, &members),
+        Err(Refusal::Stale)
+    );
+    let c9 = coordinator(9, &members).unwrap();
+    assert_eq!(
+        gate.check(held(9, c9, 4), true, &members),
+        Ok(Verdict::Adopt)
+    );
+    assert_eq!(gate.epoch(), 9);
+    // A stranger is never a coordinator in our view.
+    let stranger = ids(&mut rng, 1)[0];
+    assert_eq!(
+        gate.check(held(10, stranger, 5), true, &members),
+        Err(Refusal::NotCoordinator)
+    );
+    let r = gate.refused();
+    assert_eq!(r[&Refusal::NotCoordinator], 2);
+    assert_eq!(r[&Refusal::BadSignature], 1);
+    assert_eq!(r[&Refusal::Stale], 2);
+}
+
+#[test]
+fn same_epoch_from_the_rightful_coordinator_replaces_a_split_brain_plan() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let members = ids(&mut rng, 4);
+    let c = coordinator(4, &members).unwrap();
+    // During a split we adopted a plan of epoch 4 from a node that, in a smaller view, was
+    // the coordinator; once the view holds everyone, the rightful coordinator's plan wins.
+    let small: Vec<NodeId> = members.iter().copied().filter(|m| *m != c).collect();
+    let c_small = coordinator(4, &small).unwrap();
+    let mut gate = PlanGate::default();
+    assert_eq!(
+        gate.check(held(4, c_small, 1), true, &small),
+        Ok(Verdict::Adopt)
+    );
+    assert_eq!(
+        gate.check(held(4, c, 2), true, &members),
+        Ok(Verdict::Adopt)
+    );
+    assert_eq!(gate.held().unwrap().signer, c);
+}
+
+fn metrics(rtt_s: f64, bandwidth_bps: f64, loss: f64) -> LinkMetrics {
+    LinkMetrics {
+        rtt_s,
+        jitter_s: 0.001,
+        bandwidth_bps,
+        loss,
+    }
+}
+
+#[test]
+fn triggers_with_hysteresis() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let m = ids(&mut rng, 3);
+    let policy = ReplanPolicy {
+        rtt_change: 0.5,
+        bandwidth_change: 0.5,
+        loss_change: 0.03,
+        min_interval: Duration::from_secs(30),
+    };
+    let mut old = LinkMatrix::new();
+    old.insert((m[0], m[1]), metrics(0.02, 1e8, 0.01));
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        replan_trigger(None, &m, &old, long, &policy),
+        Some(Trigger::NoPlan)
+    );
+    assert_eq!(
+        replan_trigger(Some((&m, &old)), &m, &old, long, &policy),
+        None
+    );
+    assert_eq!(
+        replan_trigger(Some((&m[..2], &old)), &m, &old, long, &policy),
+        Some(Trigger::Membership)
+    );
+    let mut new = old.clone();
+    new.insert((m[0], m[1]), metrics(0.029, 0.6e8, 0.035));
+    assert_eq!(
+        replan_trigger(Some((&m, &old)), &m, &new, long, &policy),
+        None
+    );
+    new.insert((m[0], m[1]), metrics(0.02, 1e8, 0.05));
+    let drift = replan_trigger(Some((&m, &old)), &m, &new, long, &policy);
+    assert!(matches!(
+        drift,
+        Some(Trigger::LinkDrift { metric: "loss", .. })
+    ));
+    // Inside the hysteresis interval drift is ignored, membership is not.
+    let short = Duration::from_secs(5);
+    assert_eq!(
+        replan_trigger(Some((&m, &old)), &m, &new, short, &policy),
+        None
+    );
+    new.insert((m[0], m[1]), metrics(0.05, 1e8, 0.01));
+    let drift = replan_trigger(Some((&m, &old)), &m, &new, long, &policy);
+    assert!(matches!(
+        drift,
+        Some(Trigger::LinkDrift { metric: "rtt", .. })
+    ));
+}

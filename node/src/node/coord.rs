@@ -1,0 +1,304 @@
+//! Planning on the node task: when this node is the coordinator of the next epoch and a
+//! re-plan trigger fires (see `crate::coordinator::replan_trigger`), build a scenario from the
+//! view, solve it on a blocking thread, then sign, adopt and publish the plan. The coordinator
+//! of the held plan re-publishes it periodically so late joiners and lagging views accept it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use shoal_keys::NodeId;
+use shoal_protocol::{Plan, Signed, Stage, Topic, encode};
+
+use super::scenario;
+use super::task::{NodeTask, unix_ms};
+use super::view::{LinkView, MemberView, View};
+use crate::config::ms;
+use crate::coordinator::{Held, ReplanPolicy, Trigger, coordinator, replan_trigger};
+
+/// A finished solve.
+#[derive(Debug)]
+pub(super) struct SolveOutcome {
+    epoch: u64,
+    members: Vec<NodeId>,
+    result: Result<shoal_planner::Plan, String>,
+}
+
+impl NodeTask {
+    fn policy(&self) -> ReplanPolicy {
+        let p = &self.cfg.planner;
+        ReplanPolicy {
+            rtt_change: p.rtt_change,
+            bandwidth_change: p.bandwidth_change,
+            loss_change: p.loss_change,
+            min_interval: ms(p.min_replan_interval_ms),
+        }
+    }
+
+    /// Starts a solve if this node is the next epoch's coordinator and a trigger fires.
+    pub(super) fn maybe_replan(&mut self) {
+        let Some(model) = self.model.clone() else {
+            return;
+        };
+        if self.solving || self.clock.elapsed() < ms(self.cfg.membership.settle_ms) {
+            return;
+        }
+        let members = self.membership.ids();
+        let epoch = self.gate.epoch() + 1;
+        if coordinator(epoch, &members) != Some(self.me) {
+            return;
+        }
+        let links = self.link_matrix();
+        let plan_members = self.plan.as_ref().map(|p| p.unverified().members.clone());
+        let baseline = plan_members
+            .as_deref()
+            .zip(self.baseline.as_ref().map(|(m, _)| m));
+        let since = self
+            .baseline
+            .as_ref()
+            .map_or(std::time::Duration::MAX, |(_, t)| t.elapsed());
+        let trigger = match (baseline, plan_members.as_deref()) {
+            (Some(b), _) => replan_trigger(Some(b), &members, &links, since, &self.policy()),
+            // A plan without a local baseline (restored from the store): membership only.
+            (None, Some(pm)) => {
+                replan_trigger(Some((pm, &links)), &members, &links, since, &self.policy())
+            }
+            (None, None) => Some(Trigger::NoPlan),
+        };
+        let Some(trigger) = trigger else { return };
+        if self.failed_view.as_ref() == Some(&members) {
+            return;
+        }
+        let entries: Vec<_> = self
+            .membership
+            .iter()
+            .map(|(id, m)| (id, &m.info))
+            .collect();
+        let devices = scenario::devices(&model, entries);
+        if devices.is_empty() || !devices.iter().any(|(d, _)| *d == self.me) {
+            return;
+        }
+        // Give the probes time to measure every pair, but not forever.
+        let patience = ms(self.cfg.membership.settle_ms + self.cfg.membership.liveness_timeout_ms);
+        if !scenario::links_complete(&devices, &links) && self.clock.elapsed() < patience {
+            return;
+        }
+        let scen = scenario::build(&model, &devices, &links, self.me, &self.cfg.planner);
+        let (objective, strategy) = match self.objective_strategy() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "bad planner config");
+                return;
+            }
+        };
+        tracing::info!(node = %self.me.short(), epoch, ?trigger, devices = devices.len(), "re-planning");
+        self.solving = true;
+        let tx = self.solve_tx.clone();
+        tokio::spawn(async move {
+            let solved = tokio::task::spawn_blocking(move || {
+                shoal_planner::plan(&scen, objective, strategy).map_err(|e| e.to_string())
+            })
+            .await;
+            let result = solved.unwrap_or_else(|e| Err(format!("solver thread: {e}")));
+            let _ = tx
+                .send(SolveOutcome {
+                    epoch,
+                    members,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn objective_strategy(
+        &self,
+    ) -> Result<(shoal_planner::Objective, shoal_planner::Strategy), String> {
+        let o = self
+            .cfg
+            .planner
+            .objective
+            .parse()
+            .map_err(|e: shoal_planner::UnknownName| e.to_string())?;
+        let s = self
+            .cfg
+            .planner
+            .strategy
+            .parse()
+            .map_err(|e: shoal_planner::UnknownName| e.to_string())?;
+        Ok((o, s))
+    }
+
+    /// Signs, adopts and publishes a solved plan if it is still for the next epoch.
+    pub(super) async fn on_solved(&mut self, out: SolveOutcome) {
+        self.solving = false;
+        if out.epoch != self.gate.epoch() + 1 {
+            tracing::info!(
+                epoch = out.epoch,
+                held = self.gate.epoch(),
+                "solve overtaken by another plan"
+            );
+            return;
+        }
+        let solved = match out.result {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(node = %self.me.short(), epoch = out.epoch, error = %e, "planning failed");
+                self.failed_view = Some(out.members);
+                return;
+            }
+        };
+        let Some(model) = self.model.clone() else {
+            return;
+        };
+        let stages: Option<Vec<Stage>> = solved
+            .stages
+            .iter()
+            .map(|s| {
+                Some(Stage {
+                    node: s.device.parse().ok()?,
+                    start: u32::try_from(s.layers[0]).ok()?,
+                    end: u32::try_from(s.layers[1]).ok()?,
+                })
+            })
+            .collect();
+        let Some(stages) = stages else {
+            tracing::error!("planner returned an unknown device");
+            return;
+        };
+        let plan = Plan {
+            epoch: out.epoch,
+            coordinator: self.me,
+            model: model.model_ref.clone(),
+            num_layers: u32::try_from(model.layers.len()).unwrap_or(u32::MAX),
+            objective: convert_objective(solved.objective),
+            cost_s: solved.cost_s,
+            stages,
+            members: out.members.clone(),
+            strategy: convert_strategy(solved.strategy),
+            optimal: solved.optimal,
+            timestamp_ms: unix_ms(),
+        };
+        let signed = match Signed::sign(&self.identity, plan) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign plan");
+                self.failed_view = Some(out.members);
+                return;
+            }
+        };
+        let held = Held {
+            epoch: out.epoch,
+            signer: self.me,
+            digest: Sha256::digest(signed.body_bytes()).into(),
+        };
+        let members = self.membership.ids();
+        if let Err(r) = self.gate.check(held, true, &members) {
+            tracing::info!(
+                reason = r.as_str(),
+                "own plan no longer valid in the current view"
+            );
+            return;
+        }
+        tracing::info!(
+            node = %self.me.short(), epoch = out.epoch, cost_s = solved.cost_s,
+            solve_ms = solved.solve_ms, strategy = %solved.strategy, "placement decided"
+        );
+        self.adopt(signed.clone());
+        self.republish(&signed).await;
+    }
+
+    /// Re-publishes the held plan if this node signed it and the interval passed.
+    pub(super) async fn maybe_republish(&mut self) {
+        let Some(plan) = self.plan.clone() else {
+            return;
+        };
+        if *plan.signer() != self.me
+            || self.last_republish.elapsed() < ms(self.cfg.planner.republish_interval_ms)
+        {
+            return;
+        }
+        self.republish(&plan).await;
+    }
+
+    async fn republish(&mut self, plan: &Signed<Plan>) {
+        self.last_republish = Instant::now();
+        match encode(plan) {
+            Ok(bytes) => self.publish(Topic::Plan, bytes).await,
+            Err(e) => tracing::warn!(error = %e, "cannot encode plan"),
+        }
+    }
+
+    /// Publishes the current [`View`].
+    pub(super) fn publish_view(&mut self) {
+        let now = self.now();
+        let members: Vec<MemberView> = self
+            .membership
+            .iter()
+            .map(|(id, m)| MemberView {
+                id: *id,
+                capability: m.info.clone(),
+                age_s: now.saturating_sub(m.last_seen).as_secs_f64(),
+            })
+            .collect();
+        let matrix = self.link_matrix();
+        let ids = self.membership.ids();
+        let view = View {
+            local: self.me,
+            members,
+            links: matrix
+                .iter()
+                .map(|(&(from, to), &metrics)| LinkView { from, to, metrics })
+                .collect(),
+            predicted_latency_s: self.predicted_latency(&matrix),
+            plan: self.plan.clone(),
+            next_coordinator: coordinator(self.gate.epoch() + 1, &ids),
+            refused: self.refused.clone(),
+        };
+        self.view_tx.send_if_modified(|v| {
+            let changed = **v != view;
+            if changed {
+                *v = Arc::new(view);
+            }
+            changed
+        });
+    }
+
+    /// The held plan's per-token latency under the current metrics.
+    fn predicted_latency(&self, links: &crate::coordinator::LinkMatrix) -> Option<f64> {
+        let model = self.model.as_ref()?;
+        let plan = self.plan.as_ref()?.unverified();
+        let entries: Vec<_> = self
+            .membership
+            .iter()
+            .map(|(id, m)| (id, &m.info))
+            .collect();
+        let devices = scenario::devices(model, entries);
+        let scen = scenario::build(model, &devices, links, self.me, &self.cfg.planner);
+        let stages: Vec<shoal_planner::Stage> = plan
+            .stages
+            .iter()
+            .map(|s| shoal_planner::Stage {
+                device: s.node.to_string(),
+                layers: [s.start as usize, s.end as usize],
+            })
+            .collect();
+        shoal_planner::evaluate(&scen, &stages, shoal_planner::Objective::Latency).ok()
+    }
+}
+
+fn convert_objective(o: shoal_planner::Objective) -> shoal_protocol::Objective {
+    match o {
+        shoal_planner::Objective::Latency => shoal_protocol::Objective::Latency,
+        shoal_planner::Objective::Throughput => shoal_protocol::Objective::Throughput,
+    }
+}
+
+fn convert_strategy(s: shoal_planner::Strategy) -> shoal_protocol::PlanStrategy {
+    match s {
+        shoal_planner::Strategy::Milp => shoal_protocol::PlanStrategy::Milp,
+        shoal_planner::Strategy::Even => shoal_protocol::PlanStrategy::Even,
+        shoal_planner::Strategy::Memory => shoal_protocol::PlanStrategy::Memory,
+        shoal_planner::Strategy::Greedy => shoal_protocol::PlanStrategy::Greedy,
+        shoal_planner::Strategy::Exhaustive => shoal_protocol::PlanStrategy::Exhaustive,
+    }
+}

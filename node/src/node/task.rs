@@ -1,0 +1,530 @@
+//! The node task: owns the membership table, link estimators, plan gate and store, and reacts
+//! to swarm events, probe results, solver results and its announce timer. One-line `select!`
+//! arms call `on_*` methods; gossip handling lives in `gossip.rs`, planning in `coord.rs`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::{Multiaddr, PeerId};
+use shoal_keys::{Identity, NodeId};
+use shoal_protocol::{Battery, Capability, Plan, Signed};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::coord::SolveOutcome;
+use super::model::ModelInfo;
+use super::view::View;
+use super::{NodeError, NodeHandle, PipelineInbound, with_peer};
+use crate::capability;
+use crate::config::{Config, ms};
+use crate::coordinator::{LinkMatrix, PlanGate};
+use crate::links::LinkEstimator;
+use crate::membership::{Membership, MembershipEvent};
+use crate::probe::{self, LossProber, LossSample, UdpEcho};
+use crate::store::Store;
+use crate::swarm::{self, NetEvent, NetworkHandle, SwarmParts};
+
+/// Capacity of the loss-sample channel.
+const LOSS_CAPACITY: usize = 4096;
+/// Capacity of the bandwidth-result and solve-result channels.
+const RESULT_CAPACITY: usize = 16;
+/// Largest `/shoal/generate/1` frame, bytes.
+const GENERATE_MAX: usize = 8 << 20;
+
+/// A bandwidth measurement of one peer (or why it failed).
+pub(super) type BandwidthResult = (NodeId, Result<((u64, f64), (u64, f64)), probe::ProbeError>);
+
+/// The node task's state.
+pub(super) struct NodeTask {
+    pub(super) cfg: Arc<Config>,
+    pub(super) identity: Arc<Identity>,
+    pub(super) me: NodeId,
+    pub(super) net: NetworkHandle,
+    pub(super) model: Option<Arc<ModelInfo>>,
+    pub(super) own: Capability,
+    pub(super) membership: Membership<Capability>,
+    pub(super) link_seq: HashMap<NodeId, u64>,
+    pub(super) reports: BTreeMap<NodeId, shoal_protocol::LinkReport>,
+    pub(super) estimators: BTreeMap<NodeId, LinkEstimator>,
+    /// When each peer's estimator last got a sample.
+    pub(super) last_sample: BTreeMap<NodeId, Instant>,
+    pub(super) gate: PlanGate,
+    pub(super) plan: Option<Signed<Plan>>,
+    /// Link matrix and time when the held plan was adopted (the re-plan baseline).
+    pub(super) baseline: Option<(LinkMatrix, Instant)>,
+    pub(super) store: Store,
+    pub(super) clock: Instant,
+    pub(super) solving: bool,
+    /// Members of the last view whose solve failed (not retried until the view changes).
+    pub(super) failed_view: Option<Vec<NodeId>>,
+    pub(super) last_republish: Instant,
+    pub(super) refused: BTreeMap<String, u64>,
+    pub(super) view_tx: watch::Sender<Arc<View>>,
+    pub(super) loss_targets: watch::Sender<BTreeMap<NodeId, SocketAddr>>,
+    pub(super) bw_due: BTreeMap<NodeId, Instant>,
+    pub(super) bw_busy: bool,
+    pub(super) bw_tx: mpsc::Sender<BandwidthResult>,
+    pub(super) solve_tx: mpsc::Sender<SolveOutcome>,
+    pub(super) connected: std::collections::BTreeSet<PeerId>,
+}
+
+/// Starts every part and returns the handle.
+pub(super) async fn start(
+    config: Config,
+    identity: Identity,
+    cancel: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    let cfg = Arc::new(config);
+    let identity = Arc::new(identity);
+    let me = identity.node_id();
+    let model = match &cfg.model {
+        Some(dir) => Some(Arc::new(ModelInfo::load(dir)?)),
+        None => None,
+    };
+    if cfg.data_dir.as_os_str().is_empty() {
+        return Err(NodeError::Config("data_dir is empty".into()));
+    }
+    let store = Store::open(&cfg.data_dir)?;
+    let hidden = model.as_ref().map_or(1024, |m| m.hidden);
+    let speeds = tokio::task::spawn_blocking(move || capability::measure(hidden))
+        .await
+        .map_err(|e| NodeError::Config(format!("calibration thread: {e}")))?;
+    tracing::info!(node = %me.short(), flops = speeds.flops, mem_bw = speeds.mem_bw, "measured capability");
+
+    let io = |what: &'static str| move |source: std::io::Error| NodeError::Io { what, source };
+    let echo = UdpEcho::bind(cfg.probe.udp_echo)
+        .await
+        .map_err(|e| NodeError::Config(format!("udp echo: {e}")))?;
+    let echo_port = echo
+        .port()
+        .map_err(|e| NodeError::Config(format!("udp echo: {e}")))?;
+    tokio::spawn(echo.run(cancel.clone()));
+
+    let parts = swarm_parts(&cfg)?;
+    let (net, events, inbound) = swarm::spawn(&identity, parts, cancel.clone())?;
+    tokio::spawn(probe::serve_probes(
+        inbound.probe,
+        net.clone(),
+        cancel.clone(),
+    ));
+
+    let (targets_tx, targets_rx) = watch::channel(BTreeMap::new());
+    let (loss_tx, loss_rx) = mpsc::channel(LOSS_CAPACITY);
+    let prober = LossProber::new(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        targets_rx,
+        loss_tx,
+        cfg.probe.loss_rate_hz,
+        ms(cfg.probe.loss_timeout_ms),
+    )
+    .await
+    .map_err(|e| NodeError::Config(format!("loss prober: {e}")))?;
+    tokio::spawn(prober.run(cancel.clone()));
+
+    for (peer, addrs) in store.peers()? {
+        for addr in addrs {
+            let _ = net.add_address(peer, addr.clone()).await;
+            if let Ok(id) = NodeId::from_peer_id(peer) {
+                let _ = net.dial(with_peer(&addr, id)).await;
+            }
+        }
+    }
+    let listen = wait_listen(&net, cfg.listen.len()).await;
+    let listen: Vec<Multiaddr> = listen.iter().map(|a| with_peer(a, me)).collect();
+
+    let own = Capability {
+        node: me,
+        seq: 0,
+        timestamp_ms: 0,
+        model: model.as_ref().map(|m| m.model_ref.clone()),
+        flops: speeds.flops,
+        mem_bw: Some(speeds.mem_bw),
+        mem_bytes: capability::memory_offered(cfg.memory_offered),
+        overhead_s: cfg.planner.overhead_s,
+        battery: capability::battery(std::path::Path::new("/sys/class/power_supply")).map(|b| {
+            Battery {
+                on_battery: b.on_battery,
+                level: b.level,
+            }
+        }),
+        listen_addrs: listen
+            .iter()
+            .take(shoal_protocol::MAX_LISTEN_ADDRS)
+            .map(|a| a.to_string())
+            .collect(),
+        loss_probe_port: Some(echo_port),
+    };
+    let (view_tx, view_rx) = watch::channel(Arc::new(View::empty(me)));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (bw_tx, bw_rx) = mpsc::channel(RESULT_CAPACITY);
+    let (solve_tx, solve_rx) = mpsc::channel(RESULT_CAPACITY);
+    let mut task = NodeTask {
+        membership: Membership::new(ms(cfg.membership.liveness_timeout_ms)),
+        cfg: cfg.clone(),
+        identity: identity.clone(),
+        me,
+        net: net.clone(),
+        model: model.clone(),
+        own,
+        link_seq: HashMap::new(),
+        reports: BTreeMap::new(),
+        estimators: BTreeMap::new(),
+        last_sample: BTreeMap::new(),
+        gate: PlanGate::default(),
+        plan: None,
+        baseline: None,
+        store,
+        clock: Instant::now(),
+        solving: false,
+        failed_view: None,
+        last_republish: Instant::now(),
+        refused: BTreeMap::new(),
+        view_tx,
+        loss_targets: targets_tx,
+        bw_due: BTreeMap::new(),
+        bw_busy: false,
+        bw_tx,
+        solve_tx,
+        connected: Default::default(),
+    };
+    task.restore_plan();
+    task.announce().await;
+    task.publish_view();
+
+    let api = match cfg.api {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io("api listener"))?,
+        ),
+        None => None,
+    };
+    let api_addr = match &api {
+        Some(l) => Some(l.local_addr().map_err(io("api listener"))?),
+        None => None,
+    };
+    let handle = NodeHandle {
+        identity,
+        net: net.clone(),
+        view: view_rx,
+        inbound: Arc::new(Mutex::new(Some(PipelineInbound {
+            activation: super::inbound::spawn_decoder(
+                inbound.activation,
+                super::inbound::decode_pipeline,
+                net.clone(),
+                metrics.clone(),
+                cancel.clone(),
+            ),
+            generate: super::inbound::spawn_decoder(
+                inbound.generate,
+                super::inbound::decode_generate,
+                net.clone(),
+                metrics.clone(),
+                cancel.clone(),
+            ),
+        }))),
+        listen,
+        api: api_addr,
+        model,
+        config: cfg,
+        cancel: cancel.clone(),
+        metrics: metrics.clone(),
+        pipeline: Default::default(),
+    };
+    let pipeline = crate::pipeline::Pipeline::start(&handle, metrics, Default::default())?;
+    let _ = handle.pipeline.set(pipeline);
+    if let Some(listener) = api {
+        tokio::spawn(crate::api::serve(
+            listener,
+            crate::api::router(&handle),
+            cancel.clone(),
+        ));
+    }
+    tokio::spawn(task.run(events, loss_rx, bw_rx, solve_rx, cancel));
+    Ok(handle)
+}
+
+fn swarm_parts(cfg: &Config) -> Result<SwarmParts, NodeError> {
+    let parse = |list: &[String], what: &str| -> Result<Vec<Multiaddr>, NodeError> {
+        list.iter()
+            .map(|s| {
+                Multiaddr::from_str(s).map_err(|e| NodeError::Config(format!("{what} {s:?}: {e}")))
+            })
+            .collect()
+    };
+    let psk = match &cfg.psk_file {
+        Some(path) => Some(read_psk(path)?),
+        None => None,
+    };
+    Ok(SwarmParts {
+        listen: parse(&cfg.listen, "listen address")?
+            .into_iter()
+            .filter(|a| (cfg!(feature = "quic") && cfg.quic && psk.is_none()) || !is_quic(a))
+            .collect(),
+        bootstrap: parse(&cfg.bootstrap, "bootstrap address")?,
+        psk,
+        quic: cfg.quic,
+        options: swarm::BehaviourOptions {
+            mdns: cfg.mdns,
+            ping_interval: ms(cfg.probe.ping_interval_ms),
+            activation_max: shoal_protocol::MAX_ACTIVATION_BYTES + (1 << 20),
+            generate_max: GENERATE_MAX,
+        },
+    })
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| {
+        matches!(
+            p,
+            libp2p::multiaddr::Protocol::QuicV1 | libp2p::multiaddr::Protocol::Udp(_)
+        )
+    })
+}
+
+fn read_psk(path: &PathBuf) -> Result<libp2p::pnet::PreSharedKey, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| NodeError::Io {
+        what: "psk file",
+        source,
+    })?;
+    libp2p::pnet::PreSharedKey::from_str(&text)
+        .map_err(|e| NodeError::Config(format!("psk file {}: {e}", path.display())))
+}
+
+/// Waits until each listener reported an address (or [`super::LISTEN_WAIT`] passed).
+async fn wait_listen(net: &NetworkHandle, listeners: usize) -> Vec<Multiaddr> {
+    let deadline = Instant::now() + super::LISTEN_WAIT;
+    loop {
+        let addrs = net.listen_addrs().await.unwrap_or_default();
+        if addrs.len() >= listeners.max(1) || Instant::now() > deadline {
+            return addrs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl NodeTask {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NetEvent>,
+        mut loss: mpsc::Receiver<LossSample>,
+        mut bw: mpsc::Receiver<BandwidthResult>,
+        mut solved: mpsc::Receiver<SolveOutcome>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(ms(self.cfg.membership.announce_interval_ms));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(e) = events.recv() => self.on_net_event(e).await,
+                Some(s) = loss.recv() => self.on_loss(s),
+                Some(r) = bw.recv() => self.on_bandwidth(r),
+                Some(o) = solved.recv() => self.on_solved(o).await,
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+        tracing::debug!(node = %self.me.short(), "node task stopped");
+    }
+
+    /// Time on the membership clock.
+    pub(super) fn now(&self) -> Duration {
+        self.clock.elapsed()
+    }
+
+    async fn on_net_event(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Gossip {
+                topic,
+                propagation,
+                id,
+                data,
+                ..
+            } => self.on_gossip(topic, propagation, id, &data).await,
+            NetEvent::Rtt { peer, rtt } => self.on_rtt(peer, rtt),
+            NetEvent::Addresses { peer, addrs } => self.on_addresses(peer, &addrs),
+            NetEvent::Connected(peer) => {
+                self.connected.insert(peer);
+            }
+            NetEvent::Disconnected(peer) => {
+                self.connected.remove(&peer);
+            }
+        }
+    }
+
+    fn estimator(&mut self, peer: NodeId) -> &mut LinkEstimator {
+        let (alpha, window) = (
+            self.cfg.probe.ewma_alpha,
+            self.cfg.probe.loss_window as usize,
+        );
+        self.last_sample.insert(peer, Instant::now());
+        self.estimators
+            .entry(peer)
+            .or_insert_with(|| LinkEstimator::new(alpha, window))
+    }
+
+    fn on_rtt(&mut self, peer: PeerId, rtt: Duration) {
+        if let Ok(id) = NodeId::from_peer_id(peer) {
+            self.estimator(id).on_rtt(rtt.as_secs_f64());
+        }
+    }
+
+    fn on_loss(&mut self, s: LossSample) {
+        self.estimator(s.peer).on_probe(s.lost);
+    }
+
+    fn on_bandwidth(&mut self, (peer, result): BandwidthResult) {
+        self.bw_busy = false;
+        match result {
+            Ok((small, large)) => {
+                self.estimator(peer).on_transfers(small, large);
+                let bps = self.estimators.get(&peer).and_then(|e| e.bandwidth());
+                tracing::info!(node = %self.me.short(), peer = %peer.short(), small_s = small.1, large_s = large.1, bandwidth_bps = ?bps, "bandwidth probe");
+            }
+            Err(e) => tracing::debug!(peer = %peer.short(), error = %e, "bandwidth probe failed"),
+        }
+    }
+
+    fn on_addresses(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        if let Err(e) = self.store.put_peer_addrs(&peer, addrs) {
+            tracing::warn!(error = %e, "cannot store peer addresses");
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = self.now();
+        for ev in self.membership.expire(now) {
+            self.on_membership(ev);
+        }
+        self.announce().await;
+        self.schedule_bandwidth();
+        self.maybe_replan();
+        self.maybe_republish().await;
+        self.publish_view();
+    }
+
+    pub(super) fn on_membership(&mut self, ev: MembershipEvent) {
+        match ev {
+            MembershipEvent::Joined(id) => {
+                tracing::info!(node = %self.me.short(), peer = %id.short(), "member joined");
+                if id != self.me {
+                    self.bw_due.insert(id, Instant::now());
+                }
+            }
+            MembershipEvent::Left(id) => {
+                tracing::info!(node = %self.me.short(), peer = %id.short(), "member left");
+                self.bw_due.remove(&id);
+                self.estimators.remove(&id);
+                self.last_sample.remove(&id);
+                self.reports.remove(&id);
+            }
+        }
+        self.update_loss_targets();
+    }
+
+    /// Loss-probe targets: every member with an echo port and an IP address we can reach.
+    fn update_loss_targets(&mut self) {
+        let mut targets = BTreeMap::new();
+        for (id, m) in self.membership.iter() {
+            if *id == self.me {
+                continue;
+            }
+            let Some(port) = m.info.loss_probe_port else {
+                continue;
+            };
+            let ip = m.info.listen_addrs.iter().find_map(|a| {
+                Multiaddr::from_str(a).ok()?.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Ip4(ip) if !ip.is_unspecified() => {
+                        Some(std::net::IpAddr::V4(ip))
+                    }
+                    libp2p::multiaddr::Protocol::Ip6(ip) if !ip.is_unspecified() => {
+                        Some(std::net::IpAddr::V6(ip))
+                    }
+                    _ => None,
+                })
+            });
+            if let Some(ip) = ip {
+                targets.insert(*id, SocketAddr::new(ip, port));
+            }
+        }
+        self.loss_targets.send_if_modified(|t| {
+            let changed = *t != targets;
+            *t = targets;
+            changed
+        });
+    }
+
+    /// Starts the next due bandwidth probe, one at a time.
+    fn schedule_bandwidth(&mut self) {
+        if self.bw_busy {
+            return;
+        }
+        let now = Instant::now();
+        let Some((&peer, _)) = self.bw_due.iter().find(|(_, due)| **due <= now) else {
+            return;
+        };
+        self.bw_due
+            .insert(peer, now + ms(self.cfg.probe.bandwidth_interval_ms));
+        self.bw_busy = true;
+        let net = self.net.clone();
+        let tx = self.bw_tx.clone();
+        let small = self
+            .model
+            .as_ref()
+            .map_or(16 * 1024, |m| m.activation_bytes());
+        let large = usize::try_from(self.cfg.probe.bandwidth_bytes).unwrap_or(1 << 20);
+        tokio::spawn(async move {
+            let r = probe::measure_bandwidth(&net, peer, small, large).await;
+            let _ = tx.send((peer, r)).await;
+        });
+    }
+
+    /// Publishes this node's capability and link report, and refreshes its own membership.
+    pub(super) async fn announce(&mut self) {
+        self.own.seq += 1;
+        self.own.timestamp_ms = unix_ms();
+        let now = self.now();
+        if let Some(ev) = self.membership.observe(self.me, self.own.clone(), now) {
+            self.on_membership(ev);
+        }
+        self.publish_capability().await;
+        self.publish_links().await;
+    }
+
+    /// The link matrix: own estimates plus members' reports.
+    pub(super) fn link_matrix(&self) -> LinkMatrix {
+        let mut m = LinkMatrix::new();
+        for (peer, e) in &self.estimators {
+            if let Some(metrics) = e.metrics() {
+                m.insert((self.me, *peer), metrics);
+            }
+        }
+        for (from, report) in &self.reports {
+            for l in &report.links {
+                let (Some(bw), true) = (l.bandwidth_bps, self.membership.contains(&l.to)) else {
+                    continue;
+                };
+                m.insert(
+                    (*from, l.to),
+                    crate::links::LinkMetrics {
+                        rtt_s: l.rtt_s,
+                        jitter_s: l.jitter_s,
+                        bandwidth_bps: bw,
+                        loss: l.loss.unwrap_or(0.0),
+                    },
+                );
+            }
+        }
+        m
+    }
+}

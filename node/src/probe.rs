@@ -1,0 +1,294 @@
+//! Link probing IO: timed transfers on `/shoal/probe/1` for bandwidth, and a UDP echo beside
+//! the swarm for packet loss (reliable streams hide loss, datagrams do not).
+//!
+//! - [`serve_probes`] answers inbound [`BandwidthProbe`]s; malformed ones lower the sender's
+//!   score.
+//! - [`measure_bandwidth`] times an activation-sized and a 1 MiB transfer to one peer; the
+//!   pair goes to [`crate::links::LinkEstimator::on_transfers`].
+//! - [`UdpEcho`] echoes [`LossProbe`] datagrams; its port is announced in the capability.
+//! - [`LossProber`] sends probes to every target at a fixed rate and reports each one as
+//!   answered or lost (unanswered within the timeout) on a bounded channel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use shoal_keys::NodeId;
+use shoal_protocol::{
+    BandwidthProbe, BandwidthProbeReply, LossProbe, MAX_LOSS_PROBE_BYTES, decode, encode,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::swarm::{InboundRequest, NetError, NetworkHandle, Proto};
+
+/// Errors of probing.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The request failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The peer's answer is malformed or does not match the probe.
+    #[error("bad probe reply: {0}")]
+    BadReply(String),
+    /// A socket error.
+    #[error("udp: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Answers inbound bandwidth probes until cancelled.
+pub async fn serve_probes(
+    mut rx: mpsc::Receiver<InboundRequest>,
+    net: NetworkHandle,
+    cancel: CancellationToken,
+) {
+    loop {
+        let req = tokio::select! {
+            _ = cancel.cancelled() => return,
+            req = rx.recv() => match req { Some(r) => r, None => return },
+        };
+        match decode::<BandwidthProbe>(&req.data) {
+            Ok(p) => {
+                let reply = BandwidthProbeReply {
+                    nonce: p.nonce,
+                    received_bytes: u32::try_from(p.payload.len()).unwrap_or(u32::MAX),
+                    payload: vec![0; p.reply_bytes as usize],
+                };
+                match encode(&reply) {
+                    Ok(bytes) => req.respond(bytes),
+                    Err(e) => tracing::warn!(error = %e, "cannot encode probe reply"),
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = %req.peer, error = %e, "bad bandwidth probe");
+                let _ = net.penalise(req.peer, e.reason()).await;
+            }
+        }
+    }
+}
+
+/// One timed transfer of `bytes` to `peer`; returns the elapsed seconds.
+async fn timed_transfer(
+    net: &NetworkHandle,
+    peer: NodeId,
+    bytes: usize,
+) -> Result<f64, ProbeError> {
+    let nonce = rand::rng().random();
+    let frame = encode(&BandwidthProbe {
+        nonce,
+        reply_bytes: 0,
+        payload: vec![0; bytes],
+    })
+    .map_err(|e| ProbeError::BadReply(e.to_string()))?;
+    let start = Instant::now();
+    let answer = net.request(peer.to_peer_id(), Proto::Probe, frame).await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let reply =
+        decode::<BandwidthProbeReply>(&answer).map_err(|e| ProbeError::BadReply(e.to_string()))?;
+    if reply.nonce != nonce || reply.received_bytes as usize != bytes {
+        return Err(ProbeError::BadReply("nonce or size mismatch".into()));
+    }
+    Ok(elapsed)
+}
+
+/// Times a `small` (activation-sized) and a `large` transfer to `peer`:
+/// `((small_bytes, small_s), (large_bytes, large_s))`.
+pub async fn measure_bandwidth(
+    net: &NetworkHandle,
+    peer: NodeId,
+    small: usize,
+    large: usize,
+) -> Result<((u64, f64), (u64, f64)), ProbeError> {
+    // A warm-up transfer opens the stream machinery so the timed ones measure the link.
+    timed_transfer(net, peer, small).await?;
+    let s = timed_transfer(net, peer, small).await?;
+    let l = timed_transfer(net, peer, large).await?;
+    Ok(((small as u64, s), (large as u64, l)))
+}
+
+/// The UDP echo socket of the loss probe.
+#[derive(Debug)]
+pub struct UdpEcho {
+    socket: UdpSocket,
+}
+
+impl UdpEcho {
+    /// Binds the echo socket.
+    pub async fn bind(addr: SocketAddr) -> Result<Self, ProbeError> {
+        Ok(UdpEcho {
+            socket: UdpSocket::bind(addr).await?,
+        })
+    }
+
+    /// The bound port (announced in the capability).
+    pub fn port(&self) -> Result<u16, ProbeError> {
+        Ok(self.socket.local_addr()?.port())
+    }
+
+    /// Echoes probes until cancelled; anything that is not a probe is ignored (UDP senders
+    /// can be spoofed, so there is no one to blame).
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut buf = [0u8; MAX_LOSS_PROBE_BYTES];
+        loop {
+            let (n, from) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => { tracing::debug!(error = %e, "udp echo recv"); continue; }
+                },
+            };
+            let Ok(mut probe) = decode::<LossProbe>(&buf[..n]) else {
+                continue;
+            };
+            if probe.echo {
+                continue;
+            }
+            probe.echo = true;
+            if let Ok(bytes) = encode(&probe) {
+                let _ = self.socket.send_to(&bytes, from).await;
+            }
+        }
+    }
+}
+
+/// One loss-probe outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossSample {
+    /// The probed peer.
+    pub peer: NodeId,
+    /// True when no echo came back within the timeout.
+    pub lost: bool,
+}
+
+/// Sends loss probes to every target and reports the outcomes.
+#[derive(Debug)]
+pub struct LossProber {
+    socket: UdpSocket,
+    targets: watch::Receiver<BTreeMap<NodeId, SocketAddr>>,
+    out: mpsc::Sender<LossSample>,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl LossProber {
+    /// A prober on a fresh UDP socket bound to `bind` (port 0 is fine).
+    pub async fn new(
+        bind: SocketAddr,
+        targets: watch::Receiver<BTreeMap<NodeId, SocketAddr>>,
+        out: mpsc::Sender<LossSample>,
+        rate_hz: u32,
+        timeout: Duration,
+    ) -> Result<Self, ProbeError> {
+        Ok(LossProber {
+            socket: UdpSocket::bind(bind).await?,
+            targets,
+            out,
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate_hz.max(1))),
+            timeout,
+        })
+    }
+
+    /// Probes until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        let nonce: u64 = rand::rng().random();
+        let origin = Instant::now();
+        let mut seq = 0u32;
+        let mut pending: HashMap<u32, (NodeId, Instant)> = HashMap::new();
+        let mut tick = tokio::time::interval(self.interval);
+        let mut buf = [0u8; MAX_LOSS_PROBE_BYTES];
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    self.expire(&mut pending);
+                    let targets = self.targets.borrow().clone();
+                    for (peer, addr) in targets {
+                        seq = seq.wrapping_add(1);
+                        let sent_us = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        let probe = LossProbe { nonce, seq, sent_us, echo: false };
+                        if let Ok(bytes) = encode(&probe)
+                            && self.socket.send_to(&bytes, addr).await.is_ok()
+                        {
+                            pending.insert(seq, (peer, Instant::now()));
+                        }
+                    }
+                }
+                r = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, _)) = r else { continue };
+                    let Ok(echo) = decode::<LossProbe>(&buf[..n]) else { continue };
+                    if !echo.echo || echo.nonce != nonce {
+                        continue;
+                    }
+                    if let Some((peer, _)) = pending.remove(&echo.seq) {
+                        let _ = self.out.try_send(LossSample { peer, lost: false });
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire(&self, pending: &mut HashMap<u32, (NodeId, Instant)>) {
+        let timeout = self.timeout;
+        let lost: Vec<u32> = pending
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() > timeout)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in lost {
+            if let Some((peer, _)) = pending.remove(&s) {
+                let _ = self.out.try_send(LossSample { peer, lost: true });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_keys::Identity;
+
+    #[tokio::test]
+    async fn echo_answers_and_silence_counts_as_loss() {
+        let cancel = CancellationToken::new();
+        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = echo.port().unwrap();
+        tokio::spawn(echo.run(cancel.clone()));
+        // A bound socket that never answers stands in for a link that loses everything.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let good = Identity::from_secret_bytes([1; 32]).node_id();
+        let dead = Identity::from_secret_bytes([2; 32]).node_id();
+        let targets = BTreeMap::from([
+            (good, SocketAddr::from(([127, 0, 0, 1], port))),
+            (dead, silent.local_addr().unwrap()),
+        ]);
+        let (_tx, targets_rx) = watch::channel(targets);
+        let (out, mut rx) = mpsc::channel(1024);
+        let prober = LossProber::new(
+            "127.0.0.1:0".parse().unwrap(),
+            targets_rx,
+            out,
+            200,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(prober.run(cancel.clone()));
+        let (mut good_ok, mut good_lost, mut dead_lost) = (0, 0, 0);
+        while good_ok < 20 || dead_lost < 20 {
+            let s = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            match (s.peer == good, s.lost) {
+                (true, false) => good_ok += 1,
+                (true, true) => good_lost += 1,
+                (false, true) => dead_lost += 1,
+                (false, false) => panic!("an echo from a socket that never answers"),
+            }
+        }
+        assert!(good_lost <= 2, "{good_lost} probes lost on loopback");
+        cancel.cancel();
+    }
+}

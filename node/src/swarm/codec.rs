@@ -1,0 +1,119 @@
+//! The request/response frame codec: one length-prefixed frame per request and per response.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes (a CBOR message of
+//! shoal-protocol). The length is checked against the protocol's limit *before* the buffer is
+//! allocated, so a peer announcing 4 GiB costs us nothing; a frame over the limit is an
+//! `InvalidData` error, which the swarm counts against the sender. Typed decoding (and its own
+//! limits and checks) happens one level up, in the swarm task.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use libp2p::request_response;
+
+/// Frame codec with separate limits for requests and responses, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameCodec {
+    /// Largest request frame accepted.
+    pub(crate) max_request: usize,
+    /// Largest response frame accepted.
+    pub(crate) max_response: usize,
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the {max}-byte limit"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(data.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(data).await?;
+    io.flush().await?;
+    io.close().await
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_request).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_response).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+
+    #[tokio::test]
+    async fn round_trip_and_limit_before_allocation() {
+        let mut buf = Cursor::new(Vec::new());
+        write_frame(&mut buf, b"hello").await.unwrap();
+        let bytes = buf.into_inner();
+        assert_eq!(&bytes[..4], &[0, 0, 0, 5]);
+        let got = read_frame(&mut Cursor::new(bytes.clone()), 5)
+            .await
+            .unwrap();
+        assert_eq!(got, b"hello");
+        let err = read_frame(&mut Cursor::new(bytes), 4).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // A header claiming 4 GiB with no body is refused by the limit, not by running out.
+        let huge = read_frame(&mut Cursor::new(vec![0xff; 4]), 1 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(huge.kind(), io::ErrorKind::InvalidData);
+        let short = read_frame(&mut Cursor::new(vec![0, 0, 0, 9, 1]), 100)
+            .await
+            .unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
