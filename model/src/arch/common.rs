@@ -1,0 +1,235 @@
+//! Building blocks shared by architectures: linear layers, RMSNorm, rotary embeddings, the
+//! attention bias derived from `attention_mask` and `position_ids`, and grouped-query
+//! attention over a KV cache.
+//!
+//! Layouts: hidden states `[B,S,H]`; per-head tensors `[B,heads,S,D]`; the cache
+//! `[B,KV,T,D]` with `T = P + S`. Derived values shared by the layers of one graph (RoPE
+//! tables, the bias) are memoised in the [`GraphBuilder`], so the unsplit graph builds them
+//! once.
+
+use crate::arch::{WeightSource, WeightTensor};
+use crate::error::{Error, Result};
+use crate::onnx::{DType, GraphBuilder};
+
+/// Value added to the scores of masked positions (finite, so a fully masked row stays finite).
+pub const MASKED: f32 = -1.0e9;
+
+/// Loads `name` and checks its shape.
+pub fn load(w: &mut dyn WeightSource, name: &str, dims: &[usize]) -> Result<WeightTensor> {
+    let t = w.tensor(name)?;
+    if t.dims != dims {
+        return Err(Error::BadTensor {
+            name: name.to_owned(),
+            reason: format!("shape {:?}, expected {:?}", t.dims, dims),
+        });
+    }
+    Ok(t)
+}
+
+/// `x @ W^T (+ b)` for a Hugging Face linear weight `[out, in]` called `weight`.
+pub fn linear(
+    g: &mut GraphBuilder,
+    w: &mut dyn WeightSource,
+    x: &str,
+    weight: &str,
+    bias: Option<&str>,
+    (out_dim, in_dim): (usize, usize),
+) -> Result<String> {
+    let t = load(w, weight, &[out_dim, in_dim])?;
+    let wt = g.weight(
+        &format!("{weight}^T"),
+        vec![in_dim, out_dim],
+        transpose(&t.data, out_dim, in_dim),
+    );
+    g.count_matmul((out_dim * in_dim) as u64);
+    let y = g.matmul(x, &wt);
+    match bias {
+        Some(b) => {
+            let bt = load(w, b, &[out_dim])?;
+            let bv = g.weight(b, vec![out_dim], bt.data);
+            Ok(g.add(&y, &bv))
+        }
+        None => Ok(y),
+    }
+}
+
+/// Row-major transpose of a `rows x cols` matrix.
+pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// RMSNorm over the last axis: `x / sqrt(mean(x^2) + eps) * (weight + offset)`; Llama uses
+/// offset 0, Gemma 1.
+pub fn rms_norm(
+    g: &mut GraphBuilder,
+    w: &mut dyn WeightSource,
+    x: &str,
+    weight: &str,
+    size: usize,
+    eps: f64,
+    offset: f32,
+) -> Result<String> {
+    let t = load(w, weight, &[size])?;
+    let wv = if offset == 0.0 {
+        g.weight(weight, vec![size], t.data)
+    } else {
+        let data = t.data.iter().map(|v| v + offset).collect();
+        g.weight(&format!("{weight}+{offset}"), vec![size], data)
+    };
+    Ok(rms_norm_with(g, x, &wv, eps))
+}
+
+/// RMSNorm with an already-added weight value.
+pub fn rms_norm_with(g: &mut GraphBuilder, x: &str, weight: &str, eps: f64) -> String {
+    let sq = g.mul(x, x);
+    let mean = g.reduce_mean(&sq, &[-1]);
+    let e = g.scalar(eps as f32);
+    let var = g.add(&mean, &e);
+    let rms = g.unary("Sqrt", &var);
+    let n = g.div(x, &rms);
+    g.mul(&n, weight)
+}
+
+/// RoPE inverse frequencies `theta^(-2i/D)` for `i < D/2`.
+pub fn inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+        .collect()
+}
+
+/// `(cos, sin)` tables `[B,1,S,D]` for `position_ids`, memoised under `key` (one per RoPE base).
+pub fn rope_tables(
+    g: &mut GraphBuilder,
+    position_ids: &str,
+    inv_freq: &[f32],
+    key: &str,
+) -> (String, String) {
+    let emb = g.memo(&format!("{key}/emb"), |g| {
+        let p = g.cast(position_ids, DType::F32);
+        let p = g.unsqueeze(&p, &[2]);
+        let f = g.const_f32("inv_freq", vec![inv_freq.len()], inv_freq.to_vec());
+        let freqs = g.mul(&p, &f);
+        let emb = g.concat(&[&freqs, &freqs], -1);
+        g.unsqueeze(&emb, &[1])
+    });
+    let cos = g.memo(&format!("{key}/cos"), |g| g.unary("Cos", &emb));
+    let sin = g.memo(&format!("{key}/sin"), |g| g.unary("Sin", &emb));
+    (cos, sin)
+}
+
+/// Applies rotary embeddings (the "rotate half" convention) to `x` `[B,heads,S,D]`.
+pub fn apply_rope(g: &mut GraphBuilder, x: &str, cos: &str, sin: &str, head_dim: usize) -> String {
+    let half = (head_dim / 2) as i64;
+    let x1 = g.slice(x, -1, 0, half);
+    let x2 = g.slice(x, -1, half, head_dim as i64);
+    let nx2 = g.unary("Neg", &x2);
+    let rot = g.concat(&[&nx2, &x1], -1);
+    let a = g.mul(x, cos);
+    let b = g.mul(&rot, sin);
+    g.add(&a, &b)
+}
+
+/// Additive attention bias `[B,1,G*S,T]` (0 or [`MASKED`]) for `groups` query heads per KV head.
+///
+/// Key positions are `cumsum(attention_mask) - 1`, query positions are `position_ids`; a key is
+/// visible when it is not padding, not in the future, and (with `window`) less than `window`
+/// positions back. Memoised per `(groups, window)`.
+pub fn attention_bias(
+    g: &mut GraphBuilder,
+    attention_mask: &str,
+    position_ids: &str,
+    groups: usize,
+    window: Option<usize>,
+) -> String {
+    let key = format!("bias/{groups}/{window:?}");
+    g.memo(&key, |g| {
+        let axis = g.const_i64(Vec::new(), vec![1]);
+        let cum = g.op("CumSum", &[attention_mask, &axis], Vec::new());
+        let one = g.const_i64(Vec::new(), vec![1]);
+        let kpos = g.sub(&cum, &one);
+        let k = g.unsqueeze(&kpos, &[1, 2]);
+        let q = g.unsqueeze(position_ids, &[1, 3]);
+        let zero = g.const_i64(Vec::new(), vec![0]);
+        let valid = g.op("Greater", &[attention_mask, &zero], Vec::new());
+        let valid = g.unsqueeze(&valid, &[1, 2]);
+        let causal = g.op("LessOrEqual", &[&k, &q], Vec::new());
+        let mut ok = g.op("And", &[&causal, &valid], Vec::new());
+        if let Some(win) = window {
+            let wv = g.const_i64(Vec::new(), vec![win as i64]);
+            let lo = g.sub(&q, &wv);
+            let near = g.op("Greater", &[&k, &lo], Vec::new());
+            ok = g.op("And", &[&ok, &near], Vec::new());
+        }
+        let z = g.scalar(0.0);
+        let m = g.scalar(MASKED);
+        let bias = g.select(&ok, &z, &m);
+        if groups == 1 {
+            return bias;
+        }
+        let copies: Vec<&str> = (0..groups).map(|_| bias.as_str()).collect();
+        g.concat(&copies, 2)
+    })
+}
+
+/// Shape figures of one attention block.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head size.
+    pub head_dim: usize,
+    /// Multiplier of the scores (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
+}
+
+/// Splits `[B,S,heads*D]` into heads: `[B,heads,S,D]`.
+pub fn split_heads(g: &mut GraphBuilder, x: &str, heads: usize, head_dim: usize) -> String {
+    let r = g.reshape(x, &[0, 0, heads as i64, head_dim as i64]);
+    g.transpose(&r, &[0, 2, 1, 3])
+}
+
+/// Grouped-query attention: `q` `[B,heads,S,D]`, `k`/`v` `[B,KV,T,D]`, `bias` from
+/// [`attention_bias`]; returns `[B,S,heads*D]`.
+pub fn attention(
+    g: &mut GraphBuilder,
+    q: &str,
+    k: &str,
+    v: &str,
+    bias: &str,
+    s: AttentionShape,
+) -> String {
+    let (h, kv, d) = (s.heads as i64, s.kv_heads as i64, s.head_dim as i64);
+    let qg = g.reshape(q, &[0, kv, -1, d]);
+    let kt = g.transpose(k, &[0, 1, 3, 2]);
+    let scores = g.matmul(&qg, &kt);
+    let sc = g.scalar(s.scale);
+    let scores = g.mul(&scores, &sc);
+    let scores = g.add(&scores, bias);
+    let p = g.softmax(&scores, -1);
+    let o = g.matmul(&p, v);
+    let o = g.reshape(&o, &[0, h, -1, d]);
+    let o = g.transpose(&o, &[0, 2, 1, 3]);
+    g.reshape(&o, &[0, 0, h * d])
+}
+
+/// Logits `[B,S,V]` from normed hidden states and a `[V,H]` matrix used as stored (a tied
+/// embedding is referenced, not copied; the transpose is folded by the runtime at load).
+pub fn logits_from_rows(
+    g: &mut GraphBuilder,
+    x: &str,
+    rows: &str,
+    vocab: usize,
+    hidden: usize,
+) -> String {
+    g.count_matmul((vocab * hidden) as u64);
+    let t = g.transpose(rows, &[1, 0]);
+    g.matmul(x, &t)
+}

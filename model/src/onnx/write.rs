@@ -1,0 +1,205 @@
+//! Serialises a [`GraphBuilder`] into an `.onnx` file whose large initializers live in an
+//! external-data file next to it (ONNX "external data": location, offset, length).
+//!
+//! [`ExternalIndex`] remembers where every checkpoint tensor was written, so a later graph that
+//! uses the same tensor (the head of a tied-embedding model) points at the existing bytes
+//! instead of writing them again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use prost::Message;
+use tract_onnx::pb;
+
+use super::{GraphBuilder, IR_VERSION, InitData, Initializer, OPSET};
+use crate::error::{Error, Result};
+
+/// Alignment of tensors inside an external-data file: lets runtimes map them directly.
+const ALIGN: u64 = 64;
+/// Derived constants at least this large go to the external file too.
+const INLINE_LIMIT: usize = 4096;
+
+/// Where a checkpoint tensor was stored: file (relative to the model directory), offset, length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Location {
+    file: String,
+    offset: u64,
+    length: u64,
+}
+
+/// Where each checkpoint tensor has been written so far, across the shards of one model.
+#[derive(Debug, Default)]
+pub struct ExternalIndex {
+    written: HashMap<String, Location>,
+}
+
+/// What writing one graph produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenGraph {
+    /// Every file the graph needs, relative to the model directory (the `.onnx` first).
+    pub files: Vec<String>,
+    /// Bytes of all initializers the graph uses (shared ones included).
+    pub param_bytes: u64,
+}
+
+/// Writes `graph` to `dir/onnx_file`, its weights to `dir/weights_file`.
+pub fn write_graph(
+    graph: GraphBuilder,
+    dir: &Path,
+    onnx_file: &str,
+    weights_file: &str,
+    index: &mut ExternalIndex,
+) -> Result<WrittenGraph> {
+    let (mut proto, inits) = graph.into_parts();
+    let mut weights = WeightsFile::new(dir, weights_file);
+    let mut files = BTreeSet::new();
+    let mut param_bytes = 0u64;
+    for init in inits {
+        param_bytes += init.data.byte_len() as u64;
+        let external = init.source.is_some() || init.data.byte_len() >= INLINE_LIMIT;
+        let tensor = if !external {
+            inline_tensor(init)
+        } else {
+            let known = init
+                .source
+                .as_ref()
+                .and_then(|s| index.written.get(s))
+                .cloned();
+            let loc = match known {
+                Some(loc) => loc,
+                None => {
+                    let loc = weights.append(&init.data)?;
+                    if let Some(s) = &init.source {
+                        index.written.insert(s.clone(), loc.clone());
+                    }
+                    loc
+                }
+            };
+            files.insert(loc.file.clone());
+            external_tensor(&init, &loc)
+        };
+        proto.initializer.push(tensor);
+    }
+    weights.finish()?;
+    let model = pb::ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "shoal".to_owned(),
+        producer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        graph: Some(proto),
+        ..Default::default()
+    };
+    let path = dir.join(onnx_file);
+    std::fs::write(&path, model.encode_to_vec()).map_err(Error::io(&path))?;
+    let mut all = vec![onnx_file.to_owned()];
+    all.extend(files);
+    Ok(WrittenGraph {
+        files: all,
+        param_bytes,
+    })
+}
+
+fn inline_tensor(init: Initializer) -> pb::TensorProto {
+    let mut t = pb::TensorProto {
+        name: init.name,
+        dims: init.dims.iter().map(|d| *d as i64).collect(),
+        ..Default::default()
+    };
+    match init.data {
+        InitData::F32(v) => {
+            t.data_type = pb::tensor_proto::DataType::Float as i32;
+            t.float_data = v;
+        }
+        InitData::I64(v) => {
+            t.data_type = pb::tensor_proto::DataType::Int64 as i32;
+            t.int64_data = v;
+        }
+    }
+    t
+}
+
+fn external_tensor(init: &Initializer, loc: &Location) -> pb::TensorProto {
+    let data_type = match init.data {
+        InitData::F32(_) => pb::tensor_proto::DataType::Float,
+        InitData::I64(_) => pb::tensor_proto::DataType::Int64,
+    };
+    let entry = |k: &str, v: String| pb::StringStringEntryProto {
+        key: k.to_owned(),
+        value: v,
+    };
+    pb::TensorProto {
+        name: init.name.clone(),
+        dims: init.dims.iter().map(|d| *d as i64).collect(),
+        data_type: data_type as i32,
+        data_location: Some(pb::tensor_proto::DataLocation::External as i32),
+        external_data: vec![
+            entry("location", loc.file.clone()),
+            entry("offset", loc.offset.to_string()),
+            entry("length", loc.length.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+/// An external-data file opened lazily: a graph without large tensors creates no file.
+struct WeightsFile<'a> {
+    dir: &'a Path,
+    name: &'a str,
+    out: Option<BufWriter<File>>,
+    len: u64,
+}
+
+impl<'a> WeightsFile<'a> {
+    fn new(dir: &'a Path, name: &'a str) -> Self {
+        WeightsFile {
+            dir,
+            name,
+            out: None,
+            len: 0,
+        }
+    }
+
+    fn append(&mut self, data: &InitData) -> Result<Location> {
+        let path = self.dir.join(self.name);
+        let out = match &mut self.out {
+            Some(out) => out,
+            None => {
+                let f = File::create(&path).map_err(Error::io(&path))?;
+                self.out.insert(BufWriter::new(f))
+            }
+        };
+        let pad = (ALIGN - self.len % ALIGN) % ALIGN;
+        out.write_all(&vec![0u8; pad as usize])
+            .map_err(Error::io(&path))?;
+        self.len += pad;
+        let offset = self.len;
+        let bytes = le_bytes(data);
+        out.write_all(&bytes).map_err(Error::io(&path))?;
+        self.len += bytes.len() as u64;
+        Ok(Location {
+            file: self.name.to_owned(),
+            offset,
+            length: bytes.len() as u64,
+        })
+    }
+
+    fn finish(self) -> Result<()> {
+        if let Some(mut out) = self.out {
+            let path = self.dir.join(self.name);
+            out.flush().map_err(Error::io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+fn le_bytes(data: &InitData) -> Vec<u8> {
+    match data {
+        InitData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        InitData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}

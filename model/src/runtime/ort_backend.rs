@@ -1,0 +1,124 @@
+//! Shards on ONNX Runtime. The KV cache stays in ONNX Runtime values between steps: a layer's
+//! `present_key` output is fed back as the next step's `past_key` without a copy.
+
+use std::path::Path;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, Tensor};
+
+use super::Activation;
+use crate::error::{Error, Result};
+use crate::export::names;
+
+/// A loaded shard.
+pub(crate) struct OrtShard {
+    session: Session,
+}
+
+/// A layer's cached keys and values.
+pub(crate) struct OrtKv {
+    key: DynValue,
+    value: DynValue,
+}
+
+fn err<E: std::fmt::Display>(e: E) -> Error {
+    Error::Ort(e.to_string())
+}
+
+fn dims(shape: &[usize]) -> Vec<i64> {
+    shape.iter().map(|d| *d as i64).collect()
+}
+
+impl OrtShard {
+    /// Loads `path` (external data resolved next to it).
+    pub(crate) fn load(path: &Path, threads: usize, ort_path: Option<&Path>) -> Result<Self> {
+        let env = super::ort_lib::environment(ort_path)?;
+        let mut b = Session::builder(env).map_err(err)?;
+        b = b
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(err)?;
+        if threads > 0 {
+            b = b.with_intra_threads(threads).map_err(err)?;
+        }
+        let session = b
+            .commit_from_file(path)
+            .map_err(|e| Error::Ort(format!("{}: {e}", path.display())))?;
+        Ok(OrtShard { session })
+    }
+
+    /// Embedding: ids `[1,S]` to hidden states.
+    pub(crate) fn embed(&mut self, ids: &[i64]) -> Result<Activation> {
+        let t = Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec())).map_err(err)?;
+        let out = self
+            .session
+            .run(ort::inputs![names::INPUT_IDS => t])
+            .map_err(err)?;
+        extract(&out[names::HIDDEN_OUT])
+    }
+
+    /// One decoder layer step; creates the cache on the first step.
+    pub(crate) fn layer(
+        &mut self,
+        hidden: Activation,
+        mask: &[i64],
+        pos: &[i64],
+        kv: &mut Option<OrtKv>,
+        kv_shape: (usize, usize),
+    ) -> Result<Activation> {
+        let h = Tensor::from_array((dims(&hidden.shape), hidden.data)).map_err(err)?;
+        let m = Tensor::from_array((vec![1i64, mask.len() as i64], mask.to_vec())).map_err(err)?;
+        let p = Tensor::from_array((vec![1i64, pos.len() as i64], pos.to_vec())).map_err(err)?;
+        let past = match kv.take() {
+            Some(kv) => kv,
+            None => {
+                let shape = vec![1i64, kv_shape.0 as i64, 0, kv_shape.1 as i64];
+                let e = |s: Vec<i64>| {
+                    Tensor::<f32>::from_array((s, Vec::new()))
+                        .map(|t| t.into_dyn())
+                        .map_err(err)
+                };
+                OrtKv {
+                    key: e(shape.clone())?,
+                    value: e(shape)?,
+                }
+            }
+        };
+        let mut out = self
+            .session
+            .run(ort::inputs![
+                names::HIDDEN => h,
+                names::ATTENTION_MASK => m,
+                names::POSITION_IDS => p,
+                names::PAST_KEY => &past.key,
+                names::PAST_VALUE => &past.value,
+            ])
+            .map_err(err)?;
+        let hidden = extract(&out[names::HIDDEN_OUT])?;
+        let missing = |n: &str| Error::Ort(format!("shard has no output {n:?}"));
+        let key = out
+            .remove(names::PRESENT_KEY)
+            .ok_or_else(|| missing(names::PRESENT_KEY))?;
+        let value = out
+            .remove(names::PRESENT_VALUE)
+            .ok_or_else(|| missing(names::PRESENT_VALUE))?;
+        *kv = Some(OrtKv { key, value });
+        Ok(hidden)
+    }
+
+    /// Head: hidden states to logits.
+    pub(crate) fn head(&mut self, hidden: Activation) -> Result<Activation> {
+        let h = Tensor::from_array((dims(&hidden.shape), hidden.data)).map_err(err)?;
+        let out = self
+            .session
+            .run(ort::inputs![names::HIDDEN => h])
+            .map_err(err)?;
+        extract(&out[names::LOGITS])
+    }
+}
+
+fn extract(v: &DynValue) -> Result<Activation> {
+    let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
+    let shape = shape.iter().map(|d| *d as usize).collect();
+    Activation::new(shape, data.to_vec())
+}

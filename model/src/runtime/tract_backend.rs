@@ -1,0 +1,109 @@
+//! Shards on tract, the pure-Rust ONNX runtime: used when ONNX Runtime is not installed. The
+//! graphs keep their symbolic batch, sequence and past lengths; the KV cache stays in tract
+//! values between steps.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::Activation;
+use crate::error::{Error, Result};
+
+/// A loaded shard.
+pub(crate) struct TractShard {
+    plan: Arc<TypedRunnableModel>,
+}
+
+/// A layer's cached keys and values.
+pub(crate) struct TractKv {
+    key: TValue,
+    value: TValue,
+}
+
+fn err<E: std::fmt::Display>(e: E) -> Error {
+    Error::Tract(format!("{e:#}"))
+}
+
+impl TractShard {
+    /// Loads and optimises `path` (external data resolved next to it).
+    pub(crate) fn load(path: &Path) -> Result<Self> {
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| Error::Tract(format!("{}: {e:#}", path.display())))?;
+        Ok(TractShard { plan: model })
+    }
+
+    fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+        self.plan.run(inputs).map_err(err)
+    }
+
+    /// Embedding: ids `[1,S]` to hidden states.
+    pub(crate) fn embed(&mut self, ids: &[i64]) -> Result<Activation> {
+        let t = Tensor::from_shape(&[1, ids.len()], ids).map_err(err)?;
+        let out = self.run(tvec![t.into_tvalue()])?;
+        activation(&out, 0)
+    }
+
+    /// One decoder layer step; creates the cache on the first step.
+    pub(crate) fn layer(
+        &mut self,
+        hidden: Activation,
+        mask: &[i64],
+        pos: &[i64],
+        kv: &mut Option<TractKv>,
+        kv_shape: (usize, usize),
+    ) -> Result<Activation> {
+        let h = Tensor::from_shape(&hidden.shape, &hidden.data).map_err(err)?;
+        let m = Tensor::from_shape(&[1, mask.len()], mask).map_err(err)?;
+        let p = Tensor::from_shape(&[1, pos.len()], pos).map_err(err)?;
+        let past = match kv.take() {
+            Some(kv) => kv,
+            None => {
+                let e = Tensor::zero::<f32>(&[1, kv_shape.0, 0, kv_shape.1])
+                    .map_err(err)?
+                    .into_tvalue();
+                TractKv {
+                    key: e.clone(),
+                    value: e,
+                }
+            }
+        };
+        let out = self.run(tvec![
+            h.into_tvalue(),
+            m.into_tvalue(),
+            p.into_tvalue(),
+            past.key,
+            past.value
+        ])?;
+        let hidden = activation(&out, 0)?;
+        let (Some(key), Some(value)) = (out.get(1), out.get(2)) else {
+            return Err(Error::Tract(
+                "layer shard returned fewer than 3 outputs".to_owned(),
+            ));
+        };
+        *kv = Some(TractKv {
+            key: key.clone(),
+            value: value.clone(),
+        });
+        Ok(hidden)
+    }
+
+    /// Head: hidden states to logits.
+    pub(crate) fn head(&mut self, hidden: Activation) -> Result<Activation> {
+        let h = Tensor::from_shape(&hidden.shape, &hidden.data).map_err(err)?;
+        let out = self.run(tvec![h.into_tvalue()])?;
+        activation(&out, 0)
+    }
+}
+
+fn activation(out: &TVec<TValue>, i: usize) -> Result<Activation> {
+    let t = out
+        .get(i)
+        .ok_or_else(|| Error::Tract(format!("missing output {i}")))?;
+    let view = t.try_as_plain_ram().map_err(err)?;
+    let data = view.as_slice::<f32>().map_err(err)?.to_vec();
+    Activation::new(t.shape().to_vec(), data)
+}
