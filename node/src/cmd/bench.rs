@@ -1,0 +1,19 @@
+//! `shoal bench <target>`: measurements that print a table. One module per target under
+//! `bench/`; add a variant and a match arm here for a new one.
+
+mod planner;
+
+use clap::Subcommand;
+
+/// What to benchmark.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Solve time of the placement MILP (milliseconds) per cluster size.
+    Planner(planner::PlannerArgs),
+}
+
+pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Planner(args) => planner::run(&args),
+    }
+}

@@ -1,0 +1,238 @@
+//! Exact throughput placement by bisection over the bottleneck, each step a HiGHS feasibility
+//! MILP on stage segments.
+//!
+//! The throughput objective is the largest of finitely many numbers (stage costs of device
+//! segments, hop costs, origin hops), so the optimum is one of them: the smallest candidate
+//! value `T` for which a placement with every stage and hop at most `T` exists. Feasibility
+//! is monotone in `T`, so a binary search over the sorted candidates finds it exactly.
+//!
+//! The feasibility MILP for a threshold `T` has one binary `w[i][a][b]` per segment "device
+//! `i` runs layers `[a, b)`" that fits in memory with stage cost at most `T` (and, at the ends,
+//! origin hops at most `T`), and continuous hop arcs `y[b][i][j]` at boundary `b` only where
+//! `hop(i, j, out_bytes[b - 1]) <= T` and a link exists. Rows: one unit of flow leaves
+//! boundary 0; at every inner boundary the segments ending on `i` feed its hop arcs and the
+//! hop arcs into `j` feed the segments starting on `j`; each device holds at most one segment.
+//! Costs and memory are checked in Rust with the same functions that score placements, so the
+//! solver only decides combinatorics and no tolerance can change the answer. Thresholding
+//! removes expensive segments outright, which keeps the relaxation tight where the direct
+//! min-`t` model (`milp.rs`) spreads layers thinly.
+
+use std::time::Instant;
+
+use highs::{Col, HighsModelStatus, HighsSolutionStatus, RowProblem, Sense};
+
+use crate::cost::{IdxStage, Instance};
+use crate::error::PlanError;
+use crate::milp::Solved;
+use crate::plan::Objective;
+
+/// The optimal throughput placement, seeded with a known placement and its cost.
+pub(crate) fn solve(
+    inst: &Instance,
+    time_limit_s: f64,
+    incumbent: Option<(f64, Vec<IdxStage>)>,
+) -> Result<Solved, PlanError> {
+    let started = Instant::now();
+    let left = |started: &Instant| time_limit_s - started.elapsed().as_secs_f64();
+    let (upper, mut best) = match incumbent {
+        Some(inc) => inc,
+        None => match feasible(inst, f64::INFINITY, left(&started))? {
+            Step::Feasible(st) => match inst.score(&st, Objective::Throughput) {
+                Ok(c) => (c, st),
+                Err(reason) => return Err(PlanError::Solver(reason)),
+            },
+            Step::Infeasible => return Ok(no_placement()),
+            Step::OutOfTime => {
+                return Err(PlanError::Solver("time limit before any placement".into()));
+            }
+        },
+    };
+    let cands = candidates(inst, upper);
+    // cands[hi] is always achievable (it is at least the incumbent's cost).
+    let (mut lo, mut hi) = (0, cands.len().saturating_sub(1));
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match feasible(inst, cands[mid], left(&started))? {
+            Step::Feasible(st) => {
+                hi = mid;
+                best = st;
+            }
+            Step::Infeasible => lo = mid + 1,
+            Step::OutOfTime => {
+                let cost = inst
+                    .score(&best, Objective::Throughput)
+                    .map_err(PlanError::Solver)?;
+                return Ok(Solved {
+                    stages: Some(best),
+                    optimal: false,
+                    mip_gap: Some(((cost - cands[lo]) / cost).max(0.0)),
+                });
+            }
+        }
+    }
+    Ok(Solved {
+        stages: Some(best),
+        optimal: true,
+        mip_gap: None,
+    })
+}
+
+fn no_placement() -> Solved {
+    Solved {
+        stages: None,
+        optimal: true,
+        mip_gap: None,
+    }
+}
+
+/// Every value the bottleneck can take up to `upper`, sorted and deduplicated, from the
+/// largest lower bound on (every layer's cheapest stage) upward. The last value is `upper`'s.
+fn candidates(inst: &Instance, upper: f64) -> Vec<f64> {
+    let (d, l) = (inst.devices(), inst.layers());
+    let lower = (0..l)
+        .map(|k| {
+            (0..d)
+                .map(|i| inst.compute[i][k] + inst.overhead[i])
+                .fold(f64::INFINITY, f64::min)
+        })
+        .fold(0.0, f64::max);
+    let mut out = Vec::new();
+    let mut push = |v: f64| {
+        if (lower..=upper).contains(&v) {
+            out.push(v);
+        }
+    };
+    for i in 0..d {
+        for a in 0..l {
+            for b in a + 1..=l {
+                let c = inst.stage_cost(i, a, b);
+                if c > upper || !inst.fits(i, a, b) {
+                    break;
+                }
+                push(c);
+            }
+        }
+        inst.hop_in(i).into_iter().for_each(&mut push);
+        inst.hop_back(i).into_iter().for_each(&mut push);
+    }
+    for k in 0..l.saturating_sub(1) {
+        for i in 0..d {
+            for j in (0..d).filter(|&j| j != i) {
+                inst.hop_after(k, i, j).into_iter().for_each(&mut push);
+            }
+        }
+    }
+    push(upper);
+    out.sort_by(f64::total_cmp);
+    out.dedup();
+    out
+}
+
+/// Outcome of one feasibility check.
+enum Step {
+    Feasible(Vec<IdxStage>),
+    Infeasible,
+    OutOfTime,
+}
+
+/// A segment column: device, start, end.
+type Segment = (usize, usize, usize, Col);
+
+/// Is there a placement with every stage and hop cost at most `t`?
+fn feasible(inst: &Instance, t: f64, seconds: f64) -> Result<Step, PlanError> {
+    if seconds <= 0.0 {
+        return Ok(Step::OutOfTime);
+    }
+    let (d, l) = (inst.devices(), inst.layers());
+    let mut pb = RowProblem::default();
+    let mut segs: Vec<Segment> = Vec::new();
+    for i in 0..d {
+        for a in 0..l {
+            if a == 0 && !inst.hop_in(i).is_some_and(|h| h <= t) {
+                continue;
+            }
+            for b in a + 1..=l {
+                if inst.stage_cost(i, a, b) > t || !inst.fits(i, a, b) {
+                    break;
+                }
+                if b == l && !inst.hop_back(i).is_some_and(|h| h <= t) {
+                    continue;
+                }
+                segs.push((i, a, b, pb.add_integer_column(0.0, 0.0..=1.0)));
+            }
+        }
+    }
+    // ends[b][i] / starts[b][i]: segments of device i ending / starting at boundary b.
+    let mut ends = vec![vec![Vec::new(); d]; l + 1];
+    let mut starts = vec![vec![Vec::new(); d]; l + 1];
+    let mut per_device = vec![Vec::new(); d];
+    for &(i, a, b, c) in &segs {
+        ends[b][i].push(c);
+        starts[a][i].push(c);
+        per_device[i].push(c);
+    }
+    if (0..d).all(|i| starts[0][i].is_empty()) || (0..d).all(|i| ends[l][i].is_empty()) {
+        return Ok(Step::Infeasible);
+    }
+    pb.add_row(1.0..=1.0, starts[0].iter().flatten().map(|&c| (c, 1.0)));
+    for b in 1..l {
+        let mut out_rows: Vec<Vec<(Col, f64)>> = ends[b]
+            .iter()
+            .map(|cs| cs.iter().map(|&c| (c, 1.0)).collect())
+            .collect();
+        let mut in_rows: Vec<Vec<(Col, f64)>> = starts[b]
+            .iter()
+            .map(|cs| cs.iter().map(|&c| (c, -1.0)).collect())
+            .collect();
+        for i in (0..d).filter(|&i| !ends[b][i].is_empty()) {
+            for j in (0..d).filter(|&j| j != i && !starts[b][j].is_empty()) {
+                if inst.hop_after(b - 1, i, j).is_some_and(|h| h <= t) {
+                    let y = pb.add_column(0.0, 0.0..=1.0);
+                    out_rows[i].push((y, -1.0));
+                    in_rows[j].push((y, 1.0));
+                }
+            }
+        }
+        for row in out_rows
+            .into_iter()
+            .chain(in_rows)
+            .filter(|r| !r.is_empty())
+        {
+            pb.add_row(0.0..=0.0, row);
+        }
+    }
+    for cs in per_device.iter().filter(|cs| cs.len() > 1) {
+        pb.add_row(..=1.0, cs.iter().map(|&c| (c, 1.0)));
+    }
+    let mut model = pb.optimise(Sense::Minimise);
+    model
+        .try_set_option("time_limit", seconds)
+        .map_err(|e| PlanError::Solver(format!("option time_limit: {e:?}")))?;
+    let solved = model
+        .try_solve()
+        .map_err(|e| PlanError::Solver(format!("HiGHS run failed: {e:?}")))?;
+    let has_solution = solved.int_info_value(c"primal_solution_status").ok()
+        == Some(HighsSolutionStatus::Feasible as i64);
+    match solved.status() {
+        HighsModelStatus::Infeasible => Ok(Step::Infeasible),
+        HighsModelStatus::Optimal if has_solution => {
+            let cols = solved.get_solution().columns().to_vec();
+            Ok(Step::Feasible(chain(&segs, &cols)))
+        }
+        HighsModelStatus::ReachedTimeLimit => Ok(Step::OutOfTime),
+        other => Err(PlanError::Solver(format!(
+            "HiGHS status {other:?} at threshold {t}"
+        ))),
+    }
+}
+
+/// The chosen segments in layer order.
+fn chain(segs: &[Segment], cols: &[f64]) -> Vec<IdxStage> {
+    let mut out: Vec<IdxStage> = segs
+        .iter()
+        .filter(|s| cols[s.3.index()] > 0.5)
+        .map(|&(i, a, b, _)| (i, a, b))
+        .collect();
+    out.sort_by_key(|s| s.1);
+    out
+}

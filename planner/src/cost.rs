@@ -1,0 +1,423 @@
+//! The normative cost model of DESIGN.md: roofline compute per layer, the hop formula
+//! (effective payload, binomial loss mean and variance, one recovery round trip, jitter,
+//! `risk_kappa` penalty), the memory rule and both objectives.
+//!
+//! Data flow: a validated [`Scenario`] becomes an [`Instance`] (ids resolved to indices, compute
+//! times, memory and hop costs precomputed). Every strategy scores its placement with
+//! [`Instance::score`], so the MILP, the oracle and the baselines agree on what a placement costs.
+
+use crate::error::PlanError;
+use crate::plan::{Objective, Stage};
+use crate::scenario::{Device, Layer, Link, Net, Scenario};
+
+/// Compute seconds of one layer on one device: `max(flops_l / flops_i, read_bytes_l / mem_bw_i)`.
+pub fn layer_time(layer: &Layer, device: &Device) -> f64 {
+    let compute = layer.flops / device.flops;
+    let read = layer.read_bytes.unwrap_or(layer.param_bytes);
+    match device.mem_bw {
+        Some(bw) => compute.max(read / bw),
+        None => compute,
+    }
+}
+
+/// Bytes a layer occupies on a device: `param_bytes + kv_bytes_per_token * context_tokens`.
+pub fn layer_memory(layer: &Layer, context_tokens: f64) -> f64 {
+    layer.param_bytes + layer.kv_bytes_per_token * context_tokens
+}
+
+/// The terms of one hop's cost (DESIGN.md "hop(i, j, B)").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HopCost {
+    /// Packets `n = max(1, ceil(B / payload_bytes))`.
+    pub packets: f64,
+    /// Bytes on the wire, `B + n * header_bytes`.
+    pub wire_bytes: f64,
+    /// Expected seconds: half the RTT, serialisation, resent packets, one recovery round trip.
+    pub mean_s: f64,
+    /// Standard deviation in seconds (jitter, binomial loss, recovery).
+    pub sd_s: f64,
+    /// The link-quality penalty `risk_kappa * sd`.
+    pub penalty_s: f64,
+    /// `mean + penalty`: what the objectives use.
+    pub total_s: f64,
+}
+
+/// Cost of sending `bytes` over `link` with the packetisation of `net`.
+pub fn hop_cost(link: &Link, bytes: f64, net: &Net) -> HopCost {
+    let n = (bytes / net.payload_bytes).ceil().max(1.0);
+    let wire = bytes + n * net.header_bytes;
+    let t_ser = 8.0 * wire / link.bandwidth_bps;
+    let t_pkt = t_ser / n;
+    let p = link.loss;
+    let ek = n * p;
+    let vk = n * p * (1.0 - p);
+    let q = 1.0 - (1.0 - p).powf(n);
+    let mean = link.rtt_s / 2.0 + t_ser + ek * t_pkt + q * link.rtt_s;
+    let var = link.jitter_s.powi(2) + vk * t_pkt.powi(2) + q * (1.0 - q) * link.rtt_s.powi(2);
+    let sd = var.max(0.0).sqrt();
+    let penalty = net.risk_kappa * sd;
+    HopCost {
+        packets: n,
+        wire_bytes: wire,
+        mean_s: mean,
+        sd_s: sd,
+        penalty_s: penalty,
+        total_s: mean + penalty,
+    }
+}
+
+/// A stage by indices: device index and half-open layer range `[start, end)`.
+pub(crate) type IdxStage = (usize, usize, usize);
+
+/// A scenario resolved to indices with every cost the strategies need precomputed.
+#[derive(Debug, Clone)]
+pub(crate) struct Instance {
+    /// Device ids in scenario order.
+    pub(crate) ids: Vec<String>,
+    /// Index of the origin device.
+    pub(crate) origin: usize,
+    /// `compute[i][l]`: seconds of layer `l` on device `i`.
+    pub(crate) compute: Vec<Vec<f64>>,
+    /// Per-device stage overhead in seconds.
+    pub(crate) overhead: Vec<f64>,
+    /// Bytes each layer occupies.
+    pub(crate) mem: Vec<f64>,
+    /// Usable bytes per device (`memory_fraction * mem_bytes`).
+    pub(crate) cap: Vec<f64>,
+    /// `links[i * d + j]`: the link i -> j, if any.
+    links: Vec<Option<Link>>,
+    /// Bytes each layer sends to the next stage.
+    pub(crate) out_bytes: Vec<f64>,
+    token_bytes: f64,
+    net: Net,
+    /// Seconds per stage boundary (latency only).
+    pub(crate) stage_penalty: f64,
+}
+
+/// A placement's cost split into its parts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Breakdown {
+    /// The objective of `cost_s`.
+    pub objective: Objective,
+    /// The objective value in seconds.
+    pub cost_s: f64,
+    /// Per stage, in pipeline order.
+    pub stages: Vec<StageCost>,
+    /// Per hop: origin -> first stage, between stages, last stage -> origin.
+    pub hops: Vec<HopDetail>,
+    /// `stage_penalty_s * (stages - 1)` (counted in latency only).
+    pub stage_penalty_s: f64,
+}
+
+/// One stage's compute and memory.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageCost {
+    /// The device id.
+    pub device: String,
+    /// Half-open layer range.
+    pub layers: [usize; 2],
+    /// Sum of the layers' roofline times.
+    pub compute_s: f64,
+    /// The device's per-stage overhead.
+    pub overhead_s: f64,
+    /// Bytes held (weights plus KV cache).
+    pub memory_bytes: f64,
+    /// Bytes the device may fill (`memory_fraction * mem_bytes`).
+    pub memory_limit_bytes: f64,
+}
+
+/// One hop's cost; a hop from a device to itself has every figure 0.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HopDetail {
+    /// Sending device id.
+    pub from: String,
+    /// Receiving device id.
+    pub to: String,
+    /// Payload bytes.
+    pub bytes: f64,
+    /// Expected seconds.
+    pub mean_s: f64,
+    /// `risk_kappa * sd` seconds.
+    pub penalty_s: f64,
+}
+
+impl Instance {
+    /// Resolves a validated scenario.
+    pub(crate) fn new(s: &Scenario) -> Result<Self, PlanError> {
+        s.validate()?;
+        let d = s.devices.len();
+        let index = |id: &str| s.devices.iter().position(|x| x.id == id);
+        let mut links = vec![None; d * d];
+        for l in &s.links {
+            if let (Some(a), Some(b)) = (index(&l.from), index(&l.to)) {
+                links[a * d + b] = Some(l.clone());
+                if l.symmetric {
+                    links[b * d + a] = Some(l.clone());
+                }
+            }
+        }
+        let origin = index(&s.origin).ok_or_else(|| PlanError::Placement {
+            reason: format!("origin {:?} is not a device", s.origin),
+        })?;
+        let layers = &s.model.layers;
+        Ok(Self {
+            ids: s.devices.iter().map(|x| x.id.clone()).collect(),
+            origin,
+            compute: s
+                .devices
+                .iter()
+                .map(|dev| layers.iter().map(|l| layer_time(l, dev)).collect())
+                .collect(),
+            overhead: s.devices.iter().map(|x| x.overhead_s).collect(),
+            mem: layers
+                .iter()
+                .map(|l| layer_memory(l, s.model.context_tokens))
+                .collect(),
+            cap: s
+                .devices
+                .iter()
+                .map(|x| s.memory_fraction * x.mem_bytes)
+                .collect(),
+            links,
+            out_bytes: layers.iter().map(|l| l.out_bytes).collect(),
+            token_bytes: s.model.token_bytes,
+            net: s.net.clone(),
+            stage_penalty: s.stage_penalty_s,
+        })
+    }
+
+    /// Number of devices.
+    pub(crate) fn devices(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Number of layers.
+    pub(crate) fn layers(&self) -> usize {
+        self.mem.len()
+    }
+
+    /// Whether `i` may send to `j` (a device may always "send" to itself).
+    pub(crate) fn linked(&self, i: usize, j: usize) -> bool {
+        i == j || self.links[i * self.devices() + j].is_some()
+    }
+
+    /// Hop details for `bytes` from `i` to `j`; zero for `i == j`, `None` without a link.
+    pub(crate) fn hop_detail(&self, i: usize, j: usize, bytes: f64) -> Option<HopCost> {
+        if i == j {
+            return Some(HopCost {
+                packets: 0.0,
+                wire_bytes: 0.0,
+                mean_s: 0.0,
+                sd_s: 0.0,
+                penalty_s: 0.0,
+                total_s: 0.0,
+            });
+        }
+        let link = self.links[i * self.devices() + j].as_ref()?;
+        Some(hop_cost(link, bytes, &self.net))
+    }
+
+    /// `hop(i, j, bytes)` in seconds, `None` when there is no link.
+    pub(crate) fn hop(&self, i: usize, j: usize, bytes: f64) -> Option<f64> {
+        self.hop_detail(i, j, bytes).map(|h| h.total_s)
+    }
+
+    /// Origin -> device `i` with the token; `None` without a link.
+    pub(crate) fn hop_in(&self, i: usize) -> Option<f64> {
+        self.hop(self.origin, i, self.token_bytes)
+    }
+
+    /// Device `i` -> origin with the token; `None` without a link.
+    pub(crate) fn hop_back(&self, i: usize) -> Option<f64> {
+        self.hop(i, self.origin, self.token_bytes)
+    }
+
+    /// Hop after layer `l` from `i` to `j` (ships `out_bytes[l]`).
+    pub(crate) fn hop_after(&self, l: usize, i: usize, j: usize) -> Option<f64> {
+        self.hop(i, j, self.out_bytes[l])
+    }
+
+    /// Bytes held by a run of layers.
+    pub(crate) fn seg_mem(&self, a: usize, b: usize) -> f64 {
+        self.mem[a..b].iter().sum()
+    }
+
+    /// Whether device `i` can hold layers `[a, b)`.
+    pub(crate) fn fits(&self, i: usize, a: usize, b: usize) -> bool {
+        self.seg_mem(a, b) <= self.cap[i]
+    }
+
+    /// Stage cost of layers `[a, b)` on device `i` (compute plus overhead).
+    pub(crate) fn stage_cost(&self, i: usize, a: usize, b: usize) -> f64 {
+        self.compute[i][a..b].iter().sum::<f64>() + self.overhead[i]
+    }
+
+    /// The objective value of a placement, or the rule it breaks.
+    pub(crate) fn score(&self, stages: &[IdxStage], obj: Objective) -> Result<f64, String> {
+        self.check(stages)?;
+        let hops = self.hop_costs(stages)?;
+        let stage_costs = stages.iter().map(|&(i, a, b)| self.stage_cost(i, a, b));
+        Ok(match obj {
+            Objective::Latency => {
+                stage_costs.sum::<f64>()
+                    + hops.iter().sum::<f64>()
+                    + self.stage_penalty * (stages.len() - 1) as f64
+            }
+            Objective::Throughput => stage_costs.chain(hops).fold(0.0, f64::max),
+        })
+    }
+
+    /// Costs of every hop: origin in, between stages, back to the origin.
+    fn hop_costs(&self, stages: &[IdxStage]) -> Result<Vec<f64>, String> {
+        let mut out = Vec::with_capacity(stages.len() + 1);
+        let (first, last) = (stages[0].0, stages[stages.len() - 1].0);
+        out.push(
+            self.hop_in(first)
+                .ok_or_else(|| self.no_link(self.origin, first))?,
+        );
+        for w in stages.windows(2) {
+            let (i, _, b) = w[0];
+            let j = w[1].0;
+            out.push(
+                self.hop_after(b - 1, i, j)
+                    .ok_or_else(|| self.no_link(i, j))?,
+            );
+        }
+        out.push(
+            self.hop_back(last)
+                .ok_or_else(|| self.no_link(last, self.origin))?,
+        );
+        Ok(out)
+    }
+
+    fn no_link(&self, i: usize, j: usize) -> String {
+        format!("no link {} -> {}", self.ids[i], self.ids[j])
+    }
+
+    /// Coverage, distinct devices and memory.
+    fn check(&self, stages: &[IdxStage]) -> Result<(), String> {
+        if stages.is_empty() {
+            return Err("no stages".into());
+        }
+        let mut next = 0;
+        let mut used = vec![false; self.devices()];
+        for &(i, a, b) in stages {
+            if a != next || b <= a || b > self.layers() {
+                return Err(format!(
+                    "stage on {} has layers [{a}, {b}) but must start at layer {next}, be \
+                     non-empty and end by layer {}",
+                    self.ids[i],
+                    self.layers()
+                ));
+            }
+            if std::mem::replace(&mut used[i], true) {
+                return Err(format!("device {} holds more than one stage", self.ids[i]));
+            }
+            if !self.fits(i, a, b) {
+                return Err(format!(
+                    "device {} needs {:.0} bytes for layers [{a}, {b}) but may use {:.0}",
+                    self.ids[i],
+                    self.seg_mem(a, b),
+                    self.cap[i]
+                ));
+            }
+            next = b;
+        }
+        if next != self.layers() {
+            return Err(format!("layers [{next}, {}) are not placed", self.layers()));
+        }
+        Ok(())
+    }
+
+    /// Converts public stages to indices.
+    pub(crate) fn resolve(&self, stages: &[Stage]) -> Result<Vec<IdxStage>, PlanError> {
+        stages
+            .iter()
+            .map(|s| {
+                let i = self
+                    .ids
+                    .iter()
+                    .position(|x| *x == s.device)
+                    .ok_or_else(|| PlanError::Placement {
+                        reason: format!("unknown device {:?}", s.device),
+                    })?;
+                Ok((i, s.layers[0], s.layers[1]))
+            })
+            .collect()
+    }
+
+    /// Converts index stages to public ones.
+    pub(crate) fn publish(&self, stages: &[IdxStage]) -> Vec<Stage> {
+        stages
+            .iter()
+            .map(|&(i, a, b)| Stage {
+                device: self.ids[i].clone(),
+                layers: [a, b],
+            })
+            .collect()
+    }
+
+    /// The full breakdown of a valid placement.
+    pub(crate) fn breakdown(
+        &self,
+        stages: &[IdxStage],
+        obj: Objective,
+    ) -> Result<Breakdown, PlanError> {
+        let cost_s = self
+            .score(stages, obj)
+            .map_err(|reason| PlanError::Placement { reason })?;
+        let per_stage = stages
+            .iter()
+            .map(|&(i, a, b)| StageCost {
+                device: self.ids[i].clone(),
+                layers: [a, b],
+                compute_s: self.compute[i][a..b].iter().sum(),
+                overhead_s: self.overhead[i],
+                memory_bytes: self.seg_mem(a, b),
+                memory_limit_bytes: self.cap[i],
+            })
+            .collect();
+        let mut route = vec![(self.origin, stages[0].0, self.token_bytes)];
+        for w in stages.windows(2) {
+            route.push((w[0].0, w[1].0, self.out_bytes[w[0].2 - 1]));
+        }
+        route.push((stages[stages.len() - 1].0, self.origin, self.token_bytes));
+        let mut hops = Vec::with_capacity(route.len());
+        for (i, j, bytes) in route {
+            let h = self
+                .hop_detail(i, j, bytes)
+                .ok_or_else(|| PlanError::Placement {
+                    reason: self.no_link(i, j),
+                })?;
+            hops.push(HopDetail {
+                from: self.ids[i].clone(),
+                to: self.ids[j].clone(),
+                bytes: if i == j { 0.0 } else { bytes },
+                mean_s: h.mean_s,
+                penalty_s: h.penalty_s,
+            });
+        }
+        Ok(Breakdown {
+            objective: obj,
+            cost_s,
+            stages: per_stage,
+            hops,
+            stage_penalty_s: self.stage_penalty * (stages.len() - 1) as f64,
+        })
+    }
+}
+
+/// The objective value of a placement under the cost model.
+pub fn evaluate(s: &Scenario, stages: &[Stage], obj: Objective) -> Result<f64, PlanError> {
+    let inst = Instance::new(s)?;
+    let idx = inst.resolve(stages)?;
+    inst.score(&idx, obj)
+        .map_err(|reason| PlanError::Placement { reason })
+}
+
+/// Per-stage compute and memory and per-hop mean and penalty of a placement.
+pub fn explain(s: &Scenario, stages: &[Stage], obj: Objective) -> Result<Breakdown, PlanError> {
+    let inst = Instance::new(s)?;
+    let idx = inst.resolve(stages)?;
+    inst.breakdown(&idx, obj)
+}

@@ -1,0 +1,157 @@
+//! shoal-planner: where each contiguous run of the model's layers goes.
+//!
+//! A [`Scenario`] (the model's layers, the devices, the directed links, the origin) goes in;
+//! a [`Plan`] (stages in pipeline order, each a device and a half-open layer range) comes out.
+//! Every strategy scores placements with the one cost model of DESIGN.md ([`evaluate`],
+//! [`explain`]): roofline compute, hops whose cost depends on which devices are consecutive
+//! (loss, jitter, recovery round trips), the origin's hops, memory limits, and either the
+//! latency of one stream or the bottleneck of pipelined streams ([`Objective`]).
+//!
+//! [`Strategy::Milp`] is exact (a flow MILP on HiGHS, `milp.rs`); [`Strategy::Exhaustive`] is
+//! the brute-force oracle it is tested against; `even`, `memory` and `greedy` are the
+//! network-blind placements peers use, kept for comparison. Pure code: no IO beyond
+//! [`Scenario::load`], no async.
+
+mod baseline;
+mod bottleneck;
+mod bound;
+mod cost;
+mod error;
+mod exhaustive;
+mod feasibility;
+mod milp;
+mod plan;
+mod scenario;
+pub mod synthetic;
+
+use std::time::Instant;
+
+pub use cost::{
+    Breakdown, HopCost, HopDetail, StageCost, evaluate, explain, hop_cost, layer_memory, layer_time,
+};
+pub use error::{PlanError, ScenarioError};
+pub use exhaustive::{EXHAUSTIVE_LIMIT, candidates};
+pub use plan::{Objective, Plan, Stage, Strategy, UnknownName};
+pub use scenario::{Device, Layer, Link, Model, Net, Scenario};
+
+use cost::{IdxStage, Instance};
+
+/// Knobs of [`plan_with`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanOptions {
+    /// Wall-clock limit for the MILP in seconds; past it the best placement found so far is
+    /// returned with `optimal: false` and its `mip_gap`. Default 30.
+    pub time_limit_s: f64,
+    /// Seed the MILP with the best heuristic placement and drop the columns that cannot beat
+    /// it. Default true.
+    pub warm_start: bool,
+    /// Solve throughput as one min-`t` MILP instead of bisection over the bottleneck with
+    /// feasibility MILPs. Both are exact; the direct model is much slower on large clusters
+    /// and is kept as a cross-check. Default false.
+    pub direct_throughput: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            time_limit_s: 30.0,
+            warm_start: true,
+            direct_throughput: false,
+        }
+    }
+}
+
+/// Places the model with `strategy`, minimising `objective`, with default [`PlanOptions`].
+pub fn plan(s: &Scenario, objective: Objective, strategy: Strategy) -> Result<Plan, PlanError> {
+    plan_with(s, objective, strategy, &PlanOptions::default())
+}
+
+/// Places the model with `strategy`, minimising `objective`.
+pub fn plan_with(
+    s: &Scenario,
+    objective: Objective,
+    strategy: Strategy,
+    opts: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let started = Instant::now();
+    let inst = Instance::new(s)?;
+    let (stages, optimal, mip_gap) = match strategy {
+        Strategy::Milp => {
+            let warm = opts
+                .warm_start
+                .then(|| bound::incumbent(&inst, objective, baselines(&inst)))
+                .flatten();
+            let r = if objective == Objective::Throughput && !opts.direct_throughput {
+                bottleneck::solve(&inst, opts.time_limit_s, warm.clone())?
+            } else {
+                milp::solve(
+                    &inst,
+                    objective,
+                    opts.time_limit_s,
+                    warm.as_ref().map(|(c, st)| (*c, st.as_slice())),
+                )?
+            };
+            (
+                better(&inst, objective, r.stages, warm),
+                r.optimal,
+                r.mip_gap,
+            )
+        }
+        Strategy::Exhaustive => (exhaustive::solve(&inst, objective)?, true, None),
+        baseline => {
+            let stages =
+                baseline::place(&inst, baseline).map_err(|reason| PlanError::Infeasible {
+                    reason: format!("{baseline}: {reason}"),
+                })?;
+            (Some(stages), false, None)
+        }
+    };
+    let stages = stages.ok_or_else(|| PlanError::Infeasible {
+        reason: feasibility::reason(&inst),
+    })?;
+    let cost_s = inst
+        .score(&stages, objective)
+        .map_err(|reason| match strategy {
+            Strategy::Even | Strategy::Memory | Strategy::Greedy => PlanError::Infeasible {
+                reason: format!("{strategy}: {reason}"),
+            },
+            _ => PlanError::Solver(format!(
+                "{strategy} returned a placement that breaks a rule: {reason}"
+            )),
+        })?;
+    Ok(Plan {
+        objective,
+        cost_s,
+        stages: inst.publish(&stages),
+        strategy,
+        optimal,
+        solve_ms: started.elapsed().as_secs_f64() * 1e3,
+        mip_gap,
+    })
+}
+
+/// Every baseline placement that can be built (scored later).
+fn baselines(inst: &Instance) -> Vec<Vec<IdxStage>> {
+    [Strategy::Greedy, Strategy::Memory, Strategy::Even]
+        .into_iter()
+        .filter_map(|b| baseline::place(inst, b).ok())
+        .collect()
+}
+
+/// The MILP's placement unless the incumbent scores strictly lower under the exact cost model
+/// (guards against solver tolerances; the pruned model always contains the incumbent).
+fn better(
+    inst: &Instance,
+    objective: Objective,
+    milp: Option<Vec<IdxStage>>,
+    incumbent: Option<(f64, Vec<IdxStage>)>,
+) -> Option<Vec<IdxStage>> {
+    let milp_cost = milp
+        .as_ref()
+        .and_then(|st| inst.score(st, objective).ok())
+        .unwrap_or(f64::INFINITY);
+    match incumbent {
+        Some((c, st)) if c < milp_cost => Some(st),
+        _ => milp,
+    }
+}

@@ -1,0 +1,299 @@
+//! The scenario file of DESIGN.md ("Scenario file"): the model's layers, the devices, the
+//! directed links between them, the origin and the network constants. Parsing rejects unknown
+//! keys; [`Scenario::validate`] rejects bad values with one message that names the field
+//! (for example `links[2].loss: must be in [0, 1), got 1`).
+//!
+//! Data flow: JSON text -> [`Scenario::from_json`] (serde + validation) -> the cost model
+//! (`cost.rs`) resolves ids to indices and precomputes per-layer and per-hop costs.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ScenarioError;
+
+/// One planning problem: what to place, where, and over which links.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// The model to place.
+    pub model: Model,
+    /// The devices that may hold layers.
+    pub devices: Vec<Device>,
+    /// Directed links; a device pair without a link cannot be consecutive. Default: none.
+    #[serde(default)]
+    pub links: Vec<Link>,
+    /// The device that sends the token in and receives the next token back.
+    pub origin: String,
+    /// Packetisation and risk constants.
+    #[serde(default)]
+    pub net: Net,
+    /// Share of each device's memory the planner may fill, in (0, 1]. Default 0.8.
+    #[serde(default = "default_memory_fraction")]
+    pub memory_fraction: f64,
+    /// Extra seconds per stage boundary in the latency objective (>= 0). Default 0.
+    #[serde(default)]
+    pub stage_penalty_s: f64,
+}
+
+/// The model: an ordered list of layers (embedding, decoder layers, head).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// A label for tables and logs.
+    pub name: String,
+    /// Tokens of context whose KV cache each device must hold. Default 512.
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: f64,
+    /// Bytes of one token id sent from and back to the origin. Default 4.
+    #[serde(default = "default_token_bytes")]
+    pub token_bytes: f64,
+    /// The layers in execution order; at least one.
+    pub layers: Vec<Layer>,
+}
+
+/// One layer's cost figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// Floating-point operations per decoded token.
+    pub flops: f64,
+    /// Bytes of weights the device must hold.
+    pub param_bytes: f64,
+    /// Bytes of weights a decode step reads; absent means `param_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_bytes: Option<f64>,
+    /// KV-cache bytes per token of context. Default 0.
+    #[serde(default)]
+    pub kv_bytes_per_token: f64,
+    /// Bytes this layer's output sends to the next stage.
+    pub out_bytes: f64,
+}
+
+/// One device's capability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Unique id (the node id in a live swarm).
+    pub id: String,
+    /// Sustained floating-point operations per second.
+    pub flops: f64,
+    /// Memory bandwidth in bytes per second; absent means no bandwidth term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_bw: Option<f64>,
+    /// Memory in bytes.
+    pub mem_bytes: f64,
+    /// Fixed seconds per stage on this device (dispatch, copies). Default 0.
+    #[serde(default)]
+    pub overhead_s: f64,
+}
+
+/// One directed link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// Sending device id.
+    pub from: String,
+    /// Receiving device id.
+    pub to: String,
+    /// Round-trip time in seconds.
+    pub rtt_s: f64,
+    /// Standard deviation of the one-way delay in seconds. Default 0.
+    #[serde(default)]
+    pub jitter_s: f64,
+    /// Bandwidth in bits per second (> 0).
+    pub bandwidth_bps: f64,
+    /// Per-packet loss probability in [0, 1). Default 0.
+    #[serde(default)]
+    pub loss: f64,
+    /// Also add the reverse direction with the same figures. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub symmetric: bool,
+}
+
+/// Packetisation and risk constants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Net {
+    /// Payload bytes per packet (> 0). Default 1200.
+    #[serde(default = "default_payload_bytes")]
+    pub payload_bytes: f64,
+    /// Header bytes added to every packet (>= 0). Default 48.
+    #[serde(default = "default_header_bytes")]
+    pub header_bytes: f64,
+    /// Standard deviations of hop time added as the link-quality penalty (>= 0). Default 1.
+    #[serde(default = "default_risk_kappa")]
+    pub risk_kappa: f64,
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Self {
+            payload_bytes: default_payload_bytes(),
+            header_bytes: default_header_bytes(),
+            risk_kappa: default_risk_kappa(),
+        }
+    }
+}
+
+fn default_memory_fraction() -> f64 {
+    0.8
+}
+fn default_context_tokens() -> f64 {
+    512.0
+}
+fn default_token_bytes() -> f64 {
+    4.0
+}
+fn default_payload_bytes() -> f64 {
+    1200.0
+}
+fn default_header_bytes() -> f64 {
+    48.0
+}
+fn default_risk_kappa() -> f64 {
+    1.0
+}
+
+impl Scenario {
+    /// Parses and validates a scenario from JSON text.
+    pub fn from_json(text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = serde_json::from_str(text).map_err(|e| ScenarioError::Parse {
+            reason: e.to_string(),
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Reads, parses and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// Checks every value; the error names the first offending field.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        self.validate_model()?;
+        if self.devices.is_empty() {
+            return Err(bad("devices", "at least one device is required"));
+        }
+        let mut ids = HashSet::new();
+        for (k, d) in self.devices.iter().enumerate() {
+            let f = |name: &str| format!("devices[{k}].{name}");
+            if d.id.is_empty() {
+                return Err(bad(&f("id"), "must not be empty"));
+            }
+            if !ids.insert(d.id.as_str()) {
+                return Err(bad(&f("id"), &format!("duplicate device id {:?}", d.id)));
+            }
+            positive(&f("flops"), d.flops)?;
+            positive(&f("mem_bytes"), d.mem_bytes)?;
+            if let Some(bw) = d.mem_bw {
+                positive(&f("mem_bw"), bw)?;
+            }
+            non_negative(&f("overhead_s"), d.overhead_s)?;
+        }
+        self.validate_links(&ids)?;
+        if !ids.contains(self.origin.as_str()) {
+            return Err(bad(
+                "origin",
+                &format!("{:?} is not the id of any device", self.origin),
+            ));
+        }
+        positive("net.payload_bytes", self.net.payload_bytes)?;
+        non_negative("net.header_bytes", self.net.header_bytes)?;
+        non_negative("net.risk_kappa", self.net.risk_kappa)?;
+        let mf = self.memory_fraction;
+        if !(mf.is_finite() && mf > 0.0 && mf <= 1.0) {
+            return Err(bad(
+                "memory_fraction",
+                &format!("must be in (0, 1], got {mf}"),
+            ));
+        }
+        non_negative("stage_penalty_s", self.stage_penalty_s)
+    }
+
+    fn validate_model(&self) -> Result<(), ScenarioError> {
+        let m = &self.model;
+        non_negative("model.context_tokens", m.context_tokens)?;
+        non_negative("model.token_bytes", m.token_bytes)?;
+        if m.layers.is_empty() {
+            return Err(bad("model.layers", "at least one layer is required"));
+        }
+        for (k, l) in m.layers.iter().enumerate() {
+            let f = |name: &str| format!("model.layers[{k}].{name}");
+            non_negative(&f("flops"), l.flops)?;
+            non_negative(&f("param_bytes"), l.param_bytes)?;
+            if let Some(r) = l.read_bytes {
+                non_negative(&f("read_bytes"), r)?;
+            }
+            non_negative(&f("kv_bytes_per_token"), l.kv_bytes_per_token)?;
+            non_negative(&f("out_bytes"), l.out_bytes)?;
+        }
+        Ok(())
+    }
+
+    fn validate_links(&self, ids: &HashSet<&str>) -> Result<(), ScenarioError> {
+        let mut seen = HashSet::new();
+        for (k, l) in self.links.iter().enumerate() {
+            let f = |name: &str| format!("links[{k}].{name}");
+            for (name, end) in [("from", &l.from), ("to", &l.to)] {
+                if !ids.contains(end.as_str()) {
+                    return Err(bad(&f(name), &format!("unknown device {end:?}")));
+                }
+            }
+            if l.from == l.to {
+                return Err(bad(&f("to"), "a link must join two different devices"));
+            }
+            non_negative(&f("rtt_s"), l.rtt_s)?;
+            non_negative(&f("jitter_s"), l.jitter_s)?;
+            positive(&f("bandwidth_bps"), l.bandwidth_bps)?;
+            if !(l.loss.is_finite() && (0.0..1.0).contains(&l.loss)) {
+                return Err(bad(
+                    &f("loss"),
+                    &format!("must be in [0, 1), got {}", l.loss),
+                ));
+            }
+            let mut dirs = vec![(l.from.as_str(), l.to.as_str())];
+            if l.symmetric {
+                dirs.push((l.to.as_str(), l.from.as_str()));
+            }
+            for (a, b) in dirs {
+                if !seen.insert((a, b)) {
+                    return Err(bad(&f("from"), &format!("duplicate link {a} -> {b}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad(field: &str, reason: &str) -> ScenarioError {
+    ScenarioError::Invalid {
+        field: field.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn positive(field: &str, v: f64) -> Result<(), ScenarioError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(bad(field, &format!("must be a finite number > 0, got {v}")))
+    }
+}
+
+fn non_negative(field: &str, v: f64) -> Result<(), ScenarioError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            &format!("must be a finite number >= 0, got {v}"),
+        ))
+    }
+}

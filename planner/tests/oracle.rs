@@ -1,0 +1,215 @@
+//! Seeded property test: the MILP's cost equals the brute-force oracle's (relative 1e-9) on
+//! random small scenarios for each objective, including infeasible ones, lossy and missing
+//! links, and memory-tight devices. Both must agree on infeasibility too.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shoal_planner::{
+    Device, Layer, Link, Model, Net, Objective, Plan, PlanError, PlanOptions, Scenario, Strategy,
+    evaluate, plan, plan_with,
+};
+
+const CASES: u64 = 300;
+
+fn layer(rng: &mut ChaCha8Rng) -> Layer {
+    Layer {
+        flops: rng.random_range(1e7..1e9),
+        param_bytes: rng.random_range(1e7..5e8),
+        read_bytes: rng.random_bool(0.3).then(|| rng.random_range(1e6..5e8)),
+        kv_bytes_per_token: if rng.random_bool(0.5) {
+            rng.random_range(1e3..1e5)
+        } else {
+            0.0
+        },
+        out_bytes: rng.random_range(500.0..20000.0),
+    }
+}
+
+fn random_scenario(rng: &mut ChaCha8Rng) -> Scenario {
+    let d = rng.random_range(1..=4usize);
+    let l = rng.random_range(1..=6usize);
+    let context = rng.random_range(64.0..1024.0);
+    let layers: Vec<Layer> = (0..l).map(|_| layer(rng)).collect();
+    let total: f64 = layers
+        .iter()
+        .map(|x| x.param_bytes + x.kv_bytes_per_token * context)
+        .sum();
+    let memory_fraction = rng.random_range(0.5..=1.0);
+    let devices: Vec<Device> = (0..d)
+        .map(|k| Device {
+            id: format!("d{k}"),
+            flops: rng.random_range(1e9..1e11),
+            mem_bw: rng.random_bool(0.5).then(|| rng.random_range(1e9..5e10)),
+            // Between 20% and 150% of the model: often tight, sometimes infeasible.
+            mem_bytes: total * rng.random_range(0.2..1.5) / memory_fraction,
+            overhead_s: if rng.random_bool(0.5) {
+                rng.random_range(0.0..5e-3)
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    let mut links = Vec::new();
+    for a in 0..d {
+        for b in (0..d).filter(|&b| b != a) {
+            if rng.random_bool(0.7) {
+                links.push(Link {
+                    from: format!("d{a}"),
+                    to: format!("d{b}"),
+                    rtt_s: rng.random_range(0.001..0.05),
+                    jitter_s: rng.random_range(0.0..0.01),
+                    bandwidth_bps: rng.random_range(1e6..1e8),
+                    loss: if rng.random_bool(0.4) {
+                        rng.random_range(0.0..0.2)
+                    } else {
+                        0.0
+                    },
+                    symmetric: false,
+                });
+            }
+        }
+    }
+    Scenario {
+        model: Model {
+            name: "random".into(),
+            context_tokens: context,
+            token_bytes: 4.0,
+            layers,
+        },
+        origin: format!("d{}", rng.random_range(0..d)),
+        devices,
+        links,
+        net: Net {
+            payload_bytes: rng.random_range(500.0..1500.0),
+            header_bytes: rng.random_range(0.0..64.0),
+            risk_kappa: rng.random_range(0.0..3.0),
+        },
+        memory_fraction,
+        stage_penalty_s: if rng.random_bool(0.5) {
+            rng.random_range(0.0..0.01)
+        } else {
+            0.0
+        },
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    feasible: usize,
+    infeasible: usize,
+    multi_stage: usize,
+    lossy_hops: usize,
+}
+
+fn check(objective: Objective, seed_base: u64) -> Counts {
+    let mut counts = Counts::default();
+    for case in 0..CASES {
+        let seed = seed_base + case;
+        let s = random_scenario(&mut ChaCha8Rng::seed_from_u64(seed));
+        let oracle = plan(&s, objective, Strategy::Exhaustive);
+        for opts in variants(objective) {
+            let cold = plan_with(&s, objective, Strategy::Milp, &opts);
+            agree(seed, objective, &cold, &oracle, &opts);
+        }
+        let milp = plan(&s, objective, Strategy::Milp);
+        match (milp, oracle) {
+            (Ok(m), Ok(e)) => {
+                let rel = (m.cost_s - e.cost_s).abs() / e.cost_s.abs().max(1e-300);
+                assert!(
+                    rel <= 1e-9,
+                    "seed {seed} {objective}: milp {m:?} vs oracle {e:?}"
+                );
+                assert!(m.optimal, "seed {seed}: milp not optimal");
+                let again = evaluate(&s, &m.stages, objective)
+                    .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                assert_eq!(
+                    again, m.cost_s,
+                    "seed {seed}: reported cost is not evaluate()"
+                );
+                counts.feasible += 1;
+                if m.stages.len() > 1 {
+                    counts.multi_stage += 1;
+                    let lossy = |a: &str, b: &str| {
+                        s.links
+                            .iter()
+                            .any(|k| k.from == a && k.to == b && k.loss > 0.0)
+                    };
+                    if m.stages
+                        .windows(2)
+                        .any(|w| lossy(&w[0].device, &w[1].device))
+                    {
+                        counts.lossy_hops += 1;
+                    }
+                }
+            }
+            (Err(PlanError::Infeasible { .. }), Err(PlanError::Infeasible { .. })) => {
+                counts.infeasible += 1;
+            }
+            (m, e) => panic!("seed {seed} {objective}: milp {m:?} but oracle {e:?}"),
+        }
+    }
+    counts
+}
+
+/// The MILP without warm start and pruning, and (throughput) the direct min-t model.
+fn variants(objective: Objective) -> Vec<PlanOptions> {
+    let cold = PlanOptions {
+        warm_start: false,
+        ..PlanOptions::default()
+    };
+    let mut out = vec![cold.clone()];
+    if objective == Objective::Throughput {
+        out.push(PlanOptions {
+            direct_throughput: true,
+            ..cold.clone()
+        });
+        out.push(PlanOptions {
+            direct_throughput: true,
+            ..PlanOptions::default()
+        });
+    }
+    out
+}
+
+fn agree(
+    seed: u64,
+    objective: Objective,
+    m: &Result<Plan, PlanError>,
+    e: &Result<Plan, PlanError>,
+    opts: &PlanOptions,
+) {
+    match (m, e) {
+        (Ok(m), Ok(e)) => {
+            let rel = (m.cost_s - e.cost_s).abs() / e.cost_s.abs().max(1e-300);
+            assert!(
+                rel <= 1e-9,
+                "seed {seed} {objective} {opts:?}: {m:?} vs oracle {e:?}"
+            );
+        }
+        (Err(PlanError::Infeasible { .. }), Err(PlanError::Infeasible { .. })) => {}
+        (m, e) => panic!("seed {seed} {objective} {opts:?}: milp {m:?} but oracle {e:?}"),
+    }
+}
+
+fn assert_coverage(objective: Objective, c: &Counts) {
+    println!("{objective}: {CASES} cases, {c:?}");
+    assert_eq!(c.feasible + c.infeasible, CASES as usize);
+    assert!(c.infeasible >= 10, "too few infeasible cases: {c:?}");
+    assert!(c.multi_stage >= 30, "too few multi-stage optima: {c:?}");
+    assert!(
+        c.lossy_hops >= 5,
+        "too few optima across lossy links: {c:?}"
+    );
+}
+
+#[test]
+fn milp_matches_oracle_for_latency() {
+    let c = check(Objective::Latency, 10_000);
+    assert_coverage(Objective::Latency, &c);
+}
+
+#[test]
+fn milp_matches_oracle_for_throughput() {
+    let c = check(Objective::Throughput, 20_000);
+    assert_coverage(Objective::Throughput, &c);
+}
