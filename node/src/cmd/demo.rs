@@ -1,0 +1,277 @@
+//! `shoal demo`: a swarm of real `shoal run` processes on loopback that splits one model
+//! across every node and generates text through the pipeline.
+//!
+//! It synthesises the built-in model when `--model` is absent, gives each node a memory
+//! budget that forces the plan to use every node (`pipeline::launch::spanning_budget`), waits
+//! for the signed plan, prints it, generates through node 0's OpenAI endpoint, prints the text,
+//! tokens/s and per-stage compute times (from each node's `/metrics`), and stops every child:
+//! on success, on error, and on Ctrl-C or SIGTERM (children are also killed if dropped).
+//! `--json` prints one object: `plan` (DESIGN.md's plan JSON), `text`, `token_ids`,
+//! `tokens_per_s`, `elapsed_s`, `prefill_s`, `stages` and `nodes`.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use shoal_node::pipeline::launch::{self, LaunchOptions, LocalSwarm};
+
+/// How long the demo waits for the swarm to agree on a plan.
+const PLAN_TIMEOUT: Duration = Duration::from_secs(90);
+/// The prompt when none is given.
+const DEFAULT_PROMPT: &str = "A shoal of small devices";
+
+/// Arguments of `shoal demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Number of node processes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Model directory; absent: a synthesised built-in model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt text.
+    #[arg(long, conflicts_with = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt token ids, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Greedy decoding (otherwise temperature 0.8, top-p 0.95, seed 0).
+    #[arg(long)]
+    greedy: bool,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Keep the work directory (configs, keys, logs) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    let dir = work_dir();
+    let result = rt.block_on(demo(&args, &dir));
+    if args.keep || result.is_err() {
+        eprintln!(
+            "work directory (configs, keys, node logs): {}",
+            dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn work_dir() -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::env::temp_dir().join(format!("shoal-demo-{}-{nanos}", std::process::id()))
+}
+
+/// The model to use: `--model`, or the built-in one synthesised into the work directory.
+pub(crate) fn demo_model(
+    given: Option<&PathBuf>,
+    dir: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    if let Some(m) = given {
+        return Ok(m.clone());
+    }
+    let out = dir.join("model");
+    let opts = shoal_model::synth::SynthOptions::default();
+    shoal_model::synth::synth(&opts, &out, false).context("synthesising the built-in model")?;
+    Ok(out)
+}
+
+/// Starts `nodes` processes whose memory forces the plan to span all of them.
+pub(crate) async fn start_swarm(
+    model: &std::path::Path,
+    nodes: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<LocalSwarm> {
+    let fraction = shoal_node::config::Config::default()
+        .planner
+        .memory_fraction;
+    let budget = launch::spanning_budget(model, nodes, fraction)?;
+    let opts = LaunchOptions {
+        bin: std::env::current_exe().context("locating the shoal binary")?,
+        dir: dir.to_path_buf(),
+        model: model.to_path_buf(),
+        memory: vec![budget; nodes],
+        log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "warn".into()),
+    };
+    Ok(LocalSwarm::start(&opts).await?)
+}
+
+async fn demo(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let model = demo_model(args.model.as_ref(), dir)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    // Dropping the half-started swarm on a signal kills its children (kill_on_drop).
+    let swarm = tokio::select! {
+        s = start_swarm(&model, args.nodes, dir) => s?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = term.recv() => bail!("terminated"),
+    };
+    let result = tokio::select! {
+        r = drive(args, &swarm) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    };
+    swarm.shutdown().await;
+    let out = result?;
+    if args.json {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// Waits for the plan, generates, and prints (or returns the JSON object).
+async fn drive(args: &DemoArgs, swarm: &LocalSwarm) -> anyhow::Result<Value> {
+    let plan = swarm.wait_plan(args.nodes, 0, PLAN_TIMEOUT).await?;
+    if !args.json {
+        print_plan(&plan, swarm);
+    }
+    let before = compute_by_node(swarm).await;
+    let prompt = match &args.prompt_ids {
+        Some(ids) => json!(ids),
+        None => json!(args.prompt.as_deref().unwrap_or(DEFAULT_PROMPT)),
+    };
+    let temperature = if args.greedy { 0.0 } else { 0.8 };
+    let body = json!({
+        "prompt": prompt, "max_tokens": args.max_tokens, "temperature": temperature,
+        "top_p": if args.greedy { 1.0 } else { 0.95 }, "seed": 0,
+    });
+    let (status, answer) = swarm.post_json(0, "/v1/completions", &body).await?;
+    if status != 200 {
+        bail!("generation failed ({status}): {answer}");
+    }
+    let after = compute_by_node(swarm).await;
+    let stages = stage_timings(&plan, swarm, &before, &after);
+    let shoal = &answer["shoal"];
+    let text = answer["choices"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let out = json!({
+        "plan": plan,
+        "text": text,
+        "token_ids": shoal["token_ids"],
+        "tokens_per_s": shoal["tokens_per_s"],
+        "elapsed_s": shoal["elapsed_s"],
+        "prefill_s": shoal["prefill_s"],
+        "stages": stages,
+        "nodes": swarm.nodes.iter().map(|n| json!({"id": n.id, "api": n.api, "pid": n.pid()})).collect::<Vec<_>>(),
+    });
+    if !args.json {
+        print_result(&out, &prompt);
+    }
+    Ok(out)
+}
+
+fn short(id: &str) -> &str {
+    &id[id.len().saturating_sub(8)..]
+}
+
+fn print_plan(plan: &Value, swarm: &LocalSwarm) {
+    println!(
+        "plan: epoch {}, objective {}, strategy {}, predicted {:.3} ms/token, {} stages",
+        plan["epoch"],
+        plan["objective"].as_str().unwrap_or("?"),
+        plan["strategy"].as_str().unwrap_or("?"),
+        plan["cost_s"].as_f64().unwrap_or(0.0) * 1e3,
+        plan["stages"].as_array().map_or(0, Vec::len)
+    );
+    println!(
+        "  {:<6} {:<10} {:<10} {}",
+        "stage", "device", "layers", "process"
+    );
+    for (i, s) in plan["stages"].as_array().into_iter().flatten().enumerate() {
+        let dev = s["device"].as_str().unwrap_or_default();
+        let proc_ = swarm.index_of(dev).map_or("?".into(), |k| {
+            let origin = if k == 0 { " (origin, API)" } else { "" };
+            format!("node{k} pid {}{origin}", swarm.nodes[k].pid().unwrap_or(0))
+        });
+        println!(
+            "  {:<6} {:<10} {:<10} {}",
+            i,
+            short(dev),
+            format!("[{}, {})", s["layers"][0], s["layers"][1]),
+            proc_
+        );
+    }
+}
+
+fn print_result(out: &Value, prompt: &Value) {
+    println!("prompt: {prompt}");
+    println!("text:   {:?}", out["text"].as_str().unwrap_or_default());
+    let n = out["token_ids"].as_array().map_or(0, Vec::len);
+    println!(
+        "{n} tokens in {:.3} s: {:.1} tokens/s (prefill {:.1} ms)",
+        out["elapsed_s"].as_f64().unwrap_or(0.0),
+        out["tokens_per_s"].as_f64().unwrap_or(0.0),
+        out["prefill_s"].as_f64().unwrap_or(0.0) * 1e3
+    );
+    println!("per-stage compute:");
+    for s in out["stages"].as_array().into_iter().flatten() {
+        println!(
+            "  stage {} {:<10} on {}: {:.3} ms/step over {} steps ({:.1} ms total)",
+            s["stage"],
+            s["layers"].to_string(),
+            short(s["device"].as_str().unwrap_or_default()),
+            s["compute_ms_per_step"].as_f64().unwrap_or(0.0),
+            s["steps"],
+            s["compute_s"].as_f64().unwrap_or(0.0) * 1e3
+        );
+    }
+}
+
+/// Each node's stage compute counters (stage, layers, seconds, steps).
+async fn compute_by_node(swarm: &LocalSwarm) -> Vec<Vec<(u32, String, f64, u64)>> {
+    let mut out = Vec::new();
+    for i in 0..swarm.nodes.len() {
+        let text = swarm.get_text(i, "/metrics").await.unwrap_or_default();
+        out.push(launch::stage_compute(&text));
+    }
+    out
+}
+
+/// Per-stage compute of the generation: the counters' growth on each stage's node.
+fn stage_timings(
+    plan: &Value,
+    swarm: &LocalSwarm,
+    before: &[Vec<(u32, String, f64, u64)>],
+    after: &[Vec<(u32, String, f64, u64)>],
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (i, s) in plan["stages"].as_array().into_iter().flatten().enumerate() {
+        let dev = s["device"].as_str().unwrap_or_default();
+        let Some(k) = swarm.index_of(dev) else {
+            continue;
+        };
+        let label = format!("{}-{}", s["layers"][0], s["layers"][1]);
+        let pick = |v: &[Vec<(u32, String, f64, u64)>]| {
+            v.get(k)
+                .and_then(|m| {
+                    m.iter()
+                        .find(|(st, l, _, _)| *st as usize == i && *l == label)
+                })
+                .map_or((0.0, 0), |(_, _, sum, n)| (*sum, *n))
+        };
+        let ((s0, n0), (s1, n1)) = (pick(before), pick(after));
+        let (secs, steps) = (s1 - s0, n1.saturating_sub(n0));
+        out.push(json!({
+            "stage": i, "device": dev, "layers": s["layers"], "compute_s": secs, "steps": steps,
+            "compute_ms_per_step": if steps > 0 { secs * 1e3 / steps as f64 } else { 0.0 },
+        }));
+    }
+    out
+}

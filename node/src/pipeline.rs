@@ -1,0 +1,424 @@
+//! The pipeline executor: a prompt enters at any node (the origin), flows through the stages
+//! of the current signed plan as signed activations, and the tokens come back to the origin.
+//!
+//! - [`ordering`]: the pure acceptance rule for inbound activations and returned tokens.
+//! - [`runtime`]: the model runtime actor (one thread owns the ONNX sessions).
+//! - [`stage`]: serves `/shoal/activation/1`: check, compute, pass on, relay the answer.
+//! - [`origin`]: runs a generation, samples, fails over to a new plan and replays.
+//! - [`wire`]: tensors and response frames.
+//! - [`chat`]: prompts from OpenAI-style messages with the model's chat template.
+//! - [`launch`]: a local swarm of real `shoal run` processes (demo, bench, tests).
+//!
+//! [`Pipeline::start`] wires them to a running node: one server task reads the node's inbound
+//! pipeline traffic and its view (plan changes load the new layer range), request tasks are
+//! bounded by a semaphore, and [`PipelineHandle::generate`] is what the HTTP API and the
+//! `/shoal/generate/1` server call.
+
+pub mod chat;
+pub mod launch;
+pub mod ordering;
+pub mod origin;
+pub mod runtime;
+pub mod stage;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_model::{Manifest, RuntimeConfig, SamplingConfig, Tokenizer};
+use shoal_protocol::{ErrorCode, GenerateRequest, GenerateResponse, GenerateResult, Sampling};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::metrics::{HopRtt, Metrics};
+use crate::node::{Inbound, NodeHandle, PipelineInbound, View};
+pub use origin::{GenerateParams, Generated};
+use stage::StageCtx;
+
+/// Timeouts and bounds of the pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// How long a generation waits for a first plan.
+    pub plan_wait: Duration,
+    /// How long the origin waits for one step's answer before it treats the pipeline as
+    /// failed.
+    pub step_timeout: Duration,
+    /// How long a stage waits for the next stage.
+    pub hop_timeout: Duration,
+    /// After a stage failure, how long the origin waits for a newer plan before retrying the
+    /// current one.
+    pub failover_wait: Duration,
+    /// Failovers per generation before it gives up.
+    pub max_failovers: u32,
+    /// Quick retries (a stage behind on the plan, busy) per generation.
+    pub max_transient: u32,
+    /// Pause before a quick retry.
+    pub transient_pause: Duration,
+    /// Inbound activations processed at once.
+    pub max_inbound: usize,
+    /// Generations this node runs as origin at once; more are refused as busy.
+    pub max_generations: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            plan_wait: Duration::from_secs(30),
+            step_timeout: Duration::from_secs(60),
+            hop_timeout: Duration::from_secs(60),
+            failover_wait: Duration::from_secs(20),
+            max_failovers: 4,
+            max_transient: 40,
+            transient_pause: Duration::from_millis(250),
+            max_inbound: 32,
+            max_generations: 16,
+        }
+    }
+}
+
+/// Why a generation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GenerateError {
+    /// The request is unusable.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No plan arrived in time.
+    #[error("no plan is in force; is the swarm formed and does a node hold the model?")]
+    NoPlan,
+    /// Too many generations at once.
+    #[error("busy: too many generations in flight")]
+    Busy,
+    /// This node cannot tokenize (no model or no tokenizer).
+    #[error("{0}")]
+    NoTokenizer(String),
+    /// The pipeline failed and the retries ran out.
+    #[error("generation failed after {attempts} retries: {last}")]
+    Failed {
+        /// Retries made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+}
+
+impl GenerateError {
+    /// The wire error code of this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            GenerateError::BadRequest(_) => ErrorCode::BadRequest,
+            GenerateError::NoPlan => ErrorCode::NoPlan,
+            GenerateError::Busy => ErrorCode::Busy,
+            GenerateError::NoTokenizer(_) => ErrorCode::WrongModel,
+            GenerateError::Failed { .. } => ErrorCode::StageFailed,
+        }
+    }
+}
+
+/// Errors of starting the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The node's inbound pipeline traffic was already taken.
+    #[error("the pipeline of this node was already started")]
+    AlreadyStarted,
+    /// The model could not be read.
+    #[error("model: {0}")]
+    Model(#[from] shoal_model::Error),
+    /// The runtime thread could not start.
+    #[error("runtime thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The model as the origin uses it.
+pub(crate) struct LoadedModel {
+    pub(crate) manifest: Manifest,
+    pub(crate) tokenizer: Option<Tokenizer>,
+    pub(crate) chat: chat::ChatTemplate,
+}
+
+struct Inner {
+    node: NodeHandle,
+    origin: origin::Origin,
+    metrics: Arc<Metrics>,
+    model: Option<LoadedModel>,
+    generations: Semaphore,
+}
+
+/// A cloneable handle to a node's pipeline.
+#[derive(Clone)]
+pub struct PipelineHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PipelineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineHandle")
+            .field("node", &self.inner.node.node_id().short())
+            .finish()
+    }
+}
+
+/// Starts pipelines.
+#[derive(Debug)]
+pub struct Pipeline;
+
+impl Pipeline {
+    /// Starts the pipeline of `node` with `options`: takes its inbound pipeline traffic,
+    /// starts the runtime thread when the node holds a model, and serves until the node stops.
+    pub fn start(
+        node: &NodeHandle,
+        metrics: Arc<Metrics>,
+        options: Options,
+    ) -> Result<PipelineHandle, PipelineError> {
+        let inbound = node
+            .take_pipeline_inbound()
+            .ok_or(PipelineError::AlreadyStarted)?;
+        let (model, runtime) = match node.model_dir() {
+            Some(dir) => {
+                let (model, runtime) = load_model(dir, node)?;
+                (Some(model), Some(runtime))
+            }
+            None => (None, None),
+        };
+        let stage = Arc::new(StageCtx::new(
+            node.identity(),
+            node.net().clone(),
+            runtime,
+            metrics.clone(),
+            options.hop_timeout,
+        ));
+        let origin = origin::Origin {
+            identity: node.identity(),
+            net: node.net().clone(),
+            view: node.view(),
+            stage: stage.clone(),
+            metrics: metrics.clone(),
+            options: options.clone(),
+        };
+        let handle = PipelineHandle {
+            inner: Arc::new(Inner {
+                node: node.clone(),
+                origin,
+                metrics,
+                model,
+                generations: Semaphore::new(options.max_generations),
+            }),
+        };
+        tokio::spawn(serve(handle.clone(), stage, inbound, options.max_inbound));
+        Ok(handle)
+    }
+}
+
+fn load_model(
+    dir: PathBuf,
+    node: &NodeHandle,
+) -> Result<(LoadedModel, runtime::RuntimeHandle), PipelineError> {
+    let manifest = Manifest::load(&dir)?;
+    let tokenizer = Tokenizer::load(&dir, &manifest)?;
+    let chat = chat::ChatTemplate::load(&dir, &manifest);
+    let config = RuntimeConfig {
+        ort_dylib_path: node.config().ort_dylib.clone(),
+        idle_timeout: Duration::from_secs(120),
+        ..RuntimeConfig::default()
+    };
+    let runtime = runtime::RuntimeHandle::spawn(dir, manifest.clone(), config)?;
+    Ok((
+        LoadedModel {
+            manifest,
+            tokenizer,
+            chat,
+        },
+        runtime,
+    ))
+}
+
+/// The server task: plan changes and inbound requests, until the node stops.
+async fn serve(
+    handle: PipelineHandle,
+    stage: Arc<StageCtx>,
+    inbound: PipelineInbound,
+    max_inbound: usize,
+) {
+    let node = handle.inner.node.clone();
+    let cancel = node.cancel_token();
+    let mut view = node.view();
+    let permits = Arc::new(Semaphore::new(max_inbound));
+    let PipelineInbound {
+        mut activation,
+        mut generate,
+    } = inbound;
+    let current = view.borrow_and_update().clone();
+    stage.on_view(&current).await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = view.changed() => match r {
+                Ok(()) => { let v = view.borrow_and_update().clone(); stage.on_view(&v).await }
+                Err(_) => break,
+            },
+            Some(req) = activation.recv() => on_activation(&stage, &permits, req),
+            Some(req) = generate.recv() => on_generate(&handle, req),
+        }
+    }
+}
+
+fn on_activation(
+    stage: &Arc<StageCtx>,
+    permits: &Arc<Semaphore>,
+    req: Inbound<shoal_protocol::PipelineMessage>,
+) {
+    let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let session = Some(req.msg.epoch_session().1);
+        req.respond(wire::error_frame(session, ErrorCode::Busy, "stage busy"));
+        return;
+    };
+    let stage = stage.clone();
+    tokio::spawn(async move {
+        let frame = stage.handle(req.peer, &req.msg).await;
+        req.respond(frame);
+        drop(permit);
+    });
+}
+
+/// Serves a `/shoal/generate/1` request: this node becomes the origin.
+fn on_generate(handle: &PipelineHandle, req: Inbound<GenerateRequest>) {
+    let handle = handle.clone();
+    tokio::spawn(async move {
+        let r = &req.msg;
+        let params = GenerateParams {
+            prompt: r.prompt.clone(),
+            max_tokens: r.max_tokens as usize,
+            sampling: sampling_config(&r.sampling),
+            stop: r.stop.clone(),
+        };
+        let session = r.session;
+        let answer = match handle.generate(&params, None).await {
+            Ok(g) => GenerateResponse::Done(GenerateResult {
+                session,
+                text: handle.decode(&g.tokens).unwrap_or_default(),
+                finish: g.finish,
+                prompt_tokens: u32::try_from(params.prompt.len()).unwrap_or(u32::MAX),
+                elapsed_s: g.elapsed.as_secs_f64(),
+                tokens: g.tokens,
+            }),
+            Err(e) => GenerateResponse::Error(shoal_protocol::ErrorReply {
+                session: Some(session),
+                code: e.code(),
+                message: e.to_string(),
+            }),
+        };
+        req.respond(answer.encode().unwrap_or_default());
+    });
+}
+
+impl PipelineHandle {
+    /// Runs a generation with this node as the origin; new tokens also go to `stream`.
+    pub async fn generate(
+        &self,
+        params: &GenerateParams,
+        stream: Option<&mpsc::Sender<u32>>,
+    ) -> Result<Generated, GenerateError> {
+        let Ok(_permit) = self.inner.generations.try_acquire() else {
+            return Err(GenerateError::Busy);
+        };
+        if params.max_tokens == 0 {
+            return Err(GenerateError::BadRequest(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        self.inner.origin.generate(params, stream).await
+    }
+
+    /// The node this pipeline belongs to.
+    pub fn node(&self) -> &NodeHandle {
+        &self.inner.node
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The model's name, if this node holds one.
+    pub fn model_name(&self) -> Option<String> {
+        self.inner.model.as_ref().map(|m| m.manifest.name.clone())
+    }
+
+    /// The model's end-of-sequence token ids (empty without a model).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        self.inner
+            .model
+            .as_ref()
+            .map(|m| m.manifest.eos_token_ids.clone())
+            .unwrap_or_default()
+    }
+
+    fn tokenizer(&self) -> Result<&Tokenizer, GenerateError> {
+        let model = self.inner.model.as_ref().ok_or_else(|| {
+            GenerateError::NoTokenizer(
+                "this node holds no model; send token ids or ask a node with the model".into(),
+            )
+        })?;
+        model.tokenizer.as_ref().ok_or_else(|| {
+            GenerateError::NoTokenizer("the model has no tokenizer; send token ids".into())
+        })
+    }
+
+    /// Token ids of a text prompt.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, GenerateError> {
+        self.tokenizer()?
+            .encode(text)
+            .map_err(|e| GenerateError::BadRequest(e.to_string()))
+    }
+
+    /// Text of token ids.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, GenerateError> {
+        self.tokenizer()?
+            .decode(ids)
+            .map_err(|e| GenerateError::BadRequest(e.to_string()))
+    }
+
+    /// The prompt text of chat `messages` under the model's chat template.
+    pub fn chat_prompt(&self, messages: &[chat::Message]) -> Result<String, GenerateError> {
+        let model = self
+            .inner
+            .model
+            .as_ref()
+            .ok_or_else(|| GenerateError::NoTokenizer("this node holds no model".into()))?;
+        Ok(model.chat.render(messages))
+    }
+
+    /// The Prometheus text of this node's metrics.
+    pub fn render_metrics(&self) -> String {
+        let view = self.inner.node.snapshot();
+        self.inner.metrics.render(view.epoch(), &hop_rtts(&view))
+    }
+}
+
+/// Ping round trips of the hops between consecutive stages of the plan, from the view.
+fn hop_rtts(view: &View) -> Vec<HopRtt> {
+    let Some(plan) = view.plan() else {
+        return Vec::new();
+    };
+    plan.stages
+        .windows(2)
+        .filter_map(|w| {
+            let (a, b) = (w[0].node, w[1].node);
+            let l = view.links.iter().find(|l| l.from == a && l.to == b)?;
+            Some(HopRtt {
+                from: a.short(),
+                to: b.short(),
+                rtt_s: l.metrics.rtt_s,
+            })
+        })
+        .collect()
+}
+
+/// The model crate's sampling settings for the wire's.
+pub fn sampling_config(s: &Sampling) -> SamplingConfig {
+    SamplingConfig {
+        temperature: s.temperature,
+        top_k: s.top_k as usize,
+        top_p: s.top_p,
+        seed: s.seed,
+    }
+}

@@ -1,0 +1,392 @@
+//! The origin side: runs one generation over the pipeline of the current plan, and fails
+//! over to a new plan when a stage dies.
+//!
+//! Step 0 sends the prompt's token ids to the first stage; every later step sends the last
+//! token. Each step is one request that travels the whole pipeline and comes back as the last
+//! stage's signed logits, which the origin checks (signer = the plan's last stage, epoch,
+//! session, step, once) and samples, so the sampler state stays here and survives failover.
+//!
+//! Failover: an attempt is one session on one plan. When a stage fails (its connection
+//! closed, no answer within the step timeout, or a stage reports the failure downstream), the
+//! origin waits for a plan with a higher epoch (the coordinator re-plans when the member
+//! leaves), opens a new session on it and replays the history step by step: the prompt, then
+//! every token generated so far, exactly the computations of the undisturbed run, so greedy
+//! output is identical. Transient refusals (a stage that has not seen the new plan yet) are
+//! retried after a short pause. Retries are bounded; then the caller gets a clear error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use shoal_keys::{Identity, NodeId};
+use shoal_model::{Sampler, SamplingConfig};
+use shoal_protocol::{
+    Activation, ErrorCode, FinishReason, PipelineMessage, Plan, Sampled, SessionEnd, Signed,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::ordering::{Expect, Gate, Inbound, Refusal};
+use super::stage::{StageCtx, sign_frame};
+use super::wire::{Reply, decode_reply, last_logits, tokens_tensor};
+use super::{GenerateError, Options};
+use crate::metrics::Metrics;
+use crate::node::View;
+use crate::swarm::NetworkHandle;
+
+/// A generation request as the origin runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    /// Prompt token ids (templated, BOS included as the model wants).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// How to pick tokens.
+    pub sampling: SamplingConfig,
+    /// Tokens that end the generation (not included in the output).
+    pub stop: Vec<u32>,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Generated token ids.
+    pub tokens: Vec<u32>,
+    /// Why it stopped.
+    pub finish: FinishReason,
+    /// Wall time from start to the last token.
+    pub elapsed: Duration,
+    /// Time of the first step (prefill) of the first attempt.
+    pub prefill: Duration,
+    /// The plan epoch that produced the last token.
+    pub epoch: u64,
+    /// Attempts beyond the first (failovers and retries).
+    pub retries: u32,
+}
+
+/// Why one attempt ended without finishing.
+#[derive(Debug)]
+enum AttemptError {
+    /// A stage is gone or silent: wait for a new plan, then replay.
+    StageFailed(String),
+    /// A stage refused or was not ready (e.g. behind on the plan): retry soon.
+    Transient(String),
+    /// Retrying cannot help.
+    Fatal(GenerateError),
+}
+
+/// What the origin needs; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Origin {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) net: NetworkHandle,
+    pub(crate) view: watch::Receiver<Arc<View>>,
+    pub(crate) stage: Arc<StageCtx>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) options: Options,
+}
+
+/// Progress through one generation, kept across attempts.
+struct Progress<'a> {
+    params: &'a GenerateParams,
+    tokens: Vec<u32>,
+    sampler: Sampler,
+    stream: Option<&'a mpsc::Sender<u32>>,
+    started: Instant,
+    prefill: Option<Duration>,
+}
+
+impl Origin {
+    fn me(&self) -> NodeId {
+        self.identity.node_id()
+    }
+
+    /// Runs `params` to the end; each new token is also sent on `stream` when given.
+    pub(crate) async fn generate(
+        &self,
+        params: &GenerateParams,
+        stream: Option<&mpsc::Sender<u32>>,
+    ) -> Result<Generated, GenerateError> {
+        if params.prompt.is_empty() {
+            return Err(GenerateError::BadRequest("empty prompt".into()));
+        }
+        let _guard = self.metrics.in_flight();
+        let mut p = Progress {
+            params,
+            tokens: Vec::with_capacity(params.max_tokens),
+            sampler: Sampler::new(params.sampling),
+            stream,
+            started: Instant::now(),
+            prefill: None,
+        };
+        let result = self.run(&mut p).await;
+        match &result {
+            Ok(g) => self.metrics.generation(g.tokens.len() as u64, g.elapsed),
+            Err(_) => self.metrics.generation_error(),
+        }
+        result
+    }
+
+    async fn run(&self, p: &mut Progress<'_>) -> Result<Generated, GenerateError> {
+        let o = &self.options;
+        let mut plan = self
+            .wait_plan(0, o.plan_wait)
+            .await
+            .ok_or(GenerateError::NoPlan)?;
+        let (mut failovers, mut transients) = (0u32, 0u32);
+        loop {
+            let session: u64 = rand::rng().random();
+            match self.attempt(&plan, session, p).await {
+                Ok(finish) => {
+                    return Ok(Generated {
+                        tokens: std::mem::take(&mut p.tokens),
+                        finish,
+                        elapsed: p.started.elapsed(),
+                        prefill: p.prefill.unwrap_or_default(),
+                        epoch: plan.epoch,
+                        retries: failovers + transients,
+                    });
+                }
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::StageFailed(why)) => {
+                    failovers += 1;
+                    self.metrics.failover();
+                    tracing::warn!(node = %self.me().short(), epoch = plan.epoch, attempt = failovers, done = p.tokens.len(), "stage failed: {why}; waiting for a new plan");
+                    if failovers > o.max_failovers {
+                        return Err(GenerateError::Failed {
+                            attempts: failovers,
+                            last: why,
+                        });
+                    }
+                    // A newer plan if one comes in time; else retry the current one.
+                    plan = match self.wait_plan(plan.epoch + 1, o.failover_wait).await {
+                        Some(p) => p,
+                        None => self
+                            .wait_plan(0, o.plan_wait)
+                            .await
+                            .ok_or(GenerateError::NoPlan)?,
+                    };
+                }
+                Err(AttemptError::Transient(why)) => {
+                    transients += 1;
+                    tracing::info!(node = %self.me().short(), epoch = plan.epoch, "retrying: {why}");
+                    if transients > o.max_transient {
+                        return Err(GenerateError::Failed {
+                            attempts: transients,
+                            last: why,
+                        });
+                    }
+                    tokio::time::sleep(o.transient_pause).await;
+                    plan = self
+                        .wait_plan(0, o.plan_wait)
+                        .await
+                        .ok_or(GenerateError::NoPlan)?;
+                }
+            }
+        }
+    }
+
+    /// The current plan once its epoch is at least `min_epoch`, or `None` after `wait`.
+    async fn wait_plan(&self, min_epoch: u64, wait: Duration) -> Option<Plan> {
+        let mut rx = self.view.clone();
+        let fut = async {
+            loop {
+                let plan = rx.borrow_and_update().plan().cloned();
+                if let Some(plan) = plan.filter(|p| p.epoch >= min_epoch) {
+                    return Some(plan);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(wait, fut).await.ok().flatten()
+    }
+
+    /// One session on one plan: replays what is known, then generates until done.
+    async fn attempt(
+        &self,
+        plan: &Plan,
+        session: u64,
+        p: &mut Progress<'_>,
+    ) -> Result<FinishReason, AttemptError> {
+        let Some(last) = plan.stages.last().map(|s| s.node) else {
+            return Err(AttemptError::Fatal(GenerateError::NoPlan));
+        };
+        let mut gate: Gate<u64> = Gate::new(1);
+        gate.set_plan(plan.epoch, Some(Expect::Peer(last)));
+        let prompt_len = p.params.prompt.len();
+        let mut step = 0u64;
+        let result = loop {
+            let done = p.tokens.len();
+            if done >= p.params.max_tokens {
+                break Ok(FinishReason::Length);
+            }
+            let (input, position) = if step == 0 {
+                (p.params.prompt.as_slice(), 0)
+            } else {
+                let i = step as usize - 1;
+                (&p.tokens[i..=i], prompt_len + i)
+            };
+            let logits = match self
+                .step(plan, &mut gate, session, step, input, position)
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => break Err(e),
+            };
+            if step == 0 && p.prefill.is_none() {
+                p.prefill = Some(p.started.elapsed());
+            }
+            step += 1;
+            if (step as usize) <= done {
+                continue; // replayed a known step: its token is already in the history
+            }
+            let tok = p.sampler.sample(&logits);
+            if p.params.stop.contains(&tok) {
+                break Ok(FinishReason::Stop);
+            }
+            p.tokens.push(tok);
+            if let Some(tx) = p.stream {
+                // A client that went away stops the generation.
+                if tx.send(tok).await.is_err() {
+                    break Ok(FinishReason::Stop);
+                }
+            }
+        };
+        self.end_session(plan, session);
+        result
+    }
+
+    /// One step: send `input` at `position` to the first stage and check the answer.
+    async fn step(
+        &self,
+        plan: &Plan,
+        gate: &mut Gate<u64>,
+        session: u64,
+        step: u64,
+        input: &[u32],
+        position: usize,
+    ) -> Result<Vec<f32>, AttemptError> {
+        let first = plan.stages[0].node;
+        let body = Activation {
+            epoch: plan.epoch,
+            session,
+            step,
+            stage: 0,
+            position: u32::try_from(position).map_err(|_| fatal("prompt too long"))?,
+            tensor: tokens_tensor(input),
+        };
+        let t = Instant::now();
+        let reply = if first == self.me() {
+            let signed = Signed::sign(&self.identity, body).map_err(|e| fatal(e.to_string()))?;
+            let msg = PipelineMessage::Activation(signed);
+            tokio::time::timeout(self.options.step_timeout, self.stage.handle(first, &msg))
+                .await
+                .map_err(|_| AttemptError::StageFailed("no answer in time".into()))?
+        } else {
+            let frame =
+                sign_frame(&self.identity, body, PipelineMessage::Activation).map_err(fatal)?;
+            match tokio::time::timeout(
+                self.options.step_timeout,
+                self.net.send_activation(first, frame),
+            )
+            .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    return Err(AttemptError::StageFailed(format!("stage 0 ({first}): {e}")));
+                }
+                Err(_) => {
+                    return Err(AttemptError::StageFailed(format!(
+                        "stage 0 ({first}): no answer in time"
+                    )));
+                }
+            }
+        };
+        self.metrics.step(t.elapsed());
+        self.check_reply(gate, session, step, &reply)
+    }
+
+    /// Checks a step's answer and returns the last position's logits.
+    fn check_reply(
+        &self,
+        gate: &mut Gate<u64>,
+        session: u64,
+        step: u64,
+        reply: &[u8],
+    ) -> Result<Vec<f32>, AttemptError> {
+        let token = match decode_reply(reply) {
+            Ok(Reply::Token(t)) => t,
+            Ok(Reply::Error(e)) => {
+                let why = format!("{:?}: {}", e.code, e.message);
+                return Err(match e.code {
+                    ErrorCode::StageFailed | ErrorCode::Timeout => AttemptError::StageFailed(why),
+                    ErrorCode::BadRequest | ErrorCode::WrongModel => {
+                        AttemptError::Fatal(GenerateError::Failed {
+                            attempts: 0,
+                            last: why,
+                        })
+                    }
+                    _ => AttemptError::Transient(why),
+                });
+            }
+            Ok(Reply::Ack) => return Err(AttemptError::Transient("empty answer".into())),
+            Err(e) => {
+                self.metrics.refuse(e.reason());
+                return Err(AttemptError::Transient(format!("undecodable answer: {e}")));
+            }
+        };
+        let body = token.unverified();
+        let verdict = if body.session != session || body.step != step {
+            Err(Refusal::OutOfOrder)
+        } else {
+            gate.check(&Inbound {
+                peer: *token.signer(),
+                signer: *token.signer(),
+                // PipelineMessage::decode verified the last stage's signature.
+                signature_ok: true,
+                epoch: body.epoch,
+                session,
+                step,
+            })
+        };
+        if let Err(r) = verdict {
+            self.metrics.refuse(r.label());
+            return Err(AttemptError::Transient(format!("answer refused: {r}")));
+        }
+        match &body.output {
+            Sampled::Logits(t) => {
+                last_logits(t).ok_or_else(|| AttemptError::Transient("logits malformed".into()))
+            }
+            Sampled::Token(_) => Err(AttemptError::Transient("expected logits".into())),
+        }
+    }
+
+    /// Tells the first stage (and through it the rest) that `session` is over; best effort.
+    fn end_session(&self, plan: &Plan, session: u64) {
+        let first = plan.stages[0].node;
+        let body = SessionEnd {
+            epoch: plan.epoch,
+            session,
+        };
+        let Ok(signed) = Signed::sign(&self.identity, body) else {
+            return;
+        };
+        let msg = PipelineMessage::End(signed);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if first == this.me() {
+                this.stage.handle(first, &msg).await;
+            } else if let Ok(frame) = msg.encode() {
+                let _ = this.net.send_activation(first, frame).await;
+            }
+        });
+    }
+}
+
+fn fatal(e: impl Into<String>) -> AttemptError {
+    AttemptError::Fatal(GenerateError::Failed {
+        attempts: 0,
+        last: e.into(),
+    })
+}

@@ -1,0 +1,361 @@
+//! The stage side of the pipeline: checks an inbound activation against the plan, runs this
+//! node's layers on the runtime actor, and passes the result on.
+//!
+//! A request on `/shoal/activation/1` travels the whole pipeline before it is answered: stage
+//! `k` runs its layers, sends its signed activation to stage `k + 1` and answers its own
+//! request with whatever came back, so the last stage's signed [`TokenReturn`] reaches the
+//! origin unchanged, and a failure anywhere comes back at once as an [`ErrorReply`] naming the
+//! stage that failed (a killed process closes its connections, so the failure is seen in
+//! milliseconds, not after a timeout).
+//!
+//! [`StageCtx::handle`] is also called in-process when the origin itself runs stage 0.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_keys::{Identity, NodeId};
+use shoal_model::StageOutput;
+use shoal_protocol::{
+    Activation, ErrorCode, PipelineMessage, Plan, Sampled, SessionEnd, Signed, TokenReturn,
+};
+
+use super::ordering::{Expect, Gate, Inbound, Refusal};
+use super::runtime::RuntimeHandle;
+use super::wire::{error_frame, input_len, output_tensor, stage_input};
+use crate::metrics::Metrics;
+use crate::node::View;
+use crate::swarm::NetworkHandle;
+
+/// Sessions whose replay memory a stage keeps (per epoch).
+const REPLAY_MEMORY: usize = 4096;
+/// Origins of sessions remembered by the first stage (to accept their `SessionEnd`).
+const ORIGIN_MEMORY: usize = 1024;
+
+/// What the current plan asks of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The plan's epoch.
+    pub epoch: u64,
+    /// This node's stage index.
+    pub index: usize,
+    /// Planner layers `[a, b)` of the stage.
+    pub layers: Range<usize>,
+    /// The next stage's node, `None` on the last stage.
+    pub next: Option<NodeId>,
+    /// The previous stage's node, `None` on the first stage.
+    pub prev: Option<NodeId>,
+}
+
+impl Assignment {
+    /// This node's assignment in `plan`, if it runs a stage.
+    pub fn of(plan: &Plan, me: &NodeId) -> Option<Self> {
+        let index = plan.stage_of(me)?;
+        let stage = &plan.stages[index];
+        Some(Assignment {
+            epoch: plan.epoch,
+            index,
+            layers: stage.start as usize..stage.end as usize,
+            next: plan.stages.get(index + 1).map(|s| s.node),
+            prev: index.checked_sub(1).map(|i| plan.stages[i].node),
+        })
+    }
+
+    /// The layer range as a metrics label, e.g. `3-6`.
+    pub fn label(&self) -> String {
+        format!("{}-{}", self.layers.start, self.layers.end)
+    }
+}
+
+struct State {
+    gate: Gate<u64>,
+    assignment: Option<Assignment>,
+    origins: VecDeque<(u64, NodeId)>,
+}
+
+/// Everything a stage needs to serve activations; shared by the server task, its request
+/// tasks and the local origin.
+pub struct StageCtx {
+    me: NodeId,
+    identity: Arc<Identity>,
+    net: NetworkHandle,
+    runtime: Option<RuntimeHandle>,
+    metrics: Arc<Metrics>,
+    hop_timeout: Duration,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for StageCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageCtx")
+            .field("me", &self.me.short())
+            .finish()
+    }
+}
+
+impl StageCtx {
+    /// A stage context; `runtime` is `None` on a node without the model (it refuses all).
+    pub fn new(
+        identity: Arc<Identity>,
+        net: NetworkHandle,
+        runtime: Option<RuntimeHandle>,
+        metrics: Arc<Metrics>,
+        hop_timeout: Duration,
+    ) -> Self {
+        StageCtx {
+            me: identity.node_id(),
+            identity,
+            net,
+            runtime,
+            metrics,
+            hop_timeout,
+            state: Mutex::new(State {
+                gate: Gate::new(REPLAY_MEMORY),
+                assignment: None,
+                origins: VecDeque::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Poisoning means a panic mid-check; the state is still consistent enough to refuse
+        // or accept the next message.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current assignment.
+    pub fn assignment(&self) -> Option<Assignment> {
+        self.state().assignment.clone()
+    }
+
+    /// Installs the view's plan: the gate's epoch and expected sender, and loads the layers
+    /// when they changed (awaits the load, so later activations find them).
+    pub async fn on_view(&self, view: &View) {
+        let Some(plan) = view.plan() else { return };
+        let asg = Assignment::of(plan, &self.me);
+        let expect = asg.as_ref().map(|a| match a.prev {
+            Some(prev) => Expect::Peer(prev),
+            None => {
+                let mut any = plan.members.clone();
+                any.extend(view.member_ids());
+                any.push(self.me);
+                Expect::AnyOf(any)
+            }
+        });
+        let changed_layers = {
+            let mut st = self.state();
+            st.gate.set_plan(plan.epoch, expect);
+            let old = std::mem::replace(&mut st.assignment, asg.clone());
+            old.map(|o| o.layers) != asg.as_ref().map(|a| a.layers.clone())
+        };
+        if let (true, Some(a), Some(rt)) = (changed_layers, asg, &self.runtime) {
+            let t = Instant::now();
+            match rt.load(a.layers.clone()).await {
+                Ok(()) => {
+                    tracing::info!(node = %self.me.short(), epoch = a.epoch, stage = a.index, layers = ?a.layers, load_s = t.elapsed().as_secs_f64(), "stage ready")
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.me.short(), layers = ?a.layers, error = %e, "cannot load the stage")
+                }
+            }
+        }
+    }
+
+    /// Counts a refusal and lowers the sender's score; returns the error frame to answer.
+    fn refuse(&self, peer: NodeId, session: Option<u64>, r: Refusal) -> Vec<u8> {
+        self.metrics.refuse(r.label());
+        tracing::info!(node = %self.me.short(), peer = %peer.short(), reason = r.label(), "refused pipeline message");
+        if peer != self.me {
+            let net = self.net.clone();
+            tokio::spawn(async move { net.report_misbehaviour(peer, r.label()).await });
+        }
+        error_frame(session, ErrorCode::Refused, format!("{}: {r}", r.label()))
+    }
+
+    /// Serves one pipeline message from `peer` (signature already verified) and returns the
+    /// response frame.
+    pub async fn handle(&self, peer: NodeId, msg: &PipelineMessage) -> Vec<u8> {
+        match msg {
+            PipelineMessage::Activation(s) => self.on_activation(peer, s).await,
+            PipelineMessage::End(s) => self.on_end(peer, s),
+            PipelineMessage::Token(s) => {
+                self.refuse(peer, Some(s.unverified().session), Refusal::NotOurStage)
+            }
+        }
+    }
+
+    /// The gate's verdict for an activation, with the assignment it was checked against.
+    fn admit(&self, peer: NodeId, s: &Signed<Activation>) -> Result<Assignment, Refusal> {
+        let act = s.unverified();
+        let mut st = self.state();
+        st.gate.check(&Inbound {
+            peer,
+            signer: *s.signer(),
+            // The inbound decoder (or, in-process, our own signing) verified it.
+            signature_ok: true,
+            epoch: act.epoch,
+            session: act.session,
+            step: act.step,
+        })?;
+        let asg = st
+            .assignment
+            .clone()
+            .filter(|a| a.index == act.stage as usize);
+        let Some(asg) = asg else {
+            return Err(Refusal::NotOurStage);
+        };
+        if asg.index == 0 && act.step == 0 {
+            if st.origins.len() >= ORIGIN_MEMORY {
+                st.origins.pop_front();
+            }
+            st.origins.push_back((act.session, peer));
+        }
+        Ok(asg)
+    }
+
+    async fn on_activation(&self, peer: NodeId, s: &Signed<Activation>) -> Vec<u8> {
+        let act = s.unverified();
+        let session = Some(act.session);
+        let asg = match self.admit(peer, s) {
+            Ok(a) => a,
+            Err(r) => return self.refuse(peer, session, r),
+        };
+        let input = match stage_input(&act.tensor, asg.index == 0) {
+            Ok(i) => i,
+            Err(r) => return self.refuse(peer, session, r),
+        };
+        let Some(rt) = &self.runtime else {
+            return error_frame(session, ErrorCode::WrongModel, "this node holds no model");
+        };
+        let seq = input_len(&input);
+        let computed = rt
+            .run(
+                asg.layers.clone(),
+                act.session,
+                act.position as usize,
+                input,
+            )
+            .await;
+        let computed = match computed {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!(
+                    "stage {} ({}) could not run: {e}",
+                    asg.index,
+                    self.me.short()
+                );
+                return error_frame(session, ErrorCode::Internal, msg);
+            }
+        };
+        self.metrics
+            .stage_compute(asg.index as u32, &asg.label(), computed.compute);
+        let (tensor, is_logits) = output_tensor(&computed.output);
+        match (&computed.output, asg.next) {
+            (StageOutput::Hidden(_), Some(next)) => {
+                let body = Activation {
+                    epoch: act.epoch,
+                    session: act.session,
+                    step: act.step,
+                    stage: act.stage + 1,
+                    position: act.position,
+                    tensor,
+                };
+                self.forward(&asg, next, body).await
+            }
+            (StageOutput::Logits(_), None) if is_logits => {
+                let body = TokenReturn {
+                    epoch: act.epoch,
+                    session: act.session,
+                    step: act.step,
+                    output: Sampled::Logits(tensor),
+                };
+                tracing::trace!(
+                    session = act.session,
+                    step = act.step,
+                    seq,
+                    "token step done"
+                );
+                sign_frame(&self.identity, body, PipelineMessage::Token)
+                    .unwrap_or_else(|e| error_frame(session, ErrorCode::Internal, e))
+            }
+            _ => error_frame(
+                session,
+                ErrorCode::Internal,
+                format!(
+                    "stage {} output does not fit its place in the plan",
+                    asg.index
+                ),
+            ),
+        }
+    }
+
+    /// Signs `body`, sends it to `next` and returns its answer (or an error naming it).
+    async fn forward(&self, asg: &Assignment, next: NodeId, body: Activation) -> Vec<u8> {
+        let session = Some(body.session);
+        let frame = match sign_frame(&self.identity, body, PipelineMessage::Activation) {
+            Ok(f) => f,
+            Err(e) => return error_frame(session, ErrorCode::Internal, e),
+        };
+        let t = Instant::now();
+        let sent =
+            tokio::time::timeout(self.hop_timeout, self.net.send_activation(next, frame)).await;
+        self.metrics.downstream(&next.short(), t.elapsed());
+        let failed = |why: String| {
+            let msg = format!("stage {} ({}) failed: {why}", asg.index + 1, next);
+            tracing::warn!(node = %self.me.short(), "{msg}");
+            error_frame(session, ErrorCode::StageFailed, msg)
+        };
+        match sent {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => failed(e.to_string()),
+            Err(_) => failed(format!("no answer within {:?}", self.hop_timeout)),
+        }
+    }
+
+    /// Frees a session: drops its cache and replay memory, and tells the next stage.
+    fn on_end(&self, peer: NodeId, s: &Signed<SessionEnd>) -> Vec<u8> {
+        let end = s.unverified();
+        let (asg, allowed) = {
+            let st = self.state();
+            let asg = st.assignment.clone();
+            let allowed = match asg.as_ref().map(|a| a.prev) {
+                Some(Some(prev)) => prev == peer,
+                Some(None) => st
+                    .origins
+                    .iter()
+                    .any(|(sess, o)| *sess == end.session && *o == peer),
+                None => false,
+            };
+            (asg, allowed)
+        };
+        if !allowed || s.signer() != &peer {
+            return self.refuse(peer, Some(end.session), Refusal::WrongSender);
+        }
+        self.state().gate.forget(&end.session);
+        if let Some(rt) = &self.runtime {
+            rt.drop_session(end.session);
+        }
+        if let Some(next) = asg.and_then(|a| a.next) {
+            let body = SessionEnd {
+                epoch: end.epoch,
+                session: end.session,
+            };
+            if let Ok(frame) = sign_frame(&self.identity, body, PipelineMessage::End) {
+                let net = self.net.clone();
+                tokio::spawn(async move { net.send_activation(next, frame).await });
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// Signs `body` and encodes it as a pipeline frame.
+pub fn sign_frame<T: shoal_protocol::Message>(
+    identity: &Identity,
+    body: T,
+    wrap: fn(Signed<T>) -> PipelineMessage,
+) -> Result<Vec<u8>, String> {
+    let signed = Signed::sign(identity, body).map_err(|e| e.to_string())?;
+    wrap(signed).encode().map_err(|e| e.to_string())
+}

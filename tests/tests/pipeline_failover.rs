@@ -1,0 +1,121 @@
+//! `kill -9` of the middle stage while a generation streams: the swarm re-plans over the
+//! remaining nodes, the origin replays the token history onto the new stages, and the request
+//! completes within 10 s of the kill with exactly the tokens of an undisturbed run.
+
+// Tests fail by panicking: unwrap and expect are the assertions here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "pipeline_support/common.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const PROMPT: [u32; 4] = [87, 104, 121, 32];
+const MAX_TOKENS: usize = 300;
+/// Tokens streamed before the kill.
+const KILL_AFTER: usize = 12;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_of_the_middle_stage_completes_with_the_same_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth_model(dir.path());
+    // Four nodes, memory for three stages: after the kill, the other three still fit.
+    let mut swarm = start_swarm(dir.path(), &model, 4, 3).await;
+    let plan = match swarm.wait_plan(3, 0, PLAN_TIMEOUT).await {
+        Ok(p) => p,
+        Err(e) => {
+            dump_logs(&swarm);
+            panic!("{e}");
+        }
+    };
+    let stages: Vec<String> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["device"].as_str().unwrap().to_string())
+        .collect();
+    let middle = swarm.index_of(&stages[1]).unwrap();
+    let origin = (0..4).find(|&i| i != middle).unwrap();
+
+    let (status, undisturbed) = swarm
+        .post_json(
+            origin,
+            "/v1/completions",
+            &greedy_request(&PROMPT, MAX_TOKENS, false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{undisturbed}");
+    let expected = token_ids(&undisturbed);
+    assert!(
+        expected.len() > KILL_AFTER * 2,
+        "the run must outlast the kill: {} tokens",
+        expected.len()
+    );
+
+    // Stream the same request; kill the middle stage once KILL_AFTER tokens arrived.
+    let mut streamed: Vec<u32> = Vec::new();
+    let mut killed_at: Option<Instant> = None;
+    let mut last: Option<Value> = None;
+    let pid = swarm.nodes[middle].pid().unwrap();
+    let request = greedy_request(&PROMPT, MAX_TOKENS, true);
+    let status = swarm
+        .post_sse(origin, "/v1/completions", &request, |d| {
+            if d == "[DONE]" {
+                return;
+            }
+            let v: Value = serde_json::from_str(d).unwrap();
+            for t in v["choices"][0]["token_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                streamed.push(t.as_u64().unwrap() as u32);
+            }
+            if streamed.len() >= KILL_AFTER && killed_at.is_none() {
+                // kill -9 from outside, as an operator would.
+                let ok = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+                killed_at = Some(Instant::now());
+            }
+            last = Some(v);
+        })
+        .await
+        .unwrap();
+    let done = Instant::now();
+    let killed_at = killed_at.expect("the kill happened mid-generation");
+    if streamed != expected {
+        dump_logs(&swarm);
+    }
+    assert_eq!(status, 200);
+    assert!(
+        last.as_ref().is_some_and(|v| v.get("error").is_none()),
+        "ended with {last:?}"
+    );
+    assert_eq!(
+        streamed, expected,
+        "tokens after failover differ from the undisturbed run"
+    );
+    let after_kill = done - killed_at;
+    assert!(
+        after_kill < Duration::from_secs(10),
+        "completed {after_kill:?} after the kill"
+    );
+    eprintln!("completed {after_kill:?} after kill -9 of the middle stage");
+
+    // The swarm now runs on a new plan without the dead node.
+    let _ = swarm.kill(middle).await;
+    let metrics = swarm.get_text(origin, "/metrics").await.unwrap();
+    let failovers = metrics
+        .lines()
+        .find(|l| l.starts_with("shoal_failovers_total "))
+        .unwrap();
+    assert_ne!(failovers, "shoal_failovers_total 0", "{metrics}");
+    swarm.shutdown().await;
+}

@@ -1,0 +1,110 @@
+//! Shared helpers of the pipeline and demo tests (included with `#[path]`): the `shoal`
+//! binary, a synthesised model, a local swarm of real processes, and the single-process
+//! reference generation.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use shoal_node::pipeline::launch::{self, LaunchOptions, LocalSwarm};
+
+/// How long a test waits for a plan.
+pub(crate) const PLAN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `shoal` binary: `SHOAL_BIN` (scripts/test.sh sets it), else a built one in target/,
+/// else built now.
+pub(crate) fn shoal_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHOAL_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["debug", "release"] {
+        let p = root.join("target").join(profile).join("shoal");
+        if p.exists() {
+            return p;
+        }
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-p", "shoal-node", "--bin", "shoal"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building shoal failed");
+    root.join("target/debug/shoal")
+}
+
+/// The built-in model of `shoal demo` (default synth options) in `dir/model`.
+pub(crate) fn synth_model(dir: &Path) -> PathBuf {
+    let out = dir.join("model");
+    shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &out, false)
+        .expect("synth");
+    out
+}
+
+/// `n` nodes whose memory forces the model over `span` of them.
+pub(crate) async fn start_swarm(dir: &Path, model: &Path, n: usize, span: usize) -> LocalSwarm {
+    let fraction = shoal_node::config::Config::default()
+        .planner
+        .memory_fraction;
+    let budget = launch::spanning_budget(model, span, fraction).expect("budget");
+    let opts = LaunchOptions {
+        bin: shoal_bin(),
+        dir: dir.join("swarm"),
+        model: model.to_path_buf(),
+        memory: vec![budget; n],
+        log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+    };
+    LocalSwarm::start(&opts).await.expect("start swarm")
+}
+
+/// Prints the tail of every node's log (call when a test is about to fail).
+pub(crate) fn dump_logs(swarm: &LocalSwarm) {
+    for (i, n) in swarm.nodes.iter().enumerate() {
+        let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        eprintln!("---- node{i} {} ----", n.id);
+        for l in tail.into_iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+/// Greedy single-process generation of `prompt` on the whole model, stopping at EOS as the
+/// API does: the reference every distributed run must reproduce.
+pub(crate) fn reference_tokens(model: &Path, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let manifest = shoal_model::Manifest::load(model).expect("manifest");
+    let layers = 0..manifest.planner_layers();
+    let mut runner = shoal_model::StageRunner::load(
+        model,
+        &manifest,
+        layers,
+        &shoal_model::RuntimeConfig::default(),
+    )
+    .expect("load model");
+    let req = shoal_model::generate::GenerateRequest {
+        prompt_ids: prompt.to_vec(),
+        max_tokens,
+        sampling: shoal_model::SamplingConfig::greedy(),
+        stop_ids: manifest.eos_token_ids.clone(),
+    };
+    shoal_model::generate::generate(&mut runner, 1, &req, |_| true)
+        .expect("generate")
+        .token_ids
+}
+
+/// Token ids of a `/v1/completions` answer.
+pub(crate) fn token_ids(answer: &Value) -> Vec<u32> {
+    answer["shoal"]["token_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no token ids in {answer}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A greedy completion request for token ids.
+pub(crate) fn greedy_request(prompt: &[u32], max_tokens: usize, stream: bool) -> Value {
+    serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream})
+}
