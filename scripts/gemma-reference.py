@@ -72,8 +72,8 @@ class Gemma3:
         for t in r.tensors:
             shape = [int(d) for d in reversed(t.shape)]
             self.w[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
-        self.bos = int(r.fields["tokenizer.ggml.bos_token_id"].contents())
-        self.tokens = r.fields["tokenizer.ggml.tokens"].contents()
+        tokens = r.fields.get("tokenizer.ggml.tokens")
+        self.tokens = tokens.contents() if tokens is not None else None
 
     def norm(self, x, name):
         # The GGUF converter stored Gemma's (1 + weight): apply it as is.
@@ -94,8 +94,9 @@ class Gemma3:
     def gelu_tanh(x):
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
-    def forward(self, ids):
-        """Logits of the last position for the whole sequence `ids` (no cache: simple)."""
+    def forward(self, ids, all_positions=False):
+        """Logits of the last position (or of every position) for the whole sequence `ids`
+        (no cache: simple)."""
         s = len(ids)
         pos = np.arange(s)
         x = self.w["token_embd.weight"][ids] * np.float32(math.sqrt(self.hidden))
@@ -130,9 +131,10 @@ class Gemma3:
             g = self.gelu_tanh(h @ self.w[p + "ffn_gate.weight"].T) * (h @ self.w[p + "ffn_up.weight"].T)
             f = g @ self.w[p + "ffn_down.weight"].T
             x = x + self.norm(f, p + "post_ffw_norm.weight")
-        x = self.norm(x[-1:], "output_norm.weight")
+        x = self.norm(x if all_positions else x[-1:], "output_norm.weight")
         head = self.w.get("output.weight", self.w["token_embd.weight"])
-        return (x @ head.T)[0]
+        logits = x @ head.T
+        return logits if all_positions else logits[0]
 
 
 def run_numpy(path, prompt_ids, steps):
