@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::onnx::GraphBuilder;
 
 /// Architectures `shoal model import --hf` accepts (for the refusal message).
-pub const SUPPORTED_HF: &str = "llama (Llama 2/3, TinyLlama, SmolLM), mistral, qwen2";
+pub const SUPPORTED_HF: &str =
+    "llama (Llama 2/3, TinyLlama, SmolLM), mistral, qwen2, gemma3_text (Gemma 3 text-only)";
 
 /// Dimensions every architecture shares; stored in the manifest and used by the runtime.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +154,7 @@ pub fn from_hf_config(config: &serde_json::Value) -> Result<Box<dyn Architecture
         .unwrap_or(model_type);
     match model_type {
         "llama" | "mistral" | "qwen2" => Ok(Box::new(llama::Llama::from_hf_config(config)?)),
+        "gemma3_text" => Ok(Box::new(gemma3::Gemma3::from_hf_config(config)?)),
         _ => Err(Error::UnsupportedArchitecture {
             found: declared.to_owned(),
             supported: SUPPORTED_HF,

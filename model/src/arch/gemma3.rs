@@ -81,10 +81,8 @@ impl Gemma3 {
         Ok(Gemma3 { dims, opts })
     }
 
-    /// Reads a Hugging Face `config.json` of model type `gemma3_text` (or the `text_config`
-    /// of a `gemma3` multimodal config).
+    /// Reads a Hugging Face `config.json` of model type `gemma3_text`.
     pub fn from_hf_config(c: &Value) -> Result<Self> {
-        let c = c.get("text_config").unwrap_or(c);
         let n = |k: &str| c.get(k).and_then(Value::as_u64).map(|v| v as usize);
         let f = |k: &str| c.get(k).and_then(Value::as_f64);
         let req = |k: &str| n(k).ok_or_else(|| Error::Config(format!("config.json lacks {k:?}")));
