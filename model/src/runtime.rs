@@ -66,7 +66,8 @@ pub struct RuntimeConfig {
     pub backend: BackendChoice,
     /// Path of the ONNX Runtime library, tried after `ORT_DYLIB_PATH` (default none).
     pub ort_dylib_path: Option<PathBuf>,
-    /// Threads per ONNX Runtime session; 0 lets it decide (default 0).
+    /// Threads of ONNX Runtime's process-wide pool; 0 = one per core (default 0). Only the
+    /// first runner of a process sets it.
     pub threads: usize,
     /// Most sessions held at once (default 64).
     pub max_sessions: usize,
@@ -95,15 +96,18 @@ impl RuntimeConfig {
         match self.backend {
             BackendChoice::Tract => Ok(Backend::Tract),
             BackendChoice::Ort => {
-                ort_lib::environment(self.ort_dylib_path.as_deref()).map(|_| Backend::Ort)
+                ort_lib::environment(self.ort_dylib_path.as_deref(), self.threads)
+                    .map(|_| Backend::Ort)
             }
-            BackendChoice::Auto => match ort_lib::environment(self.ort_dylib_path.as_deref()) {
-                Ok(_) => Ok(Backend::Ort),
-                Err(e) => {
-                    tracing::warn!("{e}; using the built-in tract backend (slower)");
-                    Ok(Backend::Tract)
+            BackendChoice::Auto => {
+                match ort_lib::environment(self.ort_dylib_path.as_deref(), self.threads) {
+                    Ok(_) => Ok(Backend::Ort),
+                    Err(e) => {
+                        tracing::warn!("{e}; using the built-in tract backend (slower)");
+                        Ok(Backend::Tract)
+                    }
                 }
-            },
+            }
         }
     }
 }

@@ -3,7 +3,9 @@
 
 pub(crate) mod bench;
 pub(crate) mod demo;
+pub(crate) mod generate;
 pub(crate) mod keys;
+pub(crate) mod model;
 pub(crate) mod plan;
 pub(crate) mod run;
 pub(crate) mod status;

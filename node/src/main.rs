@@ -30,6 +30,11 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Show a running node's members, links and plan.
     Status(cmd::status::StatusArgs),
+    /// Generate text from a model directory in this process.
+    Generate(cmd::generate::GenerateArgs),
+    /// Import, synthesise or inspect models.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCommand),
     /// Start a swarm of N nodes on loopback, split a model across them and generate.
     Demo(cmd::demo::DemoArgs),
 }
@@ -44,6 +49,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run(a) => cmd::run::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Model(c) => cmd::model::run(c),
     }
 }
 

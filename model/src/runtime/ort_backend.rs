@@ -33,14 +33,11 @@ fn dims(shape: &[usize]) -> Vec<i64> {
 impl OrtShard {
     /// Loads `path` (external data resolved next to it).
     pub(crate) fn load(path: &Path, threads: usize, ort_path: Option<&Path>) -> Result<Self> {
-        let env = super::ort_lib::environment(ort_path)?;
+        let env = super::ort_lib::environment(ort_path, threads)?;
         let mut b = Session::builder(env).map_err(err)?;
         b = b
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(err)?;
-        if threads > 0 {
-            b = b.with_intra_threads(threads).map_err(err)?;
-        }
         let session = b
             .commit_from_file(path)
             .map_err(|e| Error::Ort(format!("{}: {e}", path.display())))?;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 
 use crate::error::{Error, Result};
 
@@ -31,13 +31,25 @@ static ENV: OnceLock<std::result::Result<(PathBuf, Environment), String>> = Once
 
 /// The process-wide ONNX Runtime environment, loading the library on first use (shared by
 /// every session; the benchmark's direct loop uses it too).
-pub fn environment(configured: Option<&Path>) -> Result<&'static Environment> {
+///
+/// All sessions share one intra-op thread pool of `threads` threads (0: one per core) that
+/// does not spin between runs: with many small shard sessions on few cores, per-session pools
+/// and spinning threads cost 5-10x in decode speed. The first caller's `threads` wins.
+pub fn environment(configured: Option<&Path>, threads: usize) -> Result<&'static Environment> {
     let r = ENV.get_or_init(|| {
-        let path = find_library(configured).map_err(|e| e.to_string())?;
+        let path = find_library(configured).map_err(|e| match e {
+            Error::Ort(m) => m,
+            other => other.to_string(),
+        })?;
         let builder =
             ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
+        let pool = GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads)
+            .and_then(|p| p.with_spin_control(false))
+            .map_err(|e| format!("thread pool: {e}"))?;
         let env = builder
             .with_name("shoal")
+            .with_global_thread_pool(pool)
             .build()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         tracing::info!(library = %path.display(), "ONNX Runtime loaded");
@@ -51,7 +63,7 @@ pub fn environment(configured: Option<&Path>) -> Result<&'static Environment> {
 
 /// Whether ONNX Runtime can be used (loads it if needed).
 pub fn ort_available(configured: Option<&Path>) -> bool {
-    environment(configured).is_ok()
+    environment(configured, 0).is_ok()
 }
 
 /// The first ONNX Runtime library found, or an error listing where it looked and how to

@@ -36,7 +36,7 @@ pub struct Unsplit {
 
 impl Unsplit {
     pub fn load(dir: &Path, m: &Manifest) -> Unsplit {
-        let env = ort_lib::environment(None).unwrap();
+        let env = ort_lib::environment(None, 0).unwrap();
         let session = Session::builder(env)
             .unwrap()
             .commit_from_file(dir.join("unsplit.onnx"))
