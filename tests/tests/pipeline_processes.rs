@@ -62,6 +62,47 @@ async fn three_processes_match_single_process_and_serve_openai_clients() {
         );
     }
 
+    // `shoal generate`: the single-process CLI gives the reference, `--api` the same ids.
+    let ids = PROMPT
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let max = MAX_TOKENS.to_string();
+    let local = cli_json(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        &ids,
+        "--max-tokens",
+        &max,
+        "--greedy",
+        "--json",
+    ]);
+    assert_eq!(
+        ids_of(&local["token_ids"]),
+        reference,
+        "single-process shoal generate"
+    );
+    let remote = cli_json(&[
+        "generate",
+        "--api",
+        &swarm.nodes[2].api,
+        "--prompt-ids",
+        &ids,
+        "--max-tokens",
+        &max,
+        "--greedy",
+        "--json",
+    ]);
+    assert_eq!(
+        ids_of(&remote["token_ids"]),
+        reference,
+        "shoal generate --api"
+    );
+    assert!(remote["tokens_per_s"].as_f64().unwrap() > 0.0);
+
     // Streamed completion: one event per token, then the finish reason, then [DONE].
     let mut events: Vec<String> = Vec::new();
     let status = swarm
@@ -155,4 +196,27 @@ async fn three_processes_match_single_process_and_serve_openai_clients() {
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"]["message"].is_string());
     swarm.shutdown().await;
+}
+
+/// Runs `shoal ARGS` and parses its one-line JSON output.
+fn cli_json(args: &[&str]) -> Value {
+    let out = std::process::Command::new(shoal_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "shoal {args:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
 }

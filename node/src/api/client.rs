@@ -59,6 +59,8 @@ pub struct Answer {
     pub tokens_per_s: f64,
     /// Seconds from request to last token.
     pub elapsed_s: f64,
+    /// Seconds from request to the first token (the prompt's time, as the client sees it).
+    pub first_token_s: f64,
 }
 
 /// Sends `c` to the node whose API listens on `addr` (`host:port` or a URL) and streams the
@@ -117,6 +119,7 @@ pub async fn complete(
         token_ids: Vec::new(),
         tokens_per_s: 0.0,
         elapsed_s: 0.0,
+        first_token_s: 0.0,
     };
     let mut bytes = r.bytes_stream();
     let mut buf = String::new();
@@ -147,6 +150,9 @@ pub async fn complete(
                 if !piece.is_empty() {
                     on_text(piece);
                     answer.text.push_str(piece);
+                }
+                if answer.token_ids.is_empty() {
+                    answer.first_token_s = start.elapsed().as_secs_f64();
                 }
                 for t in choice["token_ids"].as_array().into_iter().flatten() {
                     answer.token_ids.push(t.as_u64().unwrap_or(0) as u32);

@@ -1,6 +1,7 @@
 //! `shoal bench <target>`: measurements that print a table. One module per target under
 //! `bench/`; add a variant and a match arm here for a new one.
 
+mod pipeline;
 mod planner;
 
 use clap::Subcommand;
@@ -10,10 +11,13 @@ use clap::Subcommand;
 pub(crate) enum BenchCommand {
     /// Solve time of the placement MILP (milliseconds) per cluster size.
     Planner(planner::PlannerArgs),
+    /// Per-token decode of a loopback swarm vs single-process generation, and the ratio.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Planner(args) => planner::run(&args),
+        BenchCommand::Pipeline(args) => pipeline::run(&args),
     }
 }
