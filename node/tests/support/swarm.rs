@@ -12,7 +12,7 @@ use shoal_node::node::{Node, NodeHandle, View};
 use tokio_util::sync::CancellationToken;
 
 /// Writes the default synthesised model (6 decoder layers, hidden 128) into `dir/model`.
-pub fn synth_model(dir: &Path) -> PathBuf {
+pub(crate) fn synth_model(dir: &Path) -> PathBuf {
     let out = dir.join("model");
     shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &out, false)
         .expect("synthesise the test model");
@@ -21,7 +21,7 @@ pub fn synth_model(dir: &Path) -> PathBuf {
 
 /// A config with timings scaled down for tests: liveness 3 s, announcements every 300 ms,
 /// TCP on loopback only, no mDNS, no API.
-pub fn fast_config(dir: &Path, model: Option<PathBuf>) -> Config {
+pub(crate) fn fast_config(dir: &Path, model: Option<PathBuf>) -> Config {
     let mut c = Config::default();
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     c.data_dir = dir.join("data");
@@ -43,7 +43,7 @@ pub fn fast_config(dir: &Path, model: Option<PathBuf>) -> Config {
 }
 
 /// The identity of test node `i` (fixed seed, so runs are reproducible).
-pub fn identity(i: usize) -> Identity {
+pub(crate) fn identity(i: usize) -> Identity {
     let mut seed = [0u8; 32];
     seed[0] = 0x5e;
     seed[1] = u8::try_from(i).unwrap();
@@ -51,7 +51,7 @@ pub fn identity(i: usize) -> Identity {
 }
 
 /// Starts `n` nodes in this process; node 0 is the only bootstrap address of the others.
-pub async fn start_swarm(
+pub(crate) async fn start_swarm(
     root: &Path,
     n: usize,
     model: &Path,
@@ -75,7 +75,7 @@ pub async fn start_swarm(
 }
 
 /// Waits until every node's view satisfies `pred`; panics with the views after `timeout`.
-pub async fn wait_all(
+pub(crate) async fn wait_all(
     nodes: &[&NodeHandle],
     timeout: Duration,
     what: &str,
@@ -108,7 +108,7 @@ pub async fn wait_all(
 }
 
 /// The plan digest of a view: (epoch, coordinator, stages).
-pub fn plan_key(v: &View) -> Option<(u64, NodeId, Vec<(NodeId, u32, u32)>)> {
+pub(crate) fn plan_key(v: &View) -> Option<(u64, NodeId, Vec<(NodeId, u32, u32)>)> {
     let p = v.plan()?;
     Some((
         p.epoch,
