@@ -29,9 +29,12 @@
 pub mod bed;
 pub mod cmd;
 pub mod delay;
+pub mod http;
 pub mod measure;
 pub mod proc;
 pub mod profile;
+pub mod runs;
+pub mod swarm;
 mod sys;
 
 pub use bed::{ProcId, Testbed};

@@ -1,0 +1,181 @@
+//! Scenarios 1 and 2 of the weak-network bed (issue 7), each on a bed of four namespaces:
+//! 1. four `shoal run` processes, mDNS off, three of them given only node 0 as bootstrap
+//!    peer, find each other over impaired links and agree on one signed plan;
+//! 2. the link reports shoal gossips (`/v1/status` `links`) match the figures imposed on
+//!    the bed (RTT and bandwidth within 20%, loss within 2 points, jitter within 20%).
+//!
+//! Needs root; prints SKIP otherwise.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use shoal_tests::netns::swarm::{self, NodeSpec};
+use shoal_tests::netns::{self, LinkProfile, Testbed, measure};
+
+/// Probe settings that converge within the test's time: pings every 250 ms, a loss window of
+/// 500 echoes at 50/s, bandwidth probes of 256 KiB every 20 s, slow smoothing.
+const PROBE: &str = "[probe]\nping_interval_ms = 250\nbandwidth_interval_ms = 20000\n\
+                     bandwidth_bytes = 262144\nloss_rate_hz = 50\nloss_window = 500\newma_alpha = 0.1\n";
+
+fn link<'a>(doc: &'a Value, from: &str, to: &str) -> Option<&'a Value> {
+    doc["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["from"] == from && l["to"] == to)
+}
+
+/// Starts four nodes (node 0 the only bootstrap peer) with the given probe settings.
+fn four_nodes(tag: &str, profiles: &[LinkProfile; 4]) -> Result<(Testbed, Vec<swarm::BedNode>)> {
+    let mut bed = Testbed::new(tag, profiles)?;
+    let model = bed.log_dir().join("model");
+    shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &model, false)
+        .context("synthesising the model")?;
+    let spec = NodeSpec {
+        run: tag.into(),
+        model,
+        memory: 1 << 30,
+        strategy: "milp".into(),
+        extra: PROBE.into(),
+        top: String::new(),
+    };
+    let nodes = swarm::start_swarm(&mut bed, &vec![spec; 4])?;
+    Ok((bed, nodes))
+}
+
+/// Scenario 1.
+#[test]
+fn four_nodes_join_through_one_bootstrap_peer_and_agree_on_a_plan() -> Result<()> {
+    if netns::skip_unless_root("netns_swarm::join") {
+        return Ok(());
+    }
+    let profiles = [
+        LinkProfile::CLEAN,
+        LinkProfile::new(20.0, 4.0, 20.0, 1),
+        LinkProfile::new(40.0, 8.0, 10.0, 3),
+        LinkProfile::new(60.0, 10.0, 5.0, 5),
+    ];
+    let (bed, nodes) = four_nodes("join", &profiles)?;
+    let all = [0, 1, 2, 3];
+    let doc = swarm::wait_plan(&bed, &all, Duration::from_secs(60), |d| {
+        d["plan"]["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 4)
+    })?;
+    let plan = &doc["plan"];
+    println!(
+        "\nnetns_swarm: agreed plan (epoch {}, coordinator {}): {}",
+        plan["epoch"], plan["coordinator"], plan["stages"]
+    );
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    for &i in &all {
+        let s = swarm::status(&bed, i)?;
+        let members: Vec<&str> = s["members"].as_array().map_or(Vec::new(), |m| {
+            m.iter().filter_map(|m| m["id"].as_str()).collect()
+        });
+        ensure!(
+            ids.iter().all(|id| members.contains(id)),
+            "node {i} sees members {members:?}, not {ids:?}"
+        );
+        ensure!(
+            s["plan"]["epoch"] == plan["epoch"]
+                && s["plan"]["coordinator"] == plan["coordinator"]
+                && s["plan"]["stages"] == plan["stages"],
+            "node {i} holds another plan: {}",
+            s["plan"]
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 2. Ignored until shoal's link estimator reports what the links do (see
+/// tests/README-netbed.md, "What the bed found"): on this bed it reports round-trip loss as
+/// per-packet loss (about twice the imposed figure), jitter as sd(RTT)/2 instead of
+/// sd(RTT)/sqrt(2), libp2p-ping RTTs inflated by TCP loss recovery and by queueing behind
+/// its own probes, and bandwidth from TCP transfers that loss and competing probes slow down.
+#[test]
+#[ignore = "shoal's link estimates are off on impaired links; run with --ignored (README-netbed.md)"]
+fn link_reports_match_imposed_figures() -> Result<()> {
+    if netns::skip_unless_root("netns_swarm::links") {
+        return Ok(());
+    }
+    let profiles = [
+        LinkProfile::CLEAN,
+        LinkProfile::new(20.0, 4.0, 20.0, 1),
+        LinkProfile::new(40.0, 8.0, 10.0, 3),
+        LinkProfile::new(60.0, 10.0, 5.0, 5),
+    ];
+    let (bed, nodes) = four_nodes("links", &profiles)?;
+    swarm::wait_plan(&bed, &[0, 1, 2, 3], Duration::from_secs(60), |d| {
+        d["plan"]["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 4)
+    })?;
+    // Let the estimates settle, then compare with the bed.
+    std::thread::sleep(Duration::from_secs(15));
+    let doc = swarm::status(&bed, 0)?;
+    for b in 1..4 {
+        let rtts = measure::ping_rtts(&bed, 0, b, 50, Duration::from_millis(40))?;
+        let (m, sd) = measure::mean_sd(&rtts);
+        println!(
+            "netns_swarm: ping 0 -> {b} while the swarm runs: rtt {:.1} ms, jitter {:.1} ms",
+            m * 1e3,
+            sd / 2f64.sqrt() * 1e3
+        );
+    }
+    println!("netns_swarm: shoal's link reports vs imposed (seen by node 0)");
+    println!(
+        "{:<9} {:>15} {:>15} {:>17} {:>13}",
+        "link", "rtt ms", "jitter ms", "bw Mbit/s", "loss %"
+    );
+    let mut off = Vec::new();
+    for a in 0..4 {
+        for b in (0..4).filter(|&b| b != a) {
+            let Some(l) = link(&doc, &nodes[a].id, &nodes[b].id) else {
+                off.push(format!("no report for {a}->{b}"));
+                continue;
+            };
+            let want = bed.path(a, b);
+            let got = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+            let (rtt, jit, bw, loss) = (
+                got("rtt_s"),
+                got("jitter_s"),
+                got("bandwidth_bps"),
+                got("loss"),
+            );
+            println!(
+                "{a} -> {b}   {:>6.1} / {:>6.1} {:>6.1} / {:>6.1} {:>7.1} / {:>7.1} {:>5.1} / {:>5.1}",
+                want.rtt_s * 1e3,
+                rtt * 1e3,
+                want.jitter_s * 1e3,
+                jit * 1e3,
+                want.bandwidth_bps.min(1e9) / 1e6,
+                bw / 1e6,
+                want.loss * 1e2,
+                loss * 1e2
+            );
+            let rel = |x: f64, w: f64| (x - w).abs() <= 0.2 * w;
+            // Only impaired paths are judged: a clean veth's 50 µs RTT is all noise.
+            if want.rtt_s > 0.0 {
+                if !rel(rtt, want.rtt_s) {
+                    off.push(format!("rtt {a}->{b}"));
+                }
+                if !rel(jit, want.jitter_s) {
+                    off.push(format!("jitter {a}->{b}"));
+                }
+                if !rel(bw, want.bandwidth_bps) {
+                    off.push(format!("bandwidth {a}->{b}"));
+                }
+                if (loss - want.loss).abs() > 0.02 {
+                    off.push(format!("loss {a}->{b}"));
+                }
+            }
+        }
+    }
+    println!("(each cell: imposed / reported)");
+    ensure!(
+        off.is_empty(),
+        "shoal's link reports are off the imposed figures: {off:?}"
+    );
+    Ok(())
+}
