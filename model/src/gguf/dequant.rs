@@ -60,8 +60,13 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: u64) -> Result<Vec<f32>, Dequan
             actual: bytes.len() as u64,
         });
     }
-    // n <= bytes.len() * 8 here (at most 8 elements per byte), so it fits in usize.
-    let mut out = vec![0f32; n as usize];
+    let len = usize::try_from(n).map_err(|_| DequantError::Length {
+        ty,
+        n,
+        expected,
+        actual: bytes.len() as u64,
+    })?;
+    let mut out = vec![0f32; len];
     let block = block as usize;
     let size = size as usize;
     let per_block: fn(&[u8], &mut [f32]) = match ty {
