@@ -140,7 +140,7 @@ async fn drive(args: &DemoArgs, swarm: &LocalSwarm) -> anyhow::Result<Value> {
     if !args.json {
         print_plan(&plan, swarm);
     }
-    let before = compute_by_node(swarm).await;
+    let before = metrics_by_node(swarm).await;
     let prompt = match &args.prompt_ids {
         Some(ids) => json!(ids),
         None => json!(args.prompt.as_deref().unwrap_or(DEFAULT_PROMPT)),
@@ -154,7 +154,7 @@ async fn drive(args: &DemoArgs, swarm: &LocalSwarm) -> anyhow::Result<Value> {
     if status != 200 {
         bail!("generation failed ({status}): {answer}");
     }
-    let after = compute_by_node(swarm).await;
+    let after = metrics_by_node(swarm).await;
     let stages = stage_timings(&plan, swarm, &before, &after);
     let shoal = &answer["shoal"];
     let text = answer["choices"][0]["text"]
@@ -222,8 +222,13 @@ fn print_result(out: &Value, prompt: &Value) {
     );
     println!("per-stage compute:");
     for s in out["stages"].as_array().into_iter().flatten() {
+        let hop = s["hop_to_next_ms_per_step"]
+            .as_f64()
+            .map_or(String::new(), |h| {
+                format!(", hop to next stage {h:.3} ms/step")
+            });
         println!(
-            "  stage {} {:<10} on {}: {:.3} ms/step over {} steps ({:.1} ms total)",
+            "  stage {} {:<10} on {}: {:.3} ms/step over {} steps ({:.1} ms total){hop}",
             s["stage"],
             s["layers"].to_string(),
             short(s["device"].as_str().unwrap_or_default()),
@@ -234,43 +239,66 @@ fn print_result(out: &Value, prompt: &Value) {
     }
 }
 
-/// Each node's stage compute counters (stage, layers, seconds, steps).
-async fn compute_by_node(swarm: &LocalSwarm) -> Vec<Vec<(u32, String, f64, u64)>> {
+/// Each node's `/metrics` text.
+async fn metrics_by_node(swarm: &LocalSwarm) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..swarm.nodes.len() {
-        let text = swarm.get_text(i, "/metrics").await.unwrap_or_default();
-        out.push(launch::stage_compute(&text));
+        out.push(swarm.get_text(i, "/metrics").await.unwrap_or_default());
     }
     out
 }
 
-/// Per-stage compute of the generation: the counters' growth on each stage's node.
+/// The value of the sample line that starts with `key` (0 when absent).
+fn sample(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Per-stage timings of the generation from the growth of each node's counters: compute per
+/// step, and the hop to the next stage (its round trip minus everything the next stage did).
 fn stage_timings(
     plan: &Value,
     swarm: &LocalSwarm,
-    before: &[Vec<(u32, String, f64, u64)>],
-    after: &[Vec<(u32, String, f64, u64)>],
+    before: &[String],
+    after: &[String],
 ) -> Vec<Value> {
-    let mut out = Vec::new();
-    for (i, s) in plan["stages"].as_array().into_iter().flatten().enumerate() {
-        let dev = s["device"].as_str().unwrap_or_default();
-        let Some(k) = swarm.index_of(dev) else {
+    let stages: Vec<&Value> = plan["stages"].as_array().into_iter().flatten().collect();
+    let node_of = |dev: &str| swarm.index_of(dev);
+    let delta = |k: usize, key: &str| sample(&after[k], key) - sample(&before[k], key);
+    let mut rows: Vec<(f64, f64, f64)> = Vec::new(); // (compute, steps, downstream)
+    for (i, s) in stages.iter().enumerate() {
+        let Some(k) = node_of(s["device"].as_str().unwrap_or_default()) else {
+            rows.push((0.0, 0.0, 0.0));
             continue;
         };
-        let label = format!("{}-{}", s["layers"][0], s["layers"][1]);
-        let pick = |v: &[Vec<(u32, String, f64, u64)>]| {
-            v.get(k)
-                .and_then(|m| {
-                    m.iter()
-                        .find(|(st, l, _, _)| *st as usize == i && *l == label)
-                })
-                .map_or((0.0, 0), |(_, _, sum, n)| (*sum, *n))
-        };
-        let ((s0, n0), (s1, n1)) = (pick(before), pick(after));
-        let (secs, steps) = (s1 - s0, n1.saturating_sub(n0));
+        let labels = format!(
+            "{{stage=\"{i}\",layers=\"{}-{}\"}} ",
+            s["layers"][0], s["layers"][1]
+        );
+        let compute = delta(k, &format!("shoal_stage_compute_seconds_sum{labels}"));
+        let steps = delta(k, &format!("shoal_stage_compute_seconds_count{labels}"));
+        let next = stages
+            .get(i + 1)
+            .and_then(|n| n["device"].as_str())
+            .unwrap_or_default();
+        let short = &next[next.len().saturating_sub(8)..];
+        let downstream = delta(
+            k,
+            &format!("shoal_downstream_seconds_sum{{to=\"{short}\"}} "),
+        );
+        rows.push((compute, steps, downstream));
+    }
+    let per_step = |x: f64, n: f64| if n > 0.0 { x * 1e3 / n } else { 0.0 };
+    let mut out = Vec::new();
+    for (i, s) in stages.iter().enumerate() {
+        let (compute, steps, downstream) = rows[i];
+        let hop = rows.get(i + 1).map(|(c, _, d)| downstream - c - d);
         out.push(json!({
-            "stage": i, "device": dev, "layers": s["layers"], "compute_s": secs, "steps": steps,
-            "compute_ms_per_step": if steps > 0 { secs * 1e3 / steps as f64 } else { 0.0 },
+            "stage": i, "device": s["device"], "layers": s["layers"], "compute_s": compute,
+            "steps": steps as u64, "compute_ms_per_step": per_step(compute, steps),
+            "hop_to_next_ms_per_step": hop.map(|h| per_step(h, steps)),
         }));
     }
     out

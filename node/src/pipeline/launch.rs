@@ -48,7 +48,7 @@ pub enum LaunchError {
     #[error("http: {0}")]
     Http(String),
     /// The swarm did not agree on the expected plan in time.
-    #[error("no plan with {stages} stages within {waited:?}; last status: {last}")]
+    #[error("no plan with {stages} or more stages within {waited:?}; last status: {last}")]
     NoPlan {
         /// Stages wanted.
         stages: usize,
@@ -282,8 +282,8 @@ impl LocalSwarm {
         Ok(status)
     }
 
-    /// Waits until every running node reports the same plan with `stages` stages (and an
-    /// epoch above `after`); returns that plan's JSON.
+    /// Waits until every running node reports the same plan with at least `stages` stages
+    /// (and an epoch above `after`); returns that plan's JSON.
     pub async fn wait_plan(
         &self,
         stages: usize,
@@ -320,7 +320,7 @@ impl LocalSwarm {
                 .get("stages")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len);
-            if epoch <= after || n_stages != stages {
+            if epoch <= after || n_stages < stages {
                 return None;
             }
             match &plan {

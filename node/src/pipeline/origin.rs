@@ -175,11 +175,15 @@ impl Origin {
                             last: why,
                         });
                     }
-                    tokio::time::sleep(o.transient_pause).await;
-                    plan = self
-                        .wait_plan(0, o.plan_wait)
-                        .await
-                        .ok_or(GenerateError::NoPlan)?;
+                    // A newer plan ends the pause early (we were behind); otherwise retry
+                    // the current one (a stage was behind, or busy).
+                    plan = match self.wait_plan(plan.epoch + 1, o.transient_pause).await {
+                        Some(p) => p,
+                        None => self
+                            .wait_plan(0, o.plan_wait)
+                            .await
+                            .ok_or(GenerateError::NoPlan)?,
+                    };
                 }
             }
         }
