@@ -9,6 +9,7 @@
 //! [`Sampler`] and [`Tokenizer`] close the loop, and [`generate::generate`] runs it locally.
 
 pub mod arch;
+pub mod bench;
 pub mod error;
 pub mod export;
 pub mod generate;

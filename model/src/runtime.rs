@@ -197,6 +197,27 @@ enum Kv {
     Tract(Option<TractKv>),
 }
 
+/// Hidden states inside a stage: kept in the engine's own value between shards, copied to the
+/// host only at the stage's edges.
+pub(crate) enum Hidden {
+    /// On the host (from the network, or to slice).
+    Host(Activation),
+    /// An ONNX Runtime value.
+    Ort(ort::value::DynValue),
+    /// A tract value.
+    Tract(tract_onnx::prelude::TValue),
+}
+
+impl Hidden {
+    fn into_host(self) -> Result<Activation> {
+        match self {
+            Hidden::Host(a) => Ok(a),
+            Hidden::Ort(v) => ort_backend::host(&v),
+            Hidden::Tract(t) => tract_backend::host(&t),
+        }
+    }
+}
+
 struct SessionState {
     len: usize,
     kv: Vec<Kv>,
@@ -323,7 +344,21 @@ impl StageRunner {
         start: Option<usize>,
         input: StageInput,
     ) -> Result<StageOutput> {
-        let mut hidden = self.check_input(&input)?;
+        let r = self.step(session, start, input);
+        if r.is_err() {
+            // A failed step may have extended some layers' caches and not others.
+            self.sessions.remove(session);
+        }
+        r
+    }
+
+    fn step(
+        &mut self,
+        session: u64,
+        start: Option<usize>,
+        input: StageInput,
+    ) -> Result<StageOutput> {
+        self.check_input(&input)?;
         let backend = self.backend;
         let n_kv = self
             .kinds
@@ -349,9 +384,9 @@ impl StageRunner {
                 start,
             });
         }
-        let seq = match &input {
-            StageInput::Tokens(t) => t.len(),
-            StageInput::Hidden(a) => a.shape[1],
+        let (seq, ids, mut hidden) = match input {
+            StageInput::Tokens(t) => (t.len(), Some(t), None),
+            StageInput::Hidden(a) => (a.shape[1], None, Some(Hidden::Host(a))),
         };
         let past = state.len;
         let pos: Vec<i64> = (past..past + seq).map(|p| p as i64).collect();
@@ -361,7 +396,7 @@ impl StageRunner {
         for (shard, kind) in self.shards.iter_mut().zip(&self.kinds) {
             match (kind, shard) {
                 (LayerKind::Embedding, shard) => {
-                    let StageInput::Tokens(ids) = &input else {
+                    let Some(ids) = &ids else {
                         return Err(Error::BadInput("the embedding needs token ids".to_owned()));
                     };
                     let ids: Vec<i64> = ids.iter().map(|t| i64::from(*t)).collect();
@@ -394,10 +429,10 @@ impl StageRunner {
                     let h = hidden
                         .take()
                         .ok_or_else(|| Error::BadInput("no hidden states".to_owned()))?;
-                    let h = if self.all_logits {
+                    let h = if self.all_logits || seq == 1 {
                         h
                     } else {
-                        h.last_position()?
+                        Hidden::Host(h.into_host()?.last_position()?)
                     };
                     logits = Some(match shard {
                         Shard::Ort(s) => s.head(h)?,
@@ -409,13 +444,13 @@ impl StageRunner {
         state.len += seq;
         match (logits, hidden) {
             (Some(l), _) => Ok(StageOutput::Logits(l)),
-            (None, Some(h)) => Ok(StageOutput::Hidden(h)),
+            (None, Some(h)) => Ok(StageOutput::Hidden(h.into_host()?)),
             (None, None) => Err(Error::BadInput("stage produced nothing".to_owned())),
         }
     }
 
     /// Validates the input against the range; returns the hidden states to start from.
-    fn check_input(&self, input: &StageInput) -> Result<Option<Activation>> {
+    fn check_input(&self, input: &StageInput) -> Result<()> {
         let starts_at_embedding = self.layers.start == 0;
         match input {
             StageInput::Tokens(ids) => {
@@ -434,7 +469,7 @@ impl StageRunner {
                         self.vocab
                     )));
                 }
-                Ok(None)
+                Ok(())
             }
             StageInput::Hidden(a) => {
                 if starts_at_embedding {
@@ -444,7 +479,7 @@ impl StageRunner {
                     )));
                 }
                 match a.shape[..] {
-                    [1, s, h] if s > 0 && h == self.hidden => Ok(Some(a.clone())),
+                    [1, s, h] if s > 0 && h == self.hidden => Ok(()),
                     _ => Err(Error::BadInput(format!(
                         "hidden states {:?}, expected [1,S,{}]",
                         a.shape, self.hidden

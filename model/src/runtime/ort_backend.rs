@@ -7,7 +7,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor};
 
-use super::Activation;
+use super::{Activation, Hidden};
 use crate::error::{Error, Result};
 use crate::export::names;
 
@@ -45,25 +45,25 @@ impl OrtShard {
     }
 
     /// Embedding: ids `[1,S]` to hidden states.
-    pub(crate) fn embed(&mut self, ids: &[i64]) -> Result<Activation> {
+    pub(crate) fn embed(&mut self, ids: &[i64]) -> Result<Hidden> {
         let t = Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec())).map_err(err)?;
-        let out = self
+        let mut out = self
             .session
             .run(ort::inputs![names::INPUT_IDS => t])
             .map_err(err)?;
-        extract(&out[names::HIDDEN_OUT])
+        take(&mut out, names::HIDDEN_OUT).map(Hidden::Ort)
     }
 
     /// One decoder layer step; creates the cache on the first step.
     pub(crate) fn layer(
         &mut self,
-        hidden: Activation,
+        hidden: Hidden,
         mask: &[i64],
         pos: &[i64],
         kv: &mut Option<OrtKv>,
         kv_shape: (usize, usize),
-    ) -> Result<Activation> {
-        let h = Tensor::from_array((dims(&hidden.shape), hidden.data)).map_err(err)?;
+    ) -> Result<Hidden> {
+        let h = value(hidden)?;
         let m = Tensor::from_array((vec![1i64, mask.len() as i64], mask.to_vec())).map_err(err)?;
         let p = Tensor::from_array((vec![1i64, pos.len() as i64], pos.to_vec())).map_err(err)?;
         let past = match kv.take() {
@@ -91,30 +91,44 @@ impl OrtShard {
                 names::PAST_VALUE => &past.value,
             ])
             .map_err(err)?;
-        let hidden = extract(&out[names::HIDDEN_OUT])?;
-        let missing = |n: &str| Error::Ort(format!("shard has no output {n:?}"));
-        let key = out
-            .remove(names::PRESENT_KEY)
-            .ok_or_else(|| missing(names::PRESENT_KEY))?;
-        let value = out
-            .remove(names::PRESENT_VALUE)
-            .ok_or_else(|| missing(names::PRESENT_VALUE))?;
+        let hidden = take(&mut out, names::HIDDEN_OUT)?;
+        let key = take(&mut out, names::PRESENT_KEY)?;
+        let value = take(&mut out, names::PRESENT_VALUE)?;
         *kv = Some(OrtKv { key, value });
-        Ok(hidden)
+        Ok(Hidden::Ort(hidden))
     }
 
     /// Head: hidden states to logits.
-    pub(crate) fn head(&mut self, hidden: Activation) -> Result<Activation> {
-        let h = Tensor::from_array((dims(&hidden.shape), hidden.data)).map_err(err)?;
+    pub(crate) fn head(&mut self, hidden: Hidden) -> Result<Activation> {
+        let h = value(hidden)?;
         let out = self
             .session
             .run(ort::inputs![names::HIDDEN => h])
             .map_err(err)?;
-        extract(&out[names::LOGITS])
+        host(&out[names::LOGITS])
     }
 }
 
-fn extract(v: &DynValue) -> Result<Activation> {
+fn take(out: &mut ort::session::SessionOutputs<'_>, name: &str) -> Result<DynValue> {
+    out.remove(name)
+        .ok_or_else(|| Error::Ort(format!("shard has no output {name:?}")))
+}
+
+/// Hidden states as an ONNX Runtime value (no copy if they already are one).
+fn value(h: Hidden) -> Result<DynValue> {
+    match h {
+        Hidden::Ort(v) => Ok(v),
+        other => {
+            let a = other.into_host()?;
+            Ok(Tensor::from_array((dims(&a.shape), a.data))
+                .map_err(err)?
+                .into_dyn())
+        }
+    }
+}
+
+/// Copies an f32 value to the host.
+pub(crate) fn host(v: &DynValue) -> Result<Activation> {
     let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
     let shape = shape.iter().map(|d| *d as usize).collect();
     Activation::new(shape, data.to_vec())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use super::Activation;
+use super::{Activation, Hidden};
 use crate::error::{Error, Result};
 
 /// A loaded shard.
@@ -41,22 +41,22 @@ impl TractShard {
     }
 
     /// Embedding: ids `[1,S]` to hidden states.
-    pub(crate) fn embed(&mut self, ids: &[i64]) -> Result<Activation> {
+    pub(crate) fn embed(&mut self, ids: &[i64]) -> Result<Hidden> {
         let t = Tensor::from_shape(&[1, ids.len()], ids).map_err(err)?;
         let out = self.run(tvec![t.into_tvalue()])?;
-        activation(&out, 0)
+        nth(&out, 0).map(Hidden::Tract)
     }
 
     /// One decoder layer step; creates the cache on the first step.
     pub(crate) fn layer(
         &mut self,
-        hidden: Activation,
+        hidden: Hidden,
         mask: &[i64],
         pos: &[i64],
         kv: &mut Option<TractKv>,
         kv_shape: (usize, usize),
-    ) -> Result<Activation> {
-        let h = Tensor::from_shape(&hidden.shape, &hidden.data).map_err(err)?;
+    ) -> Result<Hidden> {
+        let h = value(hidden)?;
         let m = Tensor::from_shape(&[1, mask.len()], mask).map_err(err)?;
         let p = Tensor::from_shape(&[1, pos.len()], pos).map_err(err)?;
         let past = match kv.take() {
@@ -72,37 +72,48 @@ impl TractShard {
             }
         };
         let out = self.run(tvec![
-            h.into_tvalue(),
+            h,
             m.into_tvalue(),
             p.into_tvalue(),
             past.key,
             past.value
         ])?;
-        let hidden = activation(&out, 0)?;
-        let (Some(key), Some(value)) = (out.get(1), out.get(2)) else {
-            return Err(Error::Tract(
-                "layer shard returned fewer than 3 outputs".to_owned(),
-            ));
-        };
         *kv = Some(TractKv {
-            key: key.clone(),
-            value: value.clone(),
+            key: nth(&out, 1)?,
+            value: nth(&out, 2)?,
         });
-        Ok(hidden)
+        nth(&out, 0).map(Hidden::Tract)
     }
 
     /// Head: hidden states to logits.
-    pub(crate) fn head(&mut self, hidden: Activation) -> Result<Activation> {
-        let h = Tensor::from_shape(&hidden.shape, &hidden.data).map_err(err)?;
-        let out = self.run(tvec![h.into_tvalue()])?;
-        activation(&out, 0)
+    pub(crate) fn head(&mut self, hidden: Hidden) -> Result<Activation> {
+        let h = value(hidden)?;
+        let out = self.run(tvec![h])?;
+        host(&nth(&out, 0)?)
     }
 }
 
-fn activation(out: &TVec<TValue>, i: usize) -> Result<Activation> {
-    let t = out
-        .get(i)
-        .ok_or_else(|| Error::Tract(format!("missing output {i}")))?;
+fn nth(out: &TVec<TValue>, i: usize) -> Result<TValue> {
+    out.get(i)
+        .cloned()
+        .ok_or_else(|| Error::Tract(format!("shard returned no output {i}")))
+}
+
+/// Hidden states as a tract value (no copy if they already are one).
+fn value(h: Hidden) -> Result<TValue> {
+    match h {
+        Hidden::Tract(t) => Ok(t),
+        other => {
+            let a = other.into_host()?;
+            Ok(Tensor::from_shape(&a.shape, &a.data)
+                .map_err(err)?
+                .into_tvalue())
+        }
+    }
+}
+
+/// Copies an f32 value to the host.
+pub(crate) fn host(t: &TValue) -> Result<Activation> {
     let view = t.try_as_plain_ram().map_err(err)?;
     let data = view.as_slice::<f32>().map_err(err)?.to_vec();
     Activation::new(t.shape().to_vec(), data)

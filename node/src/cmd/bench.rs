@@ -1,6 +1,7 @@
 //! `shoal bench <target>`: measurements that print a table. One module per target under
 //! `bench/`; add a variant and a match arm here for a new one.
 
+mod model;
 mod pipeline;
 mod planner;
 
@@ -11,6 +12,8 @@ use clap::Subcommand;
 pub(crate) enum BenchCommand {
     /// Solve time of the placement MILP (milliseconds) per cluster size.
     Planner(planner::PlannerArgs),
+    /// Per-token decode of `shoal generate` vs a direct ONNX Runtime loop, and the roofline.
+    Model(model::ModelBenchArgs),
     /// Per-token decode of a loopback swarm vs single-process generation, and the ratio.
     Pipeline(pipeline::PipelineArgs),
 }
@@ -19,5 +22,6 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Planner(args) => planner::run(&args),
         BenchCommand::Pipeline(args) => pipeline::run(&args),
+        BenchCommand::Model(args) => model::run(&args),
     }
 }

@@ -2,8 +2,8 @@
 //! to stdout and the speed to stderr (or one JSON object with `--json`).
 //!
 //! [`GenerateArgs`] holds everything a request needs (prompt, sampling, output format) apart
-//! from where it runs, so a remote variant (`--api ADDR`) can reuse it; [`run_local`] is the
-//! single-process path.
+//! from where it runs: [`run_local`] is the single-process path, `api::run_api` sends the
+//! same request to a running node (`--api ADDR`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

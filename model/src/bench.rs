@@ -1,0 +1,145 @@
+//! Measurement helpers for `shoal bench model`: a minimal decode loop that calls ONNX Runtime
+//! directly on a model's shards (the baseline the [`crate::StageRunner`] path is compared
+//! with), and a memory-bandwidth probe for the roofline figure.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, Tensor};
+
+use crate::error::{Error, Result};
+use crate::export::names;
+use crate::manifest::Manifest;
+use crate::runtime::ort_lib;
+use crate::sampler::argmax;
+
+fn err<E: std::fmt::Display>(e: E) -> Error {
+    Error::Ort(e.to_string())
+}
+
+/// Every shard of a model as a bare ONNX Runtime session, run in a loop with no abstraction.
+pub struct DirectOrt {
+    embed: Session,
+    layers: Vec<Session>,
+    head: Session,
+    kv_shape: (usize, usize),
+}
+
+impl std::fmt::Debug for DirectOrt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectOrt")
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+impl DirectOrt {
+    /// Loads all shards of the model in `dir` (same environment and options as the runner).
+    pub fn load(dir: &Path, m: &Manifest) -> Result<Self> {
+        let env = ort_lib::environment(None, 0)?;
+        let open = |l: usize| -> Result<Session> {
+            let path = m
+                .shard_path(dir, l)
+                .ok_or_else(|| Error::Manifest(format!("no shard {l}")))?;
+            Session::builder(env)
+                .map_err(err)?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(err)?
+                .commit_from_file(path)
+                .map_err(err)
+        };
+        let n = m.planner_layers();
+        Ok(DirectOrt {
+            embed: open(0)?,
+            layers: (1..n - 1).map(open).collect::<Result<_>>()?,
+            head: open(n - 1)?,
+            kv_shape: (m.dims.kv_heads, m.dims.head_dim),
+        })
+    }
+
+    /// Greedy decoding: prefill `prompt`, then `steps` tokens; returns the tokens and the time
+    /// of the decode steps after the first token (the per-token figure).
+    pub fn decode(&mut self, prompt: &[u32], steps: usize) -> Result<(Vec<u32>, Duration)> {
+        let (kv, d) = (self.kv_shape.0 as i64, self.kv_shape.1 as i64);
+        let empty =
+            || Tensor::<f32>::from_array((vec![1i64, kv, 0, d], Vec::new())).map(|t| t.into_dyn());
+        let mut past: Vec<(DynValue, DynValue)> = (0..self.layers.len())
+            .map(|_| Ok((empty()?, empty()?)))
+            .collect::<ort::Result<_>>()
+            .map_err(err)?;
+        let mut ids: Vec<i64> = prompt.iter().map(|t| i64::from(*t)).collect();
+        let mut len = 0usize;
+        let mut out = Vec::with_capacity(steps);
+        let mut start = Instant::now();
+        for step in 0..steps {
+            if step == 1 {
+                start = Instant::now();
+            }
+            let s = ids.len();
+            let t = Tensor::from_array((vec![1i64, s as i64], std::mem::take(&mut ids)))
+                .map_err(err)?;
+            let mut o = self
+                .embed
+                .run(ort::inputs![names::INPUT_IDS => t])
+                .map_err(err)?;
+            let mut hidden = o
+                .remove(names::HIDDEN_OUT)
+                .ok_or_else(|| err("no hidden"))?;
+            drop(o);
+            let pos: Vec<i64> = (len..len + s).map(|p| p as i64).collect();
+            let mask = vec![1i64; len + s];
+            for (layer, kv) in self.layers.iter_mut().zip(past.iter_mut()) {
+                let m = Tensor::from_array((vec![1i64, mask.len() as i64], mask.clone()))
+                    .map_err(err)?;
+                let p = Tensor::from_array((vec![1i64, s as i64], pos.clone())).map_err(err)?;
+                let mut o = layer
+                    .run(ort::inputs![
+                        names::HIDDEN => &hidden,
+                        names::ATTENTION_MASK => m,
+                        names::POSITION_IDS => p,
+                        names::PAST_KEY => &kv.0,
+                        names::PAST_VALUE => &kv.1,
+                    ])
+                    .map_err(err)?;
+                let h = o
+                    .remove(names::HIDDEN_OUT)
+                    .ok_or_else(|| err("no hidden"))?;
+                let k = o.remove(names::PRESENT_KEY).ok_or_else(|| err("no key"))?;
+                let v = o
+                    .remove(names::PRESENT_VALUE)
+                    .ok_or_else(|| err("no value"))?;
+                drop(o);
+                hidden = h;
+                *kv = (k, v);
+            }
+            len += s;
+            let o = self
+                .head
+                .run(ort::inputs![names::HIDDEN => &hidden])
+                .map_err(err)?;
+            let (_, logits) = o[names::LOGITS].try_extract_tensor::<f32>().map_err(err)?;
+            let v = logits.len() / s;
+            let tok = argmax(&logits[(s - 1) * v..]);
+            out.push(tok);
+            ids = vec![i64::from(tok)];
+        }
+        Ok((out, start.elapsed()))
+    }
+}
+
+/// Memory bandwidth in bytes per second: best of `reps` copies of a `bytes`-sized buffer
+/// (each copy reads and writes `bytes`).
+pub fn memory_bandwidth(bytes: usize, reps: usize) -> f64 {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let mut best = f64::MAX;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * bytes as f64 / best
+}
