@@ -1,0 +1,244 @@
+//! StageRunner behaviour: sessions are independent, bounded and evictable; positions are
+//! checked; bad inputs are typed errors; activations survive the wire encoding; the synthetic
+//! model and its byte-level tokenizer are deterministic and round-trip UTF-8.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use shoal_model::generate::{GenerateRequest, generate};
+use shoal_model::synth::{BOS_ID, SynthOptions, synth};
+use shoal_model::{
+    Activation, BackendChoice, Error, Manifest, RuntimeConfig, SamplingConfig, StageInput,
+    StageOutput, StageRunner, Tokenizer,
+};
+
+fn small() -> SynthOptions {
+    SynthOptions {
+        layers: 2,
+        hidden: 32,
+        heads: 2,
+        kv_heads: 1,
+        vocab: 260,
+        seed: 3,
+        ..SynthOptions::default()
+    }
+}
+
+fn model() -> (tempfile::TempDir, Manifest) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = synth(&small(), dir.path(), false).unwrap();
+    (dir, m)
+}
+
+fn logits(out: StageOutput) -> Vec<f32> {
+    match out {
+        StageOutput::Logits(l) => l.data,
+        StageOutput::Hidden(_) => panic!("expected logits"),
+    }
+}
+
+fn runner(dir: &std::path::Path, m: &Manifest, max_sessions: usize) -> StageRunner {
+    let cfg = RuntimeConfig {
+        backend: BackendChoice::Ort,
+        max_sessions,
+        idle_timeout: Duration::from_secs(3600),
+        ..RuntimeConfig::default()
+    };
+    StageRunner::load(dir, m, 0..m.planner_layers(), &cfg).unwrap()
+}
+
+#[test]
+fn interleaved_sessions_do_not_share_caches() {
+    let (dir, m) = model();
+    let mut alone = runner(dir.path(), &m, 4);
+    let a1 = logits(alone.run(1, StageInput::Tokens(vec![256, 10, 20])).unwrap());
+    let a2 = logits(alone.run(1, StageInput::Tokens(vec![30])).unwrap());
+    let mut both = runner(dir.path(), &m, 4);
+    let b1 = logits(both.run(7, StageInput::Tokens(vec![256, 10, 20])).unwrap());
+    both.run(8, StageInput::Tokens(vec![256, 99, 98, 97, 96]))
+        .unwrap();
+    let b2 = logits(both.run(7, StageInput::Tokens(vec![30])).unwrap());
+    assert_eq!(a1, b1);
+    assert_eq!(a2, b2);
+    assert_eq!(both.session_len(7), Some(4));
+    assert_eq!(both.session_len(8), Some(5));
+}
+
+#[test]
+fn sessions_are_bounded_dropped_and_evicted() {
+    let (dir, m) = model();
+    let mut r = runner(dir.path(), &m, 2);
+    r.run(1, StageInput::Tokens(vec![1])).unwrap();
+    r.run(2, StageInput::Tokens(vec![2])).unwrap();
+    let err = r.run(3, StageInput::Tokens(vec![3])).unwrap_err();
+    assert!(matches!(err, Error::TooManySessions { max: 2 }), "{err}");
+    assert!(r.drop_session(1));
+    r.run(3, StageInput::Tokens(vec![3])).unwrap();
+    assert_eq!(r.session_count(), 2);
+    assert_eq!(r.evict_idle(Instant::now() + Duration::from_secs(7200)), 2);
+    assert_eq!(r.session_count(), 0);
+}
+
+#[test]
+fn run_at_checks_positions_and_restarts_at_zero() {
+    let (dir, m) = model();
+    let mut r = runner(dir.path(), &m, 4);
+    let first = logits(r.run_at(5, 0, StageInput::Tokens(vec![256, 1, 2])).unwrap());
+    r.run_at(5, 3, StageInput::Tokens(vec![4])).unwrap();
+    let err = r.run_at(5, 9, StageInput::Tokens(vec![4])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SessionOutOfSync {
+                session: 5,
+                cached: 4,
+                start: 9
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(r.session_len(5), None, "a failed step drops the session");
+    let again = logits(r.run_at(5, 0, StageInput::Tokens(vec![256, 1, 2])).unwrap());
+    assert_eq!(first, again);
+}
+
+#[test]
+fn split_stages_take_and_give_hidden_states() {
+    let (dir, m) = model();
+    let cfg = RuntimeConfig {
+        backend: BackendChoice::Ort,
+        ..RuntimeConfig::default()
+    };
+    let mut front = StageRunner::load(dir.path(), &m, 0..2, &cfg).unwrap();
+    let mut back = StageRunner::load(dir.path(), &m, 2..m.planner_layers(), &cfg).unwrap();
+    let StageOutput::Hidden(h) = front.run(1, StageInput::Tokens(vec![256, 5, 6])).unwrap() else {
+        panic!("front stage returns hidden states");
+    };
+    assert_eq!(h.shape, vec![1, 3, 32]);
+    // Through the wire encoding and back.
+    let h = Activation::from_le_bytes(h.shape.clone(), &h.to_le_bytes()).unwrap();
+    let l = logits(back.run(1, StageInput::Hidden(h)).unwrap());
+    assert_eq!(l.len(), 260, "last position only by default");
+    let mut whole = runner(dir.path(), &m, 4);
+    assert_eq!(
+        l,
+        logits(whole.run(1, StageInput::Tokens(vec![256, 5, 6])).unwrap())
+    );
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let (dir, m) = model();
+    let cfg = RuntimeConfig {
+        backend: BackendChoice::Ort,
+        ..RuntimeConfig::default()
+    };
+    let mut back = StageRunner::load(dir.path(), &m, 1..3, &cfg).unwrap();
+    assert!(matches!(
+        back.run(1, StageInput::Tokens(vec![1])),
+        Err(Error::BadInput(_))
+    ));
+    let wrong = Activation::new(vec![1, 2, 31], vec![0.0; 62]).unwrap();
+    assert!(matches!(
+        back.run(1, StageInput::Hidden(wrong)),
+        Err(Error::BadInput(_))
+    ));
+    let mut front = runner(dir.path(), &m, 4);
+    assert!(matches!(
+        front.run(1, StageInput::Tokens(vec![260])),
+        Err(Error::BadInput(_))
+    ));
+    assert!(matches!(
+        front.run(1, StageInput::Tokens(vec![])),
+        Err(Error::BadInput(_))
+    ));
+    assert!(StageRunner::load(dir.path(), &m, 2..9, &cfg).is_err());
+    assert!(Activation::from_le_bytes(vec![1, 1, 2], &[0u8; 7]).is_err());
+    assert!(Activation::new(vec![2, 2], vec![0.0; 3]).is_err());
+}
+
+#[test]
+fn synth_is_deterministic_and_seed_dependent() {
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let ma = synth(&small(), a.path(), false).unwrap();
+    let mb = synth(&small(), b.path(), false).unwrap();
+    let mc = synth(&SynthOptions { seed: 4, ..small() }, c.path(), false).unwrap();
+    assert_eq!(ma.files, mb.files);
+    assert_ne!(ma.files["layer_000.weights"], mc.files["layer_000.weights"]);
+    // Tied: the head reads the embedding file and has no copy of it.
+    assert!(
+        ma.layers
+            .last()
+            .unwrap()
+            .files
+            .contains(&"embed.weights".to_owned())
+    );
+    Manifest::load(a.path())
+        .unwrap()
+        .verify_files(a.path())
+        .unwrap();
+    std::fs::write(a.path().join("layer_001.weights"), b"tampered").unwrap();
+    assert!(matches!(
+        ma.verify_files(a.path()),
+        Err(Error::Checksum { .. })
+    ));
+}
+
+#[test]
+fn byte_tokenizer_round_trips_utf8_and_adds_bos() {
+    let (dir, m) = model();
+    let tok = Tokenizer::load(dir.path(), &m).unwrap().unwrap();
+    let text = "héllo, wörld 🦀\n\ttabs";
+    let ids = tok.encode(text).unwrap();
+    assert_eq!(ids[0], BOS_ID);
+    let bytes: Vec<u32> = text.bytes().map(u32::from).collect();
+    assert_eq!(&ids[1..], &bytes[..]);
+    assert_eq!(tok.decode(&ids).unwrap(), text);
+}
+
+#[test]
+fn generate_respects_max_tokens_and_stop_ids_on_both_backends() {
+    let (dir, m) = model();
+    let mut outs = Vec::new();
+    for backend in [BackendChoice::Ort, BackendChoice::Tract] {
+        let cfg = RuntimeConfig {
+            backend,
+            ..RuntimeConfig::default()
+        };
+        let mut r = StageRunner::load(dir.path(), &m, 0..m.planner_layers(), &cfg).unwrap();
+        let mut req = GenerateRequest {
+            prompt_ids: vec![256, 72, 105],
+            max_tokens: 12,
+            sampling: SamplingConfig::greedy(),
+            stop_ids: vec![],
+        };
+        let full = generate(&mut r, 1, &req, |_| true).unwrap();
+        assert_eq!(full.token_ids.len(), 12);
+        assert_eq!(r.session_count(), 0, "generate drops its session");
+        req.stop_ids = vec![full.token_ids[3]];
+        let first_stop = full
+            .token_ids
+            .iter()
+            .position(|t| *t == full.token_ids[3])
+            .unwrap();
+        let stopped = generate(&mut r, 1, &req, |_| true).unwrap();
+        assert_eq!(stopped.token_ids, full.token_ids[..first_stop]);
+        req.sampling = SamplingConfig {
+            temperature: 1.0,
+            top_k: 20,
+            top_p: 0.9,
+            seed: 42,
+        };
+        req.stop_ids.clear();
+        outs.push((
+            full.token_ids,
+            generate(&mut r, 1, &req, |_| true).unwrap().token_ids,
+        ));
+    }
+    assert_eq!(outs[0], outs[1], "ort and tract generate the same tokens");
+}
