@@ -64,7 +64,14 @@ class Gemma3:
         self.eps = f[f"{a}.attention.layer_norm_rms_epsilon"]
         self.window = f[f"{a}.attention.sliding_window"]
         self.theta_global = f[f"{a}.rope.freq_base"]
-        self.theta_local = 10000.0  # Gemma 3's rope_local_base_freq; not stored in the GGUF
+        # Gemma 3's rope_local_base_freq and layer pattern: llama.cpp assumes 10 000 and every
+        # sixth layer global unless the file says otherwise.
+        self.theta_local = f.get(f"{a}.rope.freq_base_swa", 10000.0)
+        pattern = f.get(f"{a}.attention.sliding_window_pattern", 6)
+        if isinstance(pattern, list):
+            self.is_global = [not sliding for sliding in pattern]
+        else:
+            self.is_global = [pattern != 0 and (i + 1) % pattern == 0 for i in range(self.n_layer)]
         # query_pre_attn_scalar: head_dim for every size but 27B (62 layers: hidden / heads).
         scalar = self.hidden / self.n_head if self.n_layer == 62 else self.head_dim
         self.scale = scalar ** -0.5
@@ -102,7 +109,7 @@ class Gemma3:
         x = self.w["token_embd.weight"][ids] * np.float32(math.sqrt(self.hidden))
         for i in range(self.n_layer):
             p = f"blk.{i}."
-            is_global = (i + 1) % 6 == 0
+            is_global = self.is_global[i]
             h = self.norm(x, p + "attn_norm.weight")
             q = (h @ self.w[p + "attn_q.weight"].T).reshape(s, self.n_head, self.head_dim)
             k = (h @ self.w[p + "attn_k.weight"].T).reshape(s, self.n_kv, self.head_dim)

@@ -5,6 +5,8 @@
   with a 3-token sliding window, so an 8-token prompt exercises the window), norms stored
   as `1 + w` the way llama.cpp's converter writes them. Reference: the NumPy Gemma 3 of
   scripts/gemma-reference.py.
+- model/tests/data/tiny-gemma3-explicit.gguf: the same with `attention.sliding_window_pattern`
+  (one bool per layer) and `rope.freq_base_swa` written out.
 - model/tests/data/tiny-llama.gguf: a 2-layer Llama with grouped-query attention, written
   the way llama.cpp's converter writes Llama: attn_q/attn_k rows permuted with its `permute`.
   Reference: a NumPy Hugging Face Llama forward pass on the unpermuted weights (rotate-half
@@ -37,10 +39,15 @@ def rand(rng, *shape, scale=0.2):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def tiny_gemma3(rng):
-    path = DATA / "tiny-gemma3.gguf"
+def tiny_gemma3(rng, name="tiny-gemma3", explicit=False):
+    """`explicit`: also write the layer pattern (globals at 1 and 4) and the local RoPE base
+    (20 000) as newer converters may, instead of relying on llama.cpp's Gemma 3 defaults."""
+    path = DATA / f"{name}.gguf"
     hidden, heads, kv, hd, ff, layers, vocab = 32, 2, 1, 16, 64, 6, 64
     w = gguf.GGUFWriter(str(path), arch="gemma3")
+    if explicit:
+        w.add_sliding_window_pattern([True, False, True, True, False, True])
+        w.add_rope_freq_base_swa(20000.0)
     w.add_context_length(128)
     w.add_embedding_length(hidden)
     w.add_block_count(layers)
@@ -169,7 +176,8 @@ def finish(w):
 
 def main():
     rng = np.random.default_rng(7)
-    for make in (tiny_gemma3, tiny_llama):
+    makers = (tiny_gemma3, tiny_llama, lambda rng: tiny_gemma3(rng, "tiny-gemma3-explicit", True))
+    for make in makers:
         path, logits = make(rng)
         out = path.with_suffix(".json")
         ref = {"prompt": PROMPT, "logits": [[float(v) for v in row] for row in logits]}

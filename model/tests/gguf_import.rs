@@ -5,6 +5,8 @@
 //! - tiny-gemma3: 6 layers (5 local with a 3-token window, layer 5 global), q/k norms,
 //!   `1 + w` norms as llama.cpp stores them; reference: the NumPy Gemma 3 of
 //!   `scripts/gemma-reference.py`.
+//! - tiny-gemma3-explicit: the same with `attention.sliding_window_pattern` (globals at
+//!   layers 1 and 4) and `rope.freq_base_swa` (20 000) in the metadata.
 //! - tiny-llama: GQA, attn_q/attn_k permuted as llama.cpp's converter does; reference: a
 //!   Hugging Face-style forward pass on the unpermuted weights.
 
@@ -112,6 +114,11 @@ fn check(name: &str, arch: &str) {
 #[test]
 fn tiny_gemma3_matches_numpy() {
     check("tiny-gemma3", "gemma3");
+}
+
+#[test]
+fn tiny_gemma3_with_explicit_pattern_and_local_base_matches_numpy() {
+    check("tiny-gemma3-explicit", "gemma3");
 }
 
 #[test]

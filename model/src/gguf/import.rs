@@ -251,17 +251,54 @@ pub fn architecture(w: &mut GgufWeights) -> Result<Box<dyn Architecture>> {
             } else {
                 d.head_dim
             };
+            // Newer converters may write the layer pattern and the local base explicitly.
+            let local_theta = w.opt_f64("rope.freq_base_swa")?;
             let opts = Gemma3Options {
                 query_pre_attn_scalar: scalar as f64,
                 sliding_window: w.meta_usize("attention.sliding_window")?,
-                global_layers: Gemma3Options::pattern_layers(d.layers, gemma3::DEFAULT_PATTERN),
-                local_inv_freq: common::inv_freq(gemma3::DEFAULT_LOCAL_ROPE_THETA, d.head_dim),
+                global_layers: global_layers(w, d.layers)?,
+                local_inv_freq: common::inv_freq(
+                    local_theta.unwrap_or(gemma3::DEFAULT_LOCAL_ROPE_THETA),
+                    d.head_dim,
+                ),
                 global_inv_freq: freqs,
                 final_logit_softcap: w.opt_f64("final_logit_softcapping")?.map(|v| v as f32),
             };
             Ok(Box::new(Gemma3::new(d, opts)?))
         }
     }
+}
+
+/// Gemma 3's global (full-attention) layers: from `attention.sliding_window_pattern` when the
+/// file has it (a period `n`, layer `i` global when `(i + 1) % n == 0`, or one bool per layer,
+/// `true` = sliding), else every sixth layer as llama.cpp assumes.
+fn global_layers(w: &GgufWeights, layers: usize) -> Result<Vec<bool>> {
+    let key = w.key("attention.sliding_window_pattern");
+    let Some(value) = w.reader.metadata.get(&key) else {
+        return Ok(Gemma3Options::pattern_layers(
+            layers,
+            gemma3::DEFAULT_PATTERN,
+        ));
+    };
+    let bad = |reason: String| Error::Config(format!("{key}: {reason}"));
+    if let Some(period) = value.as_u64() {
+        let period = usize::try_from(period).map_err(|_| bad(format!("period {period}")))?;
+        return Ok(Gemma3Options::pattern_layers(layers, period));
+    }
+    let flags = value.as_array().ok_or_else(|| {
+        bad(format!(
+            "a {} (period or bools expected)",
+            value.type_name()
+        ))
+    })?;
+    if flags.len() != layers {
+        return Err(bad(format!("{} flags for {layers} layers", flags.len())));
+    }
+    flags
+        .iter()
+        .map(|f| f.as_bool().map(|sliding| !sliding))
+        .collect::<Option<Vec<bool>>>()
+        .ok_or_else(|| bad("non-bool flag".into()))
 }
 
 /// Token ids named by `tokenizer.ggml.<what>_token_id`.
