@@ -31,6 +31,7 @@ pub mod cmd;
 pub mod delay;
 pub mod http;
 pub mod measure;
+pub mod predict;
 pub mod proc;
 pub mod profile;
 pub mod runs;

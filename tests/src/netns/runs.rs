@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
 use super::Testbed;
-use super::swarm::{self, NodeSpec};
+use super::swarm::{self, BedNode, NodeSpec};
 
 /// The prompt every run decodes from (token ids of the synthesised byte-level model).
 pub const PROMPT: [u32; 6] = [256, 72, 101, 108, 108, 111];
@@ -19,6 +19,10 @@ pub const PROMPT: [u32; 6] = [256, 72, 101, 108, 108, 111];
 pub struct Run {
     /// The settled plan (status document's `plan`).
     pub plan: Value,
+    /// Node 0's whole status document at that moment (members, links, plan).
+    pub status: Value,
+    /// The nodes of the run (ids and bed indices).
+    pub nodes: Vec<BedNode>,
     /// Bed index of each stage's device.
     pub devices: Vec<Option<usize>>,
     /// The plan's predicted per-token latency (`cost_s`), seconds.
@@ -30,6 +34,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// Mean measured per-token latency.
+    pub fn mean_s(&self) -> f64 {
+        self.per_token_s.iter().sum::<f64>() / self.per_token_s.len() as f64
+    }
+
     /// Median measured per-token latency.
     pub fn median_s(&self) -> f64 {
         let mut v = self.per_token_s.clone();
@@ -101,6 +110,8 @@ pub fn measure(
         Ok(Run {
             devices: swarm::plan_devices(&nodes, &doc),
             plan,
+            status: doc.clone(),
+            nodes: nodes.clone(),
             predicted_s,
             per_token_s,
             tokens: first,

@@ -1,0 +1,110 @@
+//! Scenario 4 of the weak-network bed (issue 7): does the cost model predict per-token latency?
+//!
+//! For three link profiles, a two-node swarm (node 0 clean, node 1 behind the profile) whose
+//! memory budgets force the model across both nodes, so every token crosses the link twice.
+//! For each, the table shows the plan's own prediction (`cost_s`, from shoal's measured
+//! links, including the `risk_kappa` penalty), DESIGN.md's latency objective evaluated with
+//! the imposed link figures (mean, and with the penalty), and the measured decode latency per
+//! token at node 0.
+//!
+//! The issue's target is "within 20%". It is not met today, and the table says by how much:
+//! the pipeline crosses each link about four times per token where DESIGN.md's cost model
+//! counts one forward hop (see README-netbed.md, "What the bed found"). What the test asserts
+//! is what must hold whatever the protocol: the model with the imposed links is a lower bound
+//! of the measured latency, and measured latency ranks the profiles as the model does.
+//! Prints the table (`--nocapture`). Needs root.
+
+use anyhow::{Context, Result, ensure};
+use shoal_tests::netns::predict::predict;
+use shoal_tests::netns::runs;
+use shoal_tests::netns::{self, LinkProfile, Testbed};
+
+#[test]
+fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
+    if netns::skip_unless_root("netns_prediction") {
+        return Ok(());
+    }
+    let profiles = [
+        LinkProfile::new(10.0, 2.0, 40.0, 0),
+        LinkProfile::new(40.0, 8.0, 10.0, 0),
+        LinkProfile::new(80.0, 15.0, 5.0, 2),
+    ];
+    let mut rows = Vec::new();
+    for (k, p) in profiles.iter().enumerate() {
+        let mut bed = Testbed::new(&format!("pred{k}"), &[LinkProfile::CLEAN, *p])?;
+        let model = bed.log_dir().join("model");
+        shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &model, false)
+            .context("synthesising the model")?;
+        let budget = shoal_node::pipeline::launch::spanning_budget(&model, 2, 0.8)?;
+        let run = runs::measure(&mut bed, "pred", &model, &[budget, budget], "milp", 2, 16)
+            .with_context(|| format!("profile {}", p.label()))?;
+        ensure!(
+            run.devices.len() == 2,
+            "plan does not span both nodes: {:?}",
+            run.devices
+        );
+        let model_pred = predict(&bed, &run.nodes, &run.status, &model, 0, 1.0)?;
+        rows.push((*p, run, model_pred));
+    }
+    println!(
+        "\nnetns_prediction: per-token latency, ms (2 nodes, the model split across the link)"
+    );
+    println!(
+        "{:<22} {:>7} {:>12} {:>13} {:>13} {:>10} {:>10} {:>9}",
+        "link profile",
+        "stages",
+        "plan cost_s",
+        "model(bed)",
+        "model+risk",
+        "measured",
+        "median",
+        "error"
+    );
+    for (p, run, m) in &rows {
+        let err = (run.mean_s() - m.mean_s) / m.mean_s;
+        println!(
+            "{:<22} {:>7} {:>12.1} {:>13.1} {:>13.1} {:>10.1} {:>10.1} {:>8.0}%",
+            p.label(),
+            run.devices
+                .iter()
+                .map(|d| d.map_or("?".into(), |d| d.to_string()))
+                .collect::<Vec<String>>()
+                .join(","),
+            run.predicted_s * 1e3,
+            m.mean_s * 1e3,
+            m.cost_s * 1e3,
+            run.mean_s() * 1e3,
+            run.median_s() * 1e3,
+            err * 100.0
+        );
+    }
+    println!(
+        "(plan cost_s: shoal's own prediction from its measured links; model(bed): DESIGN.md's \
+         mean with the imposed links; error: measured mean vs model(bed); target 20%)"
+    );
+    for (p, run, m) in &rows {
+        ensure!(
+            run.mean_s() >= m.mean_s * 0.9,
+            "{}: measured {:.1} ms is below the model's floor {:.1} ms",
+            p.label(),
+            run.mean_s() * 1e3,
+            m.mean_s * 1e3
+        );
+    }
+    for w in rows.windows(2) {
+        let ((pa, ra, ma), (pb, rb, mb)) = (&w[0], &w[1]);
+        ensure!(
+            ma.mean_s < mb.mean_s,
+            "the model does not rank {} below {}",
+            pa.label(),
+            pb.label()
+        );
+        ensure!(
+            ra.mean_s() < rb.mean_s(),
+            "measured latency does not rank {} below {}",
+            pa.label(),
+            pb.label()
+        );
+    }
+    Ok(())
+}
