@@ -21,6 +21,8 @@ use crate::manifest::Manifest;
 pub const BOS_ID: u32 = 256;
 /// End of sequence.
 pub const EOS_ID: u32 = 257;
+/// Scale of the embedding rows of printable ASCII bytes relative to the others.
+const PRINTABLE_GAIN: f32 = 2.0;
 /// Smallest vocabulary: 256 bytes and the two specials.
 pub const MIN_VOCAB: usize = 258;
 
@@ -195,11 +197,20 @@ impl WeightSource for SynthWeights {
         } else if dims.len() == 2 && !name.contains("embed") && name != "lm_head.weight" {
             (0.0, 1.0 / (dims[1] as f32).sqrt())
         } else {
-            (0.0, 0.5)
+            (0.0, 0.1)
         };
-        let data = (0..n)
+        let mut data: Vec<f32> = (0..n)
             .map(|_| centre + spread * rng.random_range(-1.0f32..1.0))
             .collect();
+        if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            // Larger rows for printable ASCII make sampled demo text mostly readable bytes.
+            let h = dims[1];
+            for row in 32..127 {
+                data[row * h..(row + 1) * h]
+                    .iter_mut()
+                    .for_each(|v| *v *= PRINTABLE_GAIN);
+            }
+        }
         Ok(WeightTensor { dims, data })
     }
 

@@ -242,3 +242,31 @@ fn generate_respects_max_tokens_and_stop_ids_on_both_backends() {
     }
     assert_eq!(outs[0], outs[1], "ort and tract generate the same tokens");
 }
+
+#[test]
+fn sliding_window_limits_attention_only_beyond_the_window() {
+    use shoal_model::export::{ExportOptions, export};
+    use shoal_model::synth::SynthWeights;
+    let opts = small();
+    let prompt: Vec<u32> = vec![256, 1, 2, 3, 4, 5, 6];
+    let run = |window: Option<usize>| {
+        let dir = tempfile::tempdir().unwrap();
+        let arch = opts.arch().unwrap().with_sliding_window(window);
+        let m = export(
+            &arch,
+            &mut SynthWeights::new(&opts).unwrap(),
+            dir.path(),
+            &ExportOptions::default(),
+        )
+        .unwrap();
+        let mut r = runner(dir.path(), &m, 2);
+        logits(r.run(1, StageInput::Tokens(prompt.clone())).unwrap())
+    };
+    let full = run(None);
+    assert_eq!(
+        full,
+        run(Some(prompt.len())),
+        "a window covering the prompt changes nothing"
+    );
+    assert_ne!(full, run(Some(2)), "a short window hides early tokens");
+}

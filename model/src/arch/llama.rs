@@ -28,6 +28,7 @@ pub struct Llama {
     name: String,
     dims: ModelDims,
     opts: LlamaOptions,
+    window: Option<usize>,
 }
 
 impl Llama {
@@ -45,7 +46,15 @@ impl Llama {
             name: name.to_owned(),
             dims,
             opts,
+            window: None,
         })
+    }
+
+    /// Restricts attention to keys less than `window` positions back (Mistral's
+    /// `sliding_window`, Qwen2's with `use_sliding_window`); `None` is full attention.
+    pub fn with_sliding_window(mut self, window: Option<usize>) -> Self {
+        self.window = window;
+        self
     }
 
     /// Reads a Hugging Face `config.json` of model type `llama`, `mistral` or `qwen2`.
@@ -88,7 +97,12 @@ impl Llama {
             mlp_bias: flag("mlp_bias"),
             inv_freq: rope_inv_freq(c, dims.rope_theta, head_dim)?,
         };
-        Llama::new(&model_type, dims, opts)
+        let window = match model_type.as_str() {
+            "mistral" => opt(c, "sliding_window"),
+            "qwen2" if flag("use_sliding_window") => opt(c, "sliding_window"),
+            _ => None,
+        };
+        Ok(Llama::new(&model_type, dims, opts)?.with_sliding_window(window))
     }
 
     fn attn(&self, i: usize, part: &str) -> String {
@@ -216,7 +230,8 @@ impl Architecture for Llama {
         let k = common::apply_rope(g, &k, &cos, &sin, hd);
         let present_key = g.concat(&[io.past_key, &k], 2);
         let present_value = g.concat(&[io.past_value, &v], 2);
-        let bias = common::attention_bias(g, io.attention_mask, io.position_ids, nh / kv, None);
+        let bias =
+            common::attention_bias(g, io.attention_mask, io.position_ids, nh / kv, self.window);
         let shape = AttentionShape {
             heads: nh,
             kv_heads: kv,
