@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use highs::{Col, HighsModelStatus, HighsSolutionStatus, RowProblem, Sense};
 
+use crate::bound::Prune;
 use crate::cost::{IdxStage, Instance};
 use crate::error::PlanError;
 use crate::milp::Solved;
@@ -31,12 +32,13 @@ pub(crate) fn solve(
     inst: &Instance,
     time_limit_s: f64,
     incumbent: Option<(f64, Vec<IdxStage>)>,
+    prune: &Prune,
 ) -> Result<Solved, PlanError> {
     let started = Instant::now();
     let left = |started: &Instant| time_limit_s - started.elapsed().as_secs_f64();
     let (upper, mut best) = match incumbent {
         Some(inc) => inc,
-        None => match feasible(inst, f64::INFINITY, left(&started))? {
+        None => match feasible(inst, f64::INFINITY, prune, left(&started))? {
             Step::Feasible(st) => match inst.score(&st, Objective::Throughput) {
                 Ok(c) => (c, st),
                 Err(reason) => return Err(PlanError::Solver(reason)),
@@ -47,12 +49,22 @@ pub(crate) fn solve(
             }
         },
     };
-    let cands = candidates(inst, upper);
-    // cands[hi] is always achievable (it is at least the incumbent's cost).
-    let (mut lo, mut hi) = (0, cands.len().saturating_sub(1));
+    let cands = candidates(inst, upper, prune);
+    // cands[hi] is always achievable (it is at least the incumbent's cost); nothing below
+    // the relaxation's optimum or the capacity bound is.
+    let floor = prune.lower() * (1.0 - 1e-9);
+    let mut lo = cands.partition_point(|&c| c < floor);
+    lo = lo.max(capacity_floor(inst, &cands));
+    let mut hi = cands.len().saturating_sub(1);
+    lo = lo.min(hi);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        match feasible(inst, cands[mid], left(&started))? {
+        let quick = crate::bound::chain_within(inst, cands[mid]).map(Step::Feasible);
+        let step = match quick {
+            Some(step) => step,
+            None => feasible(inst, cands[mid], prune, left(&started))?,
+        };
+        match step {
             Step::Feasible(st) => {
                 hi = mid;
                 best = st;
@@ -87,7 +99,7 @@ fn no_placement() -> Solved {
 
 /// Every value the bottleneck can take up to `upper`, sorted and deduplicated, from the
 /// largest lower bound on (every layer's cheapest stage) upward. The last value is `upper`'s.
-fn candidates(inst: &Instance, upper: f64) -> Vec<f64> {
+fn candidates(inst: &Instance, upper: f64, prune: &Prune) -> Vec<f64> {
     let (d, l) = (inst.devices(), inst.layers());
     let lower = (0..l)
         .map(|k| {
@@ -109,7 +121,9 @@ fn candidates(inst: &Instance, upper: f64) -> Vec<f64> {
                 if c > upper || !inst.fits(i, a, b) {
                     break;
                 }
-                push(c);
+                if prune.keep_segment(i, a, b) {
+                    push(c);
+                }
             }
         }
         inst.hop_in(i).into_iter().for_each(&mut push);
@@ -117,7 +131,7 @@ fn candidates(inst: &Instance, upper: f64) -> Vec<f64> {
     }
     for k in 0..l.saturating_sub(1) {
         for i in 0..d {
-            for j in (0..d).filter(|&j| j != i) {
+            for j in (0..d).filter(|&j| j != i && prune.keep_hop(k, i, j)) {
                 inst.hop_after(k, i, j).into_iter().for_each(&mut push);
             }
         }
@@ -126,6 +140,50 @@ fn candidates(inst: &Instance, upper: f64) -> Vec<f64> {
     out.sort_by(f64::total_cmp);
     out.dedup();
     out
+}
+
+/// Index of the first candidate `T` at which the devices' longest allowed stages (cost at
+/// most `T`, fitting in memory) add up to the whole model: below it no placement exists,
+/// whatever the order and links.
+fn capacity_floor(inst: &Instance, cands: &[f64]) -> usize {
+    let (d, l) = (inst.devices(), inst.layers());
+    let prefix: Vec<Vec<f64>> = (0..d)
+        .map(|i| {
+            std::iter::once(0.0)
+                .chain(inst.compute[i].iter().scan(0.0, |acc, x| {
+                    *acc += x;
+                    Some(*acc)
+                }))
+                .collect()
+        })
+        .collect();
+    let mem: Vec<f64> = std::iter::once(0.0)
+        .chain(inst.mem.iter().scan(0.0, |acc, x| {
+            *acc += x;
+            Some(*acc)
+        }))
+        .collect();
+    // Slightly permissive comparisons keep this a true lower bound despite rounding.
+    let ok = |i: usize, a: usize, b: usize, t: f64| {
+        prefix[i][b] - prefix[i][a] + inst.overhead[i] <= t * (1.0 + 1e-9)
+            && mem[b] - mem[a] <= inst.cap[i] * (1.0 + 1e-12)
+    };
+    let covers = |t: f64| {
+        let mut total = 0;
+        for i in 0..d {
+            let (mut b, mut longest) = (0, 0);
+            for a in 0..l {
+                b = b.max(a);
+                while b < l && ok(i, a, b + 1, t) {
+                    b += 1;
+                }
+                longest = longest.max(b - a);
+            }
+            total += longest;
+        }
+        total >= l
+    };
+    cands.partition_point(|&t| !covers(t))
 }
 
 /// Outcome of one feasibility check.
@@ -139,11 +197,12 @@ enum Step {
 type Segment = (usize, usize, usize, Col);
 
 /// Is there a placement with every stage and hop cost at most `t`?
-fn feasible(inst: &Instance, t: f64, seconds: f64) -> Result<Step, PlanError> {
+fn feasible(inst: &Instance, t: f64, prune: &Prune, seconds: f64) -> Result<Step, PlanError> {
     if seconds <= 0.0 {
         return Ok(Step::OutOfTime);
     }
     let (d, l) = (inst.devices(), inst.layers());
+    let at = prune.with_limit(t);
     let mut pb = RowProblem::default();
     let mut segs: Vec<Segment> = Vec::new();
     for i in 0..d {
@@ -155,7 +214,9 @@ fn feasible(inst: &Instance, t: f64, seconds: f64) -> Result<Step, PlanError> {
                 if inst.stage_cost(i, a, b) > t || !inst.fits(i, a, b) {
                     break;
                 }
-                if b == l && !inst.hop_back(i).is_some_and(|h| h <= t) {
+                if (b == l && !inst.hop_back(i).is_some_and(|h| h <= t))
+                    || !at.keep_segment(i, a, b)
+                {
                     continue;
                 }
                 segs.push((i, a, b, pb.add_integer_column(0.0, 0.0..=1.0)));
@@ -186,7 +247,9 @@ fn feasible(inst: &Instance, t: f64, seconds: f64) -> Result<Step, PlanError> {
             .collect();
         for i in (0..d).filter(|&i| !ends[b][i].is_empty()) {
             for j in (0..d).filter(|&j| j != i && !starts[b][j].is_empty()) {
-                if inst.hop_after(b - 1, i, j).is_some_and(|h| h <= t) {
+                if at.keep_boundary_hop(b, i, j)
+                    && inst.hop_after(b - 1, i, j).is_some_and(|h| h <= t)
+                {
                     let y = pb.add_column(0.0, 0.0..=1.0);
                     out_rows[i].push((y, -1.0));
                     in_rows[j].push((y, 1.0));

@@ -1,11 +1,13 @@
 //! Upper bounds for the MILP: cheap heuristic placements (the baselines, every one- and
-//! two-device placement, a bottleneck-balanced chain) give an incumbent cost `U`, and
-//! [`Prune`] drops every MILP column whose own lower bound already exceeds `U`. Dropping
+//! two-device placement, a bottleneck-balanced chain, the relaxation's optimum when it uses
+//! distinct devices) give an incumbent cost `U`, and [`Prune`] drops every MILP column whose
+//! lower bound from the relaxation (`relax.rs`) already exceeds `U`. Dropping
 //! such a column cannot remove a placement that costs `U` or less, so the MILP stays exact;
 //! it only gets smaller.
 
 use crate::cost::{IdxStage, Instance};
 use crate::plan::Objective;
+use crate::relax::Relaxation;
 
 /// Relative slack on `U` so that float rounding never prunes the incumbent itself.
 const SLACK: f64 = 1e-9;
@@ -83,128 +85,215 @@ fn balanced(inst: &Instance) -> Option<Vec<IdxStage>> {
     best
 }
 
-fn chain_within(inst: &Instance, target: f64) -> Option<Vec<IdxStage>> {
+/// A placement with every stage and hop at most `target`, if a bounded depth-first search
+/// finds one: each device in turn takes as many layers as fit within `target`, candidates are
+/// tried furthest-reaching first, and a branch is abandoned when the unused devices' longest
+/// stages cannot cover the rest. A heuristic (it gives up after [`DFS_BUDGET`] stages).
+pub(crate) fn chain_within(inst: &Instance, target: f64) -> Option<Vec<IdxStage>> {
     let (d, l) = (inst.devices(), inst.layers());
-    let speed = |i: usize| inst.compute[i].iter().sum::<f64>();
-    let mut order: Vec<usize> = (0..d).collect();
-    order.sort_by(|&x, &y| speed(x).total_cmp(&speed(y)));
-    let mut used = vec![false; d];
-    let mut out: Vec<IdxStage> = Vec::new();
-    let mut a = 0;
-    while a < l {
-        let reach = |j: usize| match out.last() {
-            None => inst.hop_in(j).is_some_and(|h| h <= target),
-            Some(&(i, _, b)) => inst.hop_after(b - 1, i, j).is_some_and(|h| h <= target),
-        };
-        let (j, b) = order
-            .iter()
-            .copied()
-            .filter(|&j| !used[j] && reach(j))
-            .find_map(|j| {
-                let mut b = a;
-                while b < l && inst.fits(j, a, b + 1) && inst.stage_cost(j, a, b + 1) <= target {
-                    b += 1;
-                }
-                (b > a).then_some((j, b))
-            })?;
-        used[j] = true;
-        out.push((j, a, b));
-        a = b;
-    }
-    let last = out.last()?.0;
-    inst.hop_back(last)
-        .is_some_and(|h| h <= target)
-        .then_some(out)
+    let table = reach_table(inst, target);
+    let reach = |j: usize, a: usize| table[j][a];
+    let longest: Vec<usize> = (0..d)
+        .map(|j| (0..l).map(|a| table[j][a] - a).max().unwrap_or(0))
+        .collect();
+    let mut dfs = Dfs {
+        inst,
+        target,
+        reach: &reach,
+        longest,
+        used: vec![false; d],
+        stack: Vec::new(),
+        budget: DFS_BUDGET,
+    };
+    dfs.extend(0).then_some(dfs.stack)
 }
 
-/// Lower bounds per MILP column against the incumbent cost.
-pub(crate) struct Prune<'a> {
+/// `table[j][a]`: the furthest boundary a stage on `j` starting at `a` reaches within
+/// `target` and memory (prefix sums, two pointers; the search validates what it returns).
+fn reach_table(inst: &Instance, target: f64) -> Vec<Vec<usize>> {
+    let (d, l) = (inst.devices(), inst.layers());
+    let mem = prefix(&inst.mem);
+    (0..d)
+        .map(|j| {
+            let cost = prefix(&inst.compute[j]);
+            let mut b = 0;
+            (0..l)
+                .map(|a| {
+                    b = b.max(a);
+                    while b < l
+                        && cost[b + 1] - cost[a] + inst.overhead[j] <= target
+                        && mem[b + 1] - mem[a] <= inst.cap[j]
+                    {
+                        b += 1;
+                    }
+                    b
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn prefix(xs: &[f64]) -> Vec<f64> {
+    std::iter::once(0.0)
+        .chain(xs.iter().scan(0.0, |acc, x| {
+            *acc += x;
+            Some(*acc)
+        }))
+        .collect()
+}
+
+/// Stages the heuristic search may place before giving up.
+const DFS_BUDGET: usize = 4000;
+
+struct Dfs<'a> {
     inst: &'a Instance,
-    obj: Objective,
-    limit: f64,
-    /// Latency: sum over layers of the fastest device's time, plus the cheapest way in and out.
-    base: f64,
-    /// Fastest time of each layer.
-    fastest: Vec<f64>,
-    min_in: f64,
-    min_back: f64,
+    target: f64,
+    reach: &'a dyn Fn(usize, usize) -> usize,
+    longest: Vec<usize>,
+    used: Vec<bool>,
+    stack: Vec<IdxStage>,
+    budget: usize,
 }
 
-impl<'a> Prune<'a> {
-    /// Bounds against `upper` (no pruning when `None`).
-    pub(crate) fn new(inst: &'a Instance, obj: Objective, upper: Option<f64>) -> Self {
-        let (d, l) = (inst.devices(), inst.layers());
-        let fastest: Vec<f64> = (0..l)
-            .map(|k| {
-                (0..d)
-                    .map(|i| inst.compute[i][k])
-                    .fold(f64::INFINITY, f64::min)
-            })
-            .collect();
-        let min_of =
-            |f: &dyn Fn(usize) -> Option<f64>| (0..d).filter_map(f).fold(f64::INFINITY, f64::min);
-        let min_in = min_of(&|i| inst.hop_in(i));
-        let min_back = min_of(&|i| inst.hop_back(i));
-        Self {
-            inst,
-            obj,
-            limit: upper.map_or(f64::INFINITY, |u| u * (1.0 + SLACK) + 1e-12),
-            base: fastest.iter().sum(),
-            fastest,
-            min_in,
-            min_back,
+impl Dfs<'_> {
+    fn extend(&mut self, a: usize) -> bool {
+        let (inst, t) = (self.inst, self.target);
+        let l = inst.layers();
+        if a == l {
+            return self
+                .stack
+                .last()
+                .is_some_and(|s| inst.hop_back(s.0).is_some_and(|h| h <= t))
+                && inst
+                    .score(&self.stack, Objective::Throughput)
+                    .is_ok_and(|c| c <= t);
         }
+        let spare: usize = (0..self.used.len())
+            .filter(|&j| !self.used[j])
+            .map(|j| self.longest[j])
+            .sum();
+        if spare < l - a {
+            return false;
+        }
+        let mut options: Vec<(usize, usize)> = (0..inst.devices())
+            .filter(|&j| !self.used[j])
+            .filter(|&j| match self.stack.last() {
+                None => inst.hop_in(j).is_some_and(|h| h <= t),
+                Some(&(i, _, b)) => inst.hop_after(b - 1, i, j).is_some_and(|h| h <= t),
+            })
+            .map(|j| (j, (self.reach)(j, a)))
+            .filter(|&(_, b)| b > a)
+            .collect();
+        options.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+        for (j, b) in options {
+            if self.budget == 0 {
+                return false;
+            }
+            self.budget -= 1;
+            self.used[j] = true;
+            self.stack.push((j, a, b));
+            if self.extend(b) {
+                return true;
+            }
+            self.stack.pop();
+            self.used[j] = false;
+        }
+        false
+    }
+}
+
+/// Which MILP columns may appear in a placement costing at most the incumbent's `U`, by the
+/// bounds of the [`Relaxation`]; without an incumbent every column is kept.
+pub(crate) struct Prune {
+    relax: Option<(Relaxation, Vec<Vec<f64>>)>,
+    limit: f64,
+}
+
+impl Prune {
+    /// Keeps everything.
+    pub(crate) fn none() -> Self {
+        Self {
+            relax: None,
+            limit: f64::INFINITY,
+        }
+    }
+
+    /// Bounds from `relax` against the incumbent cost `upper`.
+    pub(crate) fn new(relax: Relaxation, upper: f64) -> Self {
+        let layers = relax.layer_bounds();
+        Self {
+            relax: Some((relax, layers)),
+            limit: upper * (1.0 + SLACK) + 1e-12,
+        }
+    }
+
+    /// The relaxation's optimum: no placement costs less (0 without a relaxation).
+    pub(crate) fn lower(&self) -> f64 {
+        self.relax.as_ref().map_or(0.0, |r| r.0.lower)
     }
 
     /// Whether layer `l` on device `i` can be part of a placement within the bound.
     pub(crate) fn keep_x(&self, l: usize, i: usize) -> bool {
-        let own = self.inst.compute[i][l] + self.inst.overhead[i];
-        match self.obj {
-            Objective::Throughput => own <= self.limit,
-            Objective::Latency => {
-                self.base - self.fastest[l] + own + self.min_in + self.min_back <= self.limit
-            }
-        }
+        self.relax.as_ref().is_none_or(|r| r.1[l][i] <= self.limit)
     }
 
-    /// Whether the origin may hand the token to `i` (hop `h`) within the bound.
-    pub(crate) fn keep_in(&self, i: usize, h: f64) -> bool {
-        let inst = self.inst;
-        match self.obj {
-            Objective::Throughput => h <= self.limit,
-            Objective::Latency => {
-                let own = inst.compute[i][0] + inst.overhead[i];
-                self.base - self.fastest[0] + own + h + self.min_back <= self.limit
-            }
-        }
+    /// Whether the first stage may be on `i`.
+    pub(crate) fn keep_in(&self, i: usize) -> bool {
+        self.relax
+            .as_ref()
+            .is_none_or(|r| r.0.first(i) <= self.limit)
     }
 
-    /// Whether `i` may return the token to the origin (hop `h`) within the bound.
-    pub(crate) fn keep_back(&self, i: usize, h: f64) -> bool {
-        let inst = self.inst;
-        let last = inst.layers() - 1;
-        match self.obj {
-            Objective::Throughput => h <= self.limit,
-            Objective::Latency => {
-                let own = inst.compute[i][last] + inst.overhead[i];
-                self.base - self.fastest[last] + own + h + self.min_in <= self.limit
-            }
-        }
+    /// Whether the last stage may be on `i`.
+    pub(crate) fn keep_back(&self, i: usize) -> bool {
+        self.relax
+            .as_ref()
+            .is_none_or(|r| r.0.last(i) <= self.limit)
     }
 
-    /// Whether a hop `i -> j` after layer `k` costing `h` fits within the bound.
-    pub(crate) fn keep_hop(&self, k: usize, i: usize, j: usize, h: f64) -> bool {
-        let inst = self.inst;
-        match self.obj {
-            Objective::Throughput => h <= self.limit,
-            Objective::Latency => {
-                let own = inst.compute[i][k]
-                    + inst.overhead[i]
-                    + inst.compute[j][k + 1]
-                    + inst.overhead[j];
-                let rest = self.base - self.fastest[k] - self.fastest[k + 1];
-                rest + own + h + inst.stage_penalty + self.min_in + self.min_back <= self.limit
-            }
+    /// Whether a hop `i -> j` after layer `k` may be used.
+    pub(crate) fn keep_hop(&self, k: usize, i: usize, j: usize) -> bool {
+        self.relax
+            .as_ref()
+            .is_none_or(|r| r.0.hop(k + 1, i, j) <= self.limit)
+    }
+
+    /// Whether device `i` may run layers `[a, b)`.
+    pub(crate) fn keep_segment(&self, i: usize, a: usize, b: usize) -> bool {
+        self.relax
+            .as_ref()
+            .is_none_or(|r| r.0.segment(i, a, b) <= self.limit)
+    }
+
+    /// The same bounds against a tighter limit (bisection thresholds).
+    pub(crate) fn with_limit(&self, upper: f64) -> PruneAt<'_> {
+        PruneAt {
+            inner: self,
+            limit: upper * (1.0 + SLACK) + 1e-12,
         }
+    }
+}
+
+/// [`Prune`] against another limit.
+pub(crate) struct PruneAt<'a> {
+    inner: &'a Prune,
+    limit: f64,
+}
+
+impl PruneAt<'_> {
+    /// See [`Prune::keep_segment`].
+    pub(crate) fn keep_segment(&self, i: usize, a: usize, b: usize) -> bool {
+        self.inner
+            .relax
+            .as_ref()
+            .is_none_or(|r| r.0.segment(i, a, b) <= self.limit)
+    }
+
+    /// See [`Prune::keep_hop`] (`b` is the boundary, one past the sender's last layer).
+    pub(crate) fn keep_boundary_hop(&self, b: usize, i: usize, j: usize) -> bool {
+        self.inner
+            .relax
+            .as_ref()
+            .is_none_or(|r| r.0.hop(b, i, j) <= self.limit)
     }
 }

@@ -21,6 +21,7 @@ mod exhaustive;
 mod feasibility;
 mod milp;
 mod plan;
+mod relax;
 mod scenario;
 pub mod synthetic;
 
@@ -77,19 +78,22 @@ pub fn plan_with(
     let inst = Instance::new(s)?;
     let (stages, optimal, mip_gap) = match strategy {
         Strategy::Milp => {
-            let warm = opts
-                .warm_start
-                .then(|| bound::incumbent(&inst, objective, baselines(&inst)))
-                .flatten();
-            let r = if objective == Objective::Throughput && !opts.direct_throughput {
-                bottleneck::solve(&inst, opts.time_limit_s, warm.clone())?
+            let (warm, prune) = if opts.warm_start {
+                let relax = relax::Relaxation::new(&inst, objective);
+                let mut seeds = baselines(&inst);
+                seeds.extend(relax.path(&inst));
+                match bound::incumbent(&inst, objective, seeds) {
+                    Some((c, st)) => (Some((c, st)), bound::Prune::new(relax, c)),
+                    None => (None, bound::Prune::none()),
+                }
             } else {
-                milp::solve(
-                    &inst,
-                    objective,
-                    opts.time_limit_s,
-                    warm.as_ref().map(|(c, st)| (*c, st.as_slice())),
-                )?
+                (None, bound::Prune::none())
+            };
+            let r = if objective == Objective::Throughput && !opts.direct_throughput {
+                bottleneck::solve(&inst, opts.time_limit_s, warm.clone(), &prune)?
+            } else {
+                let seed = warm.as_ref().map(|(_, st)| st.as_slice());
+                milp::solve(&inst, objective, opts.time_limit_s, seed, &prune)?
             };
             (
                 better(&inst, objective, r.stages, warm),

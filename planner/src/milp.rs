@@ -23,7 +23,8 @@
 //! relaxation from spreading layers thinly, `t >= sum_i (compute[i][l] + overhead_i) x[l][i]`.
 //!
 //! Costs enter the model in milliseconds ([`SCALE`]) so HiGHS's absolute tolerances stay far
-//! below the differences that matter. The best baseline seeds HiGHS as a warm start.
+//! below the differences that matter. The best heuristic placement seeds HiGHS as a warm start,
+//! and columns whose relaxation bound exceeds its cost are left out (`bound.rs`).
 
 use std::time::Instant;
 
@@ -63,19 +64,18 @@ struct Vars {
     count: usize,
 }
 
-/// Solves the placement MILP within `time_limit_s` seconds. `warm` is a known placement and
-/// its cost: it seeds HiGHS and bounds the columns ([`Prune`]).
+/// Solves the placement MILP within `time_limit_s` seconds. `warm` (a known placement) seeds
+/// HiGHS; `prune` drops the columns that cannot beat it.
 pub(crate) fn solve(
     inst: &Instance,
     obj: Objective,
     time_limit_s: f64,
-    warm: Option<(f64, &[IdxStage])>,
+    warm: Option<&[IdxStage]>,
+    prune: &Prune,
 ) -> Result<Solved, PlanError> {
     let started = Instant::now();
     let mut pb = RowProblem::default();
-    let prune = Prune::new(inst, obj, warm.map(|w| w.0));
-    let v = columns(&mut pb, inst, obj, &prune);
-    let warm = warm.map(|w| w.1);
+    let v = columns(&mut pb, inst, obj, prune);
     let no_path = v.x.iter().any(|row| row.iter().all(Option::is_none))
         || v.a.iter().all(Option::is_none)
         || v.z.iter().all(Option::is_none);
@@ -133,7 +133,7 @@ pub(crate) fn solve(
 }
 
 /// Declares every column with its objective coefficient.
-fn columns(pb: &mut RowProblem, inst: &Instance, obj: Objective, prune: &Prune<'_>) -> Vars {
+fn columns(pb: &mut RowProblem, inst: &Instance, obj: Objective, prune: &Prune) -> Vars {
     let (d, l) = (inst.devices(), inst.layers());
     let lat = obj == Objective::Latency;
     let w = |c: f64| if lat { c * SCALE } else { 0.0 };
@@ -156,7 +156,7 @@ fn columns(pb: &mut RowProblem, inst: &Instance, obj: Objective, prune: &Prune<'
         .map(|i| {
             let h = inst
                 .hop_in(i)
-                .filter(|&h| x[0][i].is_some() && prune.keep_in(i, h))?;
+                .filter(|_| x[0][i].is_some() && prune.keep_in(i))?;
             Some(col(pb, w(h + inst.overhead[i]), false))
         })
         .collect();
@@ -164,7 +164,7 @@ fn columns(pb: &mut RowProblem, inst: &Instance, obj: Objective, prune: &Prune<'
         .map(|i| {
             let h = inst
                 .hop_back(i)
-                .filter(|&h| x[l - 1][i].is_some() && prune.keep_back(i, h))?;
+                .filter(|_| x[l - 1][i].is_some() && prune.keep_back(i))?;
             Some(col(pb, w(h), false))
         })
         .collect();
@@ -178,11 +178,9 @@ fn columns(pb: &mut RowProblem, inst: &Instance, obj: Objective, prune: &Prune<'
         );
         let mut arcs = Vec::new();
         for i in (0..d).filter(|&i| x[k][i].is_some()) {
-            for j in (0..d).filter(|&j| j != i && x[k + 1][j].is_some()) {
-                if let Some(h) = inst
-                    .hop_after(k, i, j)
-                    .filter(|&h| prune.keep_hop(k, i, j, h))
-                {
+            for j in (0..d).filter(|&j| j != i && x[k + 1][j].is_some() && prune.keep_hop(k, i, j))
+            {
+                if let Some(h) = inst.hop_after(k, i, j) {
                     let cost = w(h + inst.stage_penalty + inst.overhead[j]);
                     arcs.push((i, j, col(pb, cost, false), h));
                 }
