@@ -21,6 +21,8 @@ use crate::manifest::Manifest;
 pub const BOS_ID: u32 = 256;
 /// End of sequence.
 pub const EOS_ID: u32 = 257;
+/// A ChatML-like template, so `shoal generate --chat` works on synthetic models too.
+const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content | trim }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
 /// Scale of the embedding rows of printable ASCII bytes relative to the others.
 const PRINTABLE_GAIN: f32 = 2.0;
 /// Smallest vocabulary: 256 bytes and the two specials.
@@ -119,7 +121,8 @@ pub fn synth(opts: &SynthOptions, out: &Path, progress: bool) -> Result<Manifest
         serde_json::to_string(&byte_tokenizer_json(opts.vocab)).map_err(Error::json(&tok))?;
     std::fs::write(&tok, text).map_err(Error::io(&tok))?;
     let cfg = out.join("tokenizer_config.json");
-    let cfg_json = json!({"add_bos_token": true, "bos_token": "<|bos|>", "eos_token": "<|eos|>"});
+    let cfg_json = json!({"add_bos_token": true, "bos_token": "<|bos|>", "eos_token": "<|eos|>",
+        "chat_template": CHAT_TEMPLATE});
     std::fs::write(&cfg, cfg_json.to_string()).map_err(Error::io(&cfg))?;
     let eo = ExportOptions {
         name: format!("synth-l{}-h{}-s{}", opts.layers, opts.hidden, opts.seed),

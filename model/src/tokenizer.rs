@@ -1,5 +1,6 @@
-//! Text to token ids and back, with the model's `tokenizer.json` (the `tokenizers` crate) and
-//! the BOS rule from `tokenizer_config.json` (`add_bos_token`).
+//! Text to token ids and back, with the model's `tokenizer.json` (the `tokenizers` crate), the
+//! BOS rule from `tokenizer_config.json` (`add_bos_token`), and its Jinja `chat_template`
+//! (rendered with minijinja, as Hugging Face's `apply_chat_template` does).
 
 use std::path::Path;
 
@@ -11,6 +12,15 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: Option<u32>,
     add_bos: bool,
+    chat: Option<ChatTemplate>,
+}
+
+/// A chat template and the special-token strings it may refer to.
+#[derive(Debug, Clone)]
+struct ChatTemplate {
+    source: String,
+    bos_token: String,
+    eos_token: String,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -33,6 +43,7 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let mut add_bos = false;
+        let mut chat = None;
         if let Some(cfg) = &manifest.tokenizer_config {
             let path = dir.join(cfg);
             let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
@@ -41,11 +52,13 @@ impl Tokenizer {
                 .get("add_bos_token")
                 .and_then(|b| b.as_bool())
                 .unwrap_or(false);
+            chat = chat_template(&v);
         }
         Ok(Some(Tokenizer {
             inner,
             bos: manifest.bos_token_id,
             add_bos,
+            chat,
         }))
     }
 
@@ -65,10 +78,86 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Whether the model ships a chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat.is_some()
+    }
+
+    /// Token ids of one user turn wrapped in the model's chat template, ending with the
+    /// assistant's turn opening (`add_generation_prompt`). The template writes any BOS itself.
+    pub fn encode_chat(&self, user: &str) -> Result<Vec<u32>> {
+        let t = self
+            .chat
+            .as_ref()
+            .ok_or_else(|| Error::Tokenizer("the model has no chat_template".to_owned()))?;
+        let text = render_chat(t, user)?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
+}
+
+/// A token string from `tokenizer_config.json`: either a string or `{"content": ...}`.
+fn token_text(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        None => String::new(),
+    }
+}
+
+/// The `chat_template` (a string, or a list of named templates of which `default` is used).
+fn chat_template(cfg: &serde_json::Value) -> Option<ChatTemplate> {
+    let source = match cfg.get("chat_template")? {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))?
+            .get("template")?
+            .as_str()?
+            .to_owned(),
+        _ => return None,
+    };
+    Some(ChatTemplate {
+        source,
+        bos_token: token_text(cfg.get("bos_token")),
+        eos_token: token_text(cfg.get("eos_token")),
+    })
+}
+
+fn render_chat(t: &ChatTemplate, user: &str) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    let err = |e: minijinja::Error| Error::Tokenizer(format!("chat template: {e:#}"));
+    env.add_template("chat", &t.source).map_err(err)?;
+    let tmpl = env.get_template("chat").map_err(err)?;
+    let messages = vec![minijinja::context! { role => "user", content => user }];
+    tmpl.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => true,
+        bos_token => t.bos_token,
+        eos_token => t.eos_token,
+    })
+    .map_err(err)
 }

@@ -270,3 +270,13 @@ fn sliding_window_limits_attention_only_beyond_the_window() {
     );
     assert_ne!(full, run(Some(2)), "a short window hides early tokens");
 }
+
+#[test]
+fn chat_template_wraps_a_user_turn() {
+    let (dir, m) = model();
+    let tok = Tokenizer::load(dir.path(), &m).unwrap().unwrap();
+    assert!(tok.has_chat_template());
+    let ids = tok.encode_chat("  hi ").unwrap();
+    assert_eq!(ids[0], BOS_ID, "the template writes the BOS token once");
+    assert_eq!(tok.decode(&ids).unwrap(), "<|user|>\nhi\n<|assistant|>\n");
+}

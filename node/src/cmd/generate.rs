@@ -103,6 +103,9 @@ pub(crate) struct GenerateArgs {
     pub(crate) api: Option<String>,
     #[command(flatten)]
     pub(crate) prompt: PromptArgs,
+    /// Wrap the text prompt as a user turn in the model's chat template.
+    #[arg(long, requires = "prompt", conflicts_with = "api")]
+    pub(crate) chat: bool,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     pub(crate) max_tokens: usize,
@@ -161,11 +164,13 @@ pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<()> {
 /// The prompt's token ids.
 pub(crate) fn prompt_ids(
     p: &PromptArgs,
+    chat: bool,
     tok: Option<&Tokenizer>,
     dir: &Path,
 ) -> anyhow::Result<Vec<u32>> {
     match (&p.prompt, &p.prompt_ids, tok) {
         (_, Some(ids), _) => Ok(ids.clone()),
+        (Some(text), None, Some(tok)) if chat => Ok(tok.encode_chat(text)?),
         (Some(text), None, Some(tok)) => Ok(tok.encode(text)?),
         (Some(_), None, None) => {
             bail!("{} has no tokenizer: use --prompt-ids", dir.display())
@@ -182,7 +187,7 @@ pub(crate) fn run_local(args: &GenerateArgs) -> anyhow::Result<GenerateOutput> {
         .context("give --model DIR or --api ADDR")?;
     let manifest = Manifest::load(dir).with_context(|| format!("loading {}", dir.display()))?;
     let tok = Tokenizer::load(dir, &manifest)?;
-    let prompt_ids = prompt_ids(&args.prompt, tok.as_ref(), dir)?;
+    let prompt_ids = prompt_ids(&args.prompt, args.chat, tok.as_ref(), dir)?;
     let config = RuntimeConfig {
         backend: args.backend.into(),
         ort_dylib_path: args.ort_dylib.clone(),
