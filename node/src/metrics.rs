@@ -49,6 +49,7 @@ pub struct Metrics {
     generation_errors: AtomicU64,
     failovers: AtomicU64,
     in_flight: AtomicU64,
+    loaded_epoch: AtomicU64,
     generation_s: Mutex<f64>,
     last_tokens_per_s: Mutex<f64>,
     refused: Mutex<BTreeMap<String, u64>>,
@@ -117,6 +118,11 @@ impl Metrics {
         if secs > 0.0 {
             *lock(&self.last_tokens_per_s) = tokens as f64 / secs;
         }
+    }
+
+    /// Records that this node's stage of plan `epoch` is loaded and serving.
+    pub fn stage_loaded(&self, epoch: u64) {
+        self.loaded_epoch.fetch_max(epoch, Ordering::Relaxed);
     }
 
     /// Counts a generation that ended in an error.
@@ -188,6 +194,12 @@ impl Metrics {
                 "gauge",
                 "Generations running now.",
                 load(&self.in_flight) as f64,
+            ),
+            (
+                "shoal_stage_loaded_epoch",
+                "gauge",
+                "Latest plan epoch whose stage this node has loaded (0: none).",
+                load(&self.loaded_epoch) as f64,
             ),
         ];
         for (name, kind, help, v) in simple {

@@ -137,6 +137,7 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
 /// Waits for the plan, generates, and prints (or returns the JSON object).
 async fn drive(args: &DemoArgs, swarm: &LocalSwarm) -> anyhow::Result<Value> {
     let plan = swarm.wait_plan(args.nodes, 0, PLAN_TIMEOUT).await?;
+    swarm.wait_ready(&plan, PLAN_TIMEOUT).await?;
     if !args.json {
         print_plan(&plan, swarm);
     }

@@ -331,6 +331,38 @@ impl LocalSwarm {
         plan
     }
 
+    /// Waits until every stage node of `plan` (its JSON) reports its layers loaded for the
+    /// plan's epoch (`shoal_stage_loaded_epoch` in `/metrics`), so timings exclude loading.
+    pub async fn wait_ready(&self, plan: &Value, timeout: Duration) -> Result<(), LaunchError> {
+        let epoch = plan["epoch"].as_u64().unwrap_or(0) as f64;
+        let start = Instant::now();
+        for s in plan["stages"].as_array().into_iter().flatten() {
+            let Some(i) = s["device"].as_str().and_then(|d| self.index_of(d)) else {
+                continue;
+            };
+            loop {
+                let text = self.get_text(i, "/metrics").await.unwrap_or_default();
+                let loaded = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("shoal_stage_loaded_epoch "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                if loaded >= epoch {
+                    break;
+                }
+                if start.elapsed() > timeout {
+                    return Err(LaunchError::NotReady {
+                        index: i,
+                        reason: format!("stage layers not loaded within {timeout:?}"),
+                        log: self.nodes[i].log.display().to_string(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// The index of the node with id `id`.
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.id == id)

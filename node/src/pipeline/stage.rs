@@ -72,6 +72,8 @@ struct State {
     gate: Gate<u64>,
     assignment: Option<Assignment>,
     origins: VecDeque<(u64, NodeId)>,
+    /// The layer range the runtime loaded successfully.
+    loaded: Option<Range<usize>>,
 }
 
 /// Everything a stage needs to serve activations; shared by the server task, its request
@@ -114,6 +116,7 @@ impl StageCtx {
                 gate: Gate::new(REPLAY_MEMORY),
                 assignment: None,
                 origins: VecDeque::new(),
+                loaded: None,
             }),
         }
     }
@@ -143,21 +146,28 @@ impl StageCtx {
                 Expect::AnyOf(any)
             }
         });
-        let changed_layers = {
+        let loaded = {
             let mut st = self.state();
             st.gate.set_plan(plan.epoch, expect);
-            let old = std::mem::replace(&mut st.assignment, asg.clone());
-            old.map(|o| o.layers) != asg.as_ref().map(|a| a.layers.clone())
+            st.assignment = asg.clone();
+            st.loaded.clone()
         };
-        if let (true, Some(a), Some(rt)) = (changed_layers, asg, &self.runtime) {
-            let t = Instant::now();
-            match rt.load(a.layers.clone()).await {
-                Ok(()) => {
-                    tracing::info!(node = %self.me.short(), epoch = a.epoch, stage = a.index, layers = ?a.layers, load_s = t.elapsed().as_secs_f64(), "stage ready")
-                }
-                Err(e) => {
-                    tracing::error!(node = %self.me.short(), layers = ?a.layers, error = %e, "cannot load the stage")
-                }
+        let (Some(a), Some(rt)) = (asg, &self.runtime) else {
+            return;
+        };
+        if loaded.as_ref() == Some(&a.layers) {
+            self.metrics.stage_loaded(a.epoch);
+            return;
+        }
+        let t = Instant::now();
+        match rt.load(a.layers.clone()).await {
+            Ok(()) => {
+                tracing::info!(node = %self.me.short(), epoch = a.epoch, stage = a.index, layers = ?a.layers, load_s = t.elapsed().as_secs_f64(), "stage ready");
+                self.state().loaded = Some(a.layers.clone());
+                self.metrics.stage_loaded(a.epoch);
+            }
+            Err(e) => {
+                tracing::error!(node = %self.me.short(), layers = ?a.layers, error = %e, "cannot load the stage");
             }
         }
     }

@@ -135,6 +135,9 @@ async fn swarm(
         let plan = swarm
             .wait_plan(args.nodes, 0, std::time::Duration::from_secs(90))
             .await?;
+        swarm
+            .wait_ready(&plan, std::time::Duration::from_secs(300))
+            .await?;
         let stages = plan["stages"].as_array().map_or(0, Vec::len);
         let body =
             json!({"prompt": PROMPT, "max_tokens": args.tokens, "temperature": 0, "stop": null});
