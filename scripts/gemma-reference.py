@@ -148,8 +148,11 @@ def run_numpy(path, prompt_ids, steps):
     model = Gemma3(path)
     ids = list(prompt_ids)
     out, margins = [], []
-    for _ in range(steps):
+    for step in range(steps):
         logits = model.forward(ids)
+        if step == 0:
+            top = np.argsort(logits)[::-1][:5]
+            print("numpy f32 first-step top-5 (id, logit):", [(int(t), round(float(logits[t]), 4)) for t in top])
         top2 = np.sort(logits)[-2:]
         tok = int(np.argmax(logits))
         out.append(tok)

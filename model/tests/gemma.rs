@@ -6,7 +6,8 @@
 //! - llama.cpp 0.3.36 through `llama-cpp-python` (its own loader, tokenizer and quantised
 //!   kernels) greedily continues with ids REFERENCE (16 steps) and prompt ids PROMPT_IDS;
 //! - a float32 NumPy forward pass written from the Hugging Face Gemma 3 definition on weights
-//!   dequantised by gguf-py agrees on the first 15 ids. Only the first CHECKED ids are
+//!   dequantised by gguf-py agrees on the first 15 ids, and gives TOP5, the five largest
+//!   logits after the prompt, checked here to LOGIT_TOL. Only the first CHECKED ids are
 //!   asserted: from step 12 on the top-2 logit margin of the f32 reference falls to 0.014,
 //!   below what separates f32 ONNX Runtime from NumPy, so later steps could flip honestly.
 //!
@@ -19,7 +20,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use shoal_model::generate::{GenerateRequest, generate};
-use shoal_model::{BackendChoice, RuntimeConfig, SamplingConfig, StageRunner, Tokenizer, gguf};
+use shoal_model::{
+    BackendChoice, RuntimeConfig, SamplingConfig, StageInput, StageOutput, StageRunner, Tokenizer,
+    gguf,
+};
 
 const PROMPT: &str = "The capital of France is";
 /// `<bos>The capital of France is` in Gemma 3's vocabulary (llama.cpp's tokenizer).
@@ -31,6 +35,16 @@ const REFERENCE: [u32; 16] = [
 ];
 /// Steps asserted (see the module doc).
 const CHECKED: usize = 11;
+/// The f32 NumPy reference's five largest logits after the prompt, as (id, logit).
+const TOP5: [(u32, f32); 5] = [
+    (506, 19.0915),
+    (496, 18.5476),
+    (9079, 18.2686),
+    (886, 18.113),
+    (3224, 17.7839),
+];
+/// Tolerance on those logits (printed to 4 decimals; f32 sums in another order: 3e-5 seen).
+const LOGIT_TOL: f32 = 1e-3;
 
 fn files() -> Option<(PathBuf, PathBuf)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma3-270m");
@@ -69,12 +83,28 @@ fn gemma3_270m_continues_like_llama_cpp() {
     };
     let n = manifest.planner_layers();
     let mut runner = StageRunner::load(out.path(), &manifest, 0..n, &config).unwrap();
+    let StageOutput::Logits(first) = runner
+        .run(7, StageInput::Tokens(prompt_ids.clone()))
+        .unwrap()
+    else {
+        panic!("a whole-model runner returns logits");
+    };
+    let mut worst = 0f32;
+    for (id, want) in TOP5 {
+        let got = first.data[id as usize];
+        worst = worst.max((got - want).abs());
+        assert!(
+            (got - want).abs() < LOGIT_TOL,
+            "logit of token {id}: {got} vs NumPy {want}"
+        );
+    }
     let req = GenerateRequest {
         prompt_ids,
         max_tokens: REFERENCE.len(),
         sampling: SamplingConfig::greedy(),
         stop_ids: Vec::new(),
     };
+    eprintln!("top-5 logits after the prompt: max |diff| to NumPy {worst:.2e}");
     let stats = generate(&mut runner, 1, &req, |_| true).unwrap();
     let text = tokenizer.decode(&stats.token_ids).unwrap();
     eprintln!(
