@@ -23,6 +23,7 @@ fn shoal_bin() -> PathBuf {
 /// A `shoal run` child, killed (SIGKILL) when dropped.
 struct Proc {
     child: Child,
+    dir: PathBuf,
     node: String,
     api: String,
     listen: Vec<String>,
@@ -104,6 +105,7 @@ fn spawn(dir: &Path, model: &Path, bootstrap: Option<&str>) -> Proc {
     assert!(listen.iter().all(|a| a.contains("/p2p/")), "{line}");
     Proc {
         child,
+        dir: dir.to_path_buf(),
         node: field("node"),
         api: field("api"),
         listen,
@@ -156,7 +158,21 @@ fn wait_agreement(procs: &[&Proc], min_epoch: u64, timeout: Duration) -> Value {
         if agreed {
             return plans[0].clone().unwrap();
         }
-        assert!(Instant::now() < deadline, "no agreement: {plans:#?}");
+        if Instant::now() > deadline {
+            for p in procs {
+                let log = std::fs::read_to_string(p.dir.join("stderr.log")).unwrap_or_default();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains("bandwidth probe"))
+                    .collect();
+                eprintln!(
+                    "--- {} ---\n{}",
+                    p.dir.display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+            panic!("no agreement: {plans:#?}");
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 }

@@ -24,7 +24,24 @@ pub(super) struct SolveOutcome {
     result: Result<shoal_planner::Plan, String>,
 }
 
+/// A refused plan moves our idea of the swarm's epoch at most this far ahead of the held one,
+/// so a misbehaving member cannot push epochs towards `u64::MAX`.
+const MAX_EPOCH_JUMP: u64 = 1_000;
+
 impl NodeTask {
+    /// The epoch of the next plan: one past both the held plan and any newer epoch a member
+    /// has signed that we refused (a node that was away may hold an old plan while the swarm
+    /// moved on; planning the old epoch + 1 would be refused as stale everywhere).
+    pub(super) fn next_epoch(&self) -> u64 {
+        self.gate.epoch().max(self.seen_epoch) + 1
+    }
+
+    /// Records the epoch of a well-signed plan from a member that did not pass the gate.
+    pub(super) fn saw_epoch(&mut self, epoch: u64) {
+        let cap = self.gate.epoch().saturating_add(MAX_EPOCH_JUMP);
+        self.seen_epoch = self.seen_epoch.max(epoch.min(cap));
+    }
+
     fn policy(&self) -> ReplanPolicy {
         let p = &self.cfg.planner;
         ReplanPolicy {
@@ -44,7 +61,7 @@ impl NodeTask {
             return;
         }
         let members = self.membership.ids();
-        let epoch = self.gate.epoch() + 1;
+        let epoch = self.next_epoch();
         if coordinator(epoch, &members) != Some(self.me) {
             return;
         }
@@ -66,7 +83,7 @@ impl NodeTask {
             (None, None) => Some(Trigger::NoPlan),
         };
         let Some(trigger) = trigger else { return };
-        if self.failed_view.as_ref() == Some(&members) {
+        if self.failed_view == Some((members.clone(), links.len())) {
             return;
         }
         let entries: Vec<_> = self
@@ -131,7 +148,7 @@ impl NodeTask {
     /// Signs, adopts and publishes a solved plan if it is still for the next epoch.
     pub(super) async fn on_solved(&mut self, out: SolveOutcome) {
         self.solving = false;
-        if out.epoch != self.gate.epoch() + 1 {
+        if out.epoch != self.next_epoch() {
             tracing::info!(
                 epoch = out.epoch,
                 held = self.gate.epoch(),
@@ -143,7 +160,7 @@ impl NodeTask {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(node = %self.me.short(), epoch = out.epoch, error = %e, "planning failed");
-                self.failed_view = Some(out.members);
+                self.failed_view = Some((out.members, self.link_matrix().len()));
                 return;
             }
         };
@@ -182,7 +199,7 @@ impl NodeTask {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign plan");
-                self.failed_view = Some(out.members);
+                self.failed_view = Some((out.members, self.link_matrix().len()));
                 return;
             }
         };
@@ -251,7 +268,7 @@ impl NodeTask {
                 .collect(),
             predicted_latency_s: self.predicted_latency(&matrix),
             plan: self.plan.clone(),
-            next_coordinator: coordinator(self.gate.epoch() + 1, &ids),
+            next_coordinator: coordinator(self.next_epoch(), &ids),
             refused: self.refused.clone(),
         };
         self.view_tx.send_if_modified(|v| {

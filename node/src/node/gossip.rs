@@ -113,6 +113,9 @@ impl NodeTask {
                     held_epoch = self.gate.epoch(), reason = r.as_str(), "refused plan"
                 );
                 self.count(&format!("plan_{}", r.as_str()));
+                if r == Refusal::NotCoordinator && self.membership.contains(&held.signer) {
+                    self.saw_epoch(held.epoch);
+                }
                 match r {
                     Refusal::BadSignature => MessageAcceptance::Reject,
                     Refusal::NotCoordinator | Refusal::Stale => MessageAcceptance::Ignore,

@@ -53,14 +53,17 @@ pub(super) struct NodeTask {
     /// When each peer's estimator last got a sample.
     pub(super) last_sample: BTreeMap<NodeId, Instant>,
     pub(super) gate: PlanGate,
+    /// Highest epoch signed by a member among the plans we refused (see `next_epoch`).
+    pub(super) seen_epoch: u64,
     pub(super) plan: Option<Signed<Plan>>,
     /// Link matrix and time when the held plan was adopted (the re-plan baseline).
     pub(super) baseline: Option<(LinkMatrix, Instant)>,
     pub(super) store: Store,
     pub(super) clock: Instant,
     pub(super) solving: bool,
-    /// Members of the last view whose solve failed (not retried until the view changes).
-    pub(super) failed_view: Option<Vec<NodeId>>,
+    /// Members of the last view whose solve failed, with the number of links known then (not
+    /// retried until either changes: an early solve may have lacked some links).
+    pub(super) failed_view: Option<(Vec<NodeId>, usize)>,
     pub(super) last_republish: Instant,
     pub(super) refused: BTreeMap<String, u64>,
     pub(super) view_tx: watch::Sender<Arc<View>>,
@@ -175,6 +178,7 @@ pub(super) async fn start(
         estimators: BTreeMap::new(),
         last_sample: BTreeMap::new(),
         gate: PlanGate::default(),
+        seen_epoch: 0,
         plan: None,
         baseline: None,
         store,

@@ -135,6 +135,13 @@ fn gossip(key: &identity::Keypair) -> Result<gossipsub::Behaviour, BuildError> {
         .map_err(|e| err(&e))?;
     let mut params = gossipsub::PeerScoreParams {
         app_specific_weight: 1.0,
+        // A peer killed mid-exchange leaves a few unanswered IWANTs behind; with the default
+        // threshold of 0 those broken promises alone graylist it when it restarts.
+        behaviour_penalty_threshold: 6.0,
+        // Forget a departed peer's gossipsub score after 30 s (default: an hour), so a node
+        // that restarts is heard again. Misbehaviour still counts: shoal's own score and
+        // block list live in the swarm task, not in gossipsub.
+        retain_score: Duration::from_secs(30),
         ..Default::default()
     };
     for topic in Topic::ALL {
