@@ -86,11 +86,17 @@ impl Tokenizer {
     /// Token ids of one user turn wrapped in the model's chat template, ending with the
     /// assistant's turn opening (`add_generation_prompt`). The template writes any BOS itself.
     pub fn encode_chat(&self, user: &str) -> Result<Vec<u32>> {
+        self.encode_messages(&[("user", user)])
+    }
+
+    /// Token ids of a conversation (`(role, content)` pairs, e.g. an OpenAI `messages` list)
+    /// in the model's chat template, ending with the assistant's turn opening.
+    pub fn encode_messages(&self, messages: &[(&str, &str)]) -> Result<Vec<u32>> {
         let t = self
             .chat
             .as_ref()
             .ok_or_else(|| Error::Tokenizer("the model has no chat_template".to_owned()))?;
-        let text = render_chat(t, user)?;
+        let text = render_chat(t, messages)?;
         let enc = self
             .inner
             .encode(text, false)
@@ -138,7 +144,7 @@ fn chat_template(cfg: &serde_json::Value) -> Option<ChatTemplate> {
     })
 }
 
-fn render_chat(t: &ChatTemplate, user: &str) -> Result<String> {
+fn render_chat(t: &ChatTemplate, turns: &[(&str, &str)]) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.add_function(
         "raise_exception",
@@ -152,7 +158,10 @@ fn render_chat(t: &ChatTemplate, user: &str) -> Result<String> {
     let err = |e: minijinja::Error| Error::Tokenizer(format!("chat template: {e:#}"));
     env.add_template("chat", &t.source).map_err(err)?;
     let tmpl = env.get_template("chat").map_err(err)?;
-    let messages = vec![minijinja::context! { role => "user", content => user }];
+    let messages: Vec<_> = turns
+        .iter()
+        .map(|(role, content)| minijinja::context! { role => role, content => content })
+        .collect();
     tmpl.render(minijinja::context! {
         messages => messages,
         add_generation_prompt => true,

@@ -132,7 +132,6 @@ pub enum PipelineError {
 pub(crate) struct LoadedModel {
     pub(crate) manifest: Manifest,
     pub(crate) tokenizer: Option<Tokenizer>,
-    pub(crate) chat: chat::ChatTemplate,
 }
 
 struct Inner {
@@ -214,7 +213,6 @@ fn load_model(
 ) -> Result<(LoadedModel, runtime::RuntimeHandle), PipelineError> {
     let manifest = Manifest::load(&dir)?;
     let tokenizer = Tokenizer::load(&dir, &manifest)?;
-    let chat = chat::ChatTemplate::load(&dir, &manifest);
     let config = RuntimeConfig {
         ort_dylib_path: node.config().ort_dylib.clone(),
         idle_timeout: Duration::from_secs(120),
@@ -225,7 +223,6 @@ fn load_model(
         LoadedModel {
             manifest,
             tokenizer,
-            chat,
         },
         runtime,
     ))
@@ -377,14 +374,10 @@ impl PipelineHandle {
             .map_err(|e| GenerateError::BadRequest(e.to_string()))
     }
 
-    /// The prompt text of chat `messages` under the model's chat template.
-    pub fn chat_prompt(&self, messages: &[chat::Message]) -> Result<String, GenerateError> {
-        let model = self
-            .inner
-            .model
-            .as_ref()
-            .ok_or_else(|| GenerateError::NoTokenizer("this node holds no model".into()))?;
-        Ok(model.chat.render(messages))
+    /// Token ids of chat `messages` under the model's chat template.
+    pub fn chat_prompt(&self, messages: &[chat::Message]) -> Result<Vec<u32>, GenerateError> {
+        chat::prompt_ids(self.tokenizer()?, messages)
+            .map_err(|e| GenerateError::BadRequest(e.to_string()))
     }
 
     /// The Prometheus text of this node's metrics.

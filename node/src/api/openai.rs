@@ -179,8 +179,7 @@ async fn chat_completions(
     if req.messages.is_empty() {
         return Err(bad("messages must not be empty"));
     }
-    let text = p.chat_prompt(&req.messages)?;
-    let prompt = p.encode(&text)?;
+    let prompt = p.chat_prompt(&req.messages)?;
     let params = req.common.params(&p, prompt)?;
     let kind = Kind::Chat;
     if req.common.stream {
