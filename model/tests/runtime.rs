@@ -280,3 +280,11 @@ fn chat_template_wraps_a_user_turn() {
     assert_eq!(ids[0], BOS_ID, "the template writes the BOS token once");
     assert_eq!(tok.decode(&ids).unwrap(), "<|user|>\nhi\n<|assistant|>\n");
 }
+
+#[test]
+fn runner_and_activations_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    send::<StageRunner>();
+    send::<Activation>();
+    send::<Tokenizer>();
+}

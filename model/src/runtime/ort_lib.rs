@@ -173,3 +173,37 @@ fn python_dirs() -> Vec<PathBuf> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_plain_and_versioned_library_names() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(lib_in(dir.path()), None);
+        let versioned = dir.path().join(format!("{LIB}.1.23.0"));
+        std::fs::write(&versioned, b"").unwrap();
+        std::fs::write(dir.path().join(format!("{LIB}.1.22.0")), b"").unwrap();
+        assert_eq!(
+            lib_in(dir.path()),
+            Some(versioned),
+            "the newest versioned file"
+        );
+        let plain = dir.path().join(LIB);
+        std::fs::write(&plain, b"").unwrap();
+        assert_eq!(lib_in(dir.path()), Some(plain));
+    }
+
+    #[test]
+    fn install_hint_names_every_way_to_get_the_library() {
+        for needle in [
+            "pip install onnxruntime",
+            "pkg install onnxruntime",
+            "ORT_DYLIB_PATH",
+            "ort_dylib_path",
+        ] {
+            assert!(INSTALL_HINT.contains(needle), "{needle}");
+        }
+    }
+}
