@@ -67,6 +67,7 @@ class Gemma3:
         # Gemma 3's rope_local_base_freq and layer pattern: llama.cpp assumes 10 000 and every
         # sixth layer global unless the file says otherwise.
         self.theta_local = f.get(f"{a}.rope.freq_base_swa", 10000.0)
+        self.softcap = f.get(f"{a}.final_logit_softcapping")
         pattern = f.get(f"{a}.attention.sliding_window_pattern", 6)
         if isinstance(pattern, list):
             self.is_global = [not sliding for sliding in pattern]
@@ -141,6 +142,8 @@ class Gemma3:
         x = self.norm(x if all_positions else x[-1:], "output_norm.weight")
         head = self.w.get("output.weight", self.w["token_embd.weight"])
         logits = x @ head.T
+        if self.softcap is not None:
+            logits = np.tanh(logits / self.softcap) * self.softcap
         return logits if all_positions else logits[0]
 
 

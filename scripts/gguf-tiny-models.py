@@ -6,7 +6,7 @@
   as `1 + w` the way llama.cpp's converter writes them. Reference: the NumPy Gemma 3 of
   scripts/gemma-reference.py.
 - model/tests/data/tiny-gemma3-explicit.gguf: the same with `attention.sliding_window_pattern`
-  (one bool per layer) and `rope.freq_base_swa` written out.
+  (one bool per layer), `rope.freq_base_swa` and `final_logit_softcapping` written out.
 - model/tests/data/tiny-llama.gguf: a 2-layer Llama with grouped-query attention, written
   the way llama.cpp's converter writes Llama: attn_q/attn_k rows permuted with its `permute`.
   Reference: a NumPy Hugging Face Llama forward pass on the unpermuted weights (rotate-half
@@ -41,13 +41,15 @@ def rand(rng, *shape, scale=0.2):
 
 def tiny_gemma3(rng, name="tiny-gemma3", explicit=False):
     """`explicit`: also write the layer pattern (globals at 1 and 4) and the local RoPE base
-    (20 000) as newer converters may, instead of relying on llama.cpp's Gemma 3 defaults."""
+    (20 000) as newer converters may, instead of relying on llama.cpp's Gemma 3 defaults,
+    and a final logit soft-cap of 8 (Gemma 2 style; Gemma 3 checkpoints have none)."""
     path = DATA / f"{name}.gguf"
     hidden, heads, kv, hd, ff, layers, vocab = 32, 2, 1, 16, 64, 6, 64
     w = gguf.GGUFWriter(str(path), arch="gemma3")
     if explicit:
         w.add_sliding_window_pattern([True, False, True, True, False, True])
         w.add_rope_freq_base_swa(20000.0)
+        w.add_final_logit_softcapping(8.0)
     w.add_context_length(128)
     w.add_embedding_length(hidden)
     w.add_block_count(layers)

@@ -6,7 +6,7 @@
 //!   `1 + w` norms as llama.cpp stores them; reference: the NumPy Gemma 3 of
 //!   `scripts/gemma-reference.py`.
 //! - tiny-gemma3-explicit: the same with `attention.sliding_window_pattern` (globals at
-//!   layers 1 and 4) and `rope.freq_base_swa` (20 000) in the metadata.
+//!   layers 1 and 4), `rope.freq_base_swa` (20 000) and `final_logit_softcapping` (8).
 //! - tiny-llama: GQA, attn_q/attn_k permuted as llama.cpp's converter does; reference: a
 //!   Hugging Face-style forward pass on the unpermuted weights.
 
