@@ -11,6 +11,8 @@
   the way llama.cpp's converter writes Llama: attn_q/attn_k rows permuted with its `permute`.
   Reference: a NumPy Hugging Face Llama forward pass on the unpermuted weights (rotate-half
   RoPE), so the test only passes if the importer undoes the permutation.
+- model/tests/data/tiny-qwen2.gguf: the same family as Qwen2 writes it: q/k/v biases, no
+  permutation, tied head.
 
 Tensors are F32 except a few F16 ones (dequantisation of every block type is tested
 elsewhere). Reference logits for every prompt position go to model/tests/data/tiny-*.json.
@@ -107,9 +109,13 @@ def rope_hf(x, pos, theta):
     return x * cos + rot * sin
 
 
-def tiny_llama(rng):
-    path = DATA / "tiny-llama.gguf"
-    hidden, heads, kv, ff, layers, vocab, theta, eps = 32, 4, 2, 48, 2, 64, 10000.0, 1e-5
+def tiny_llama(rng, arch="llama"):
+    """`arch="qwen2"`: q/k/v biases, no Q/K permutation (the converter permutes only Llama),
+    RoPE base 10^6, and a head tied to the embedding (no output.weight)."""
+    path = DATA / f"tiny-{arch}.gguf"
+    qwen = arch == "qwen2"
+    hidden, heads, kv, ff, layers, vocab, eps = 32, 4, 2, 48, 2, 64, 1e-5
+    theta = 1_000_000.0 if qwen else 10000.0
     hd = hidden // heads
     hf = {"embed": rand(rng, vocab, hidden, scale=0.5), "norm": 1.0 + rand(rng, hidden), "lm_head": rand(rng, vocab, hidden)}
     for i in range(layers):
@@ -119,7 +125,11 @@ def tiny_llama(rng):
             "o": rand(rng, hidden, heads * hd), "gate": rand(rng, ff, hidden), "up": rand(rng, ff, hidden),
             "down": rand(rng, hidden, ff),
         }
-    w = gguf.GGUFWriter(str(path), arch="llama")
+        if qwen:
+            hf[i].update(bq=rand(rng, heads * hd), bk=rand(rng, kv * hd), bv=rand(rng, kv * hd))
+    if qwen:
+        hf["lm_head"] = hf["embed"]
+    w = gguf.GGUFWriter(str(path), arch=arch)
     w.add_context_length(128)
     w.add_embedding_length(hidden)
     w.add_block_count(layers)
@@ -133,12 +143,19 @@ def tiny_llama(rng):
     w.add_uint32("tokenizer.ggml.eos_token_id", 2)
     w.add_tensor("token_embd.weight", hf["embed"])
     w.add_tensor("output_norm.weight", hf["norm"].astype(np.float32))
-    w.add_tensor("output.weight", hf["lm_head"].astype(np.float16))
+    if not qwen:
+        w.add_tensor("output.weight", hf["lm_head"].astype(np.float16))
     for i in range(layers):
         p, l = f"blk.{i}.", hf[i]
         w.add_tensor(p + "attn_norm.weight", l["in_norm"].astype(np.float32))
-        w.add_tensor(p + "attn_q.weight", llama_cpp_permute(l["q"], heads))
-        w.add_tensor(p + "attn_k.weight", llama_cpp_permute(l["k"], kv))
+        if qwen:
+            w.add_tensor(p + "attn_q.weight", l["q"])
+            w.add_tensor(p + "attn_k.weight", l["k"])
+            for b in ("q", "k", "v"):
+                w.add_tensor(p + f"attn_{b}.bias", l["b" + b])
+        else:
+            w.add_tensor(p + "attn_q.weight", llama_cpp_permute(l["q"], heads))
+            w.add_tensor(p + "attn_k.weight", llama_cpp_permute(l["k"], kv))
         w.add_tensor(p + "attn_v.weight", l["v"])
         w.add_tensor(p + "attn_output.weight", l["o"])
         w.add_tensor(p + "ffn_norm.weight", l["post_norm"].astype(np.float32))
@@ -154,9 +171,10 @@ def tiny_llama(rng):
     for i in range(layers):
         l = hf[i]
         h = rms(x, l["in_norm"], eps)
-        q = rope_hf((h @ l["q"].T).reshape(s, heads, hd).transpose(1, 0, 2), pos, theta)
-        k = rope_hf((h @ l["k"].T).reshape(s, kv, hd).transpose(1, 0, 2), pos, theta)
-        v = (h @ l["v"].T).reshape(s, kv, hd).transpose(1, 0, 2)
+        bq, bk, bv = (l.get(b, 0.0) for b in ("bq", "bk", "bv"))
+        q = rope_hf((h @ l["q"].T + bq).reshape(s, heads, hd).transpose(1, 0, 2), pos, theta)
+        k = rope_hf((h @ l["k"].T + bk).reshape(s, kv, hd).transpose(1, 0, 2), pos, theta)
+        v = (h @ l["v"].T + bv).reshape(s, kv, hd).transpose(1, 0, 2)
         k, v = np.repeat(k, heads // kv, 0), np.repeat(v, heads // kv, 0)
         sc = np.where(causal, q @ k.transpose(0, 2, 1) / np.sqrt(hd), -np.inf)
         p = np.exp(sc - sc.max(-1, keepdims=True))
@@ -165,7 +183,7 @@ def tiny_llama(rng):
         h = rms(x, l["post_norm"], eps)
         g = h @ l["gate"].T
         x = x + ((g / (1 + np.exp(-g))) * (h @ l["up"].T)) @ l["down"].T
-    lm_head = hf["lm_head"].astype(np.float16).astype(np.float32)
+    lm_head = hf["lm_head"] if qwen else hf["lm_head"].astype(np.float16).astype(np.float32)
     return path, rms(x, hf["norm"], eps) @ lm_head.T
 
 
@@ -178,7 +196,12 @@ def finish(w):
 
 def main():
     rng = np.random.default_rng(7)
-    makers = (tiny_gemma3, tiny_llama, lambda rng: tiny_gemma3(rng, "tiny-gemma3-explicit", True))
+    makers = (
+        tiny_gemma3,
+        tiny_llama,
+        lambda rng: tiny_gemma3(rng, "tiny-gemma3-explicit", True),
+        lambda rng: tiny_llama(rng, "qwen2"),
+    )
     for make in makers:
         path, logits = make(rng)
         out = path.with_suffix(".json")

@@ -9,6 +9,7 @@
 //!   layers 1 and 4), `rope.freq_base_swa` (20 000) and `final_logit_softcapping` (8).
 //! - tiny-llama: GQA, attn_q/attn_k permuted as llama.cpp's converter does; reference: a
 //!   Hugging Face-style forward pass on the unpermuted weights.
+//! - tiny-qwen2: q/k/v biases, unpermuted (as the converter writes Qwen2), tied head.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,6 +125,11 @@ fn tiny_gemma3_with_explicit_pattern_and_local_base_matches_numpy() {
 #[test]
 fn tiny_llama_permuted_qk_matches_hf_layout() {
     check("tiny-llama", "llama");
+}
+
+#[test]
+fn tiny_qwen2_with_biases_and_tied_head_matches_hf_layout() {
+    check("tiny-qwen2", "qwen2");
 }
 
 #[test]
