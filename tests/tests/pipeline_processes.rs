@@ -62,6 +62,18 @@ async fn three_processes_match_single_process_and_serve_openai_clients() {
         );
     }
 
+    // Several sessions in flight at once, through different origins: each one exact.
+    let req = greedy_request(&PROMPT, MAX_TOKENS, false);
+    let (a, b, c) = tokio::join!(
+        swarm.post_json(0, "/v1/completions", &req),
+        swarm.post_json(1, "/v1/completions", &req),
+        swarm.post_json(0, "/v1/completions", &req),
+    );
+    for (status, answer) in [a.unwrap(), b.unwrap(), c.unwrap()] {
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(token_ids(&answer), reference, "concurrent session");
+    }
+
     // `shoal generate`: the single-process CLI gives the reference, `--api` the same ids.
     let ids = PROMPT
         .iter()
@@ -180,7 +192,7 @@ async fn three_processes_match_single_process_and_serve_openai_clients() {
         .find(|l| l.starts_with("shoal_generated_tokens_total "))
         .unwrap();
     assert!(
-        tokens_line.ends_with(&format!(" {}", reference.len() * 2)),
+        tokens_line.ends_with(&format!(" {}", reference.len() * 4)),
         "{tokens_line}"
     );
 

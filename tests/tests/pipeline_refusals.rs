@@ -167,6 +167,22 @@ async fn tampered_forged_and_replayed_activations_are_refused_and_counted() {
     assert_eq!(refused(&m1, "bad_signature"), 1, "{m1}");
     assert_eq!(refused(&m1, "wrong_sender"), 1, "{m1}");
 
+    // A member may also ask another node to be the origin (`/shoal/generate/1`).
+    let request = shoal_protocol::GenerateRequest {
+        session: 1,
+        prompt: PROMPT.to_vec(),
+        sampling: shoal_protocol::Sampling::GREEDY,
+        max_tokens: 16,
+        stop: vec![shoal_model::synth::EOS_ID],
+        stream: false,
+    };
+    let frame = shoal_protocol::encode(&request).unwrap();
+    let reply = net.send_generate(s1, frame).await.unwrap();
+    match shoal_protocol::GenerateResponse::decode(&reply).unwrap() {
+        shoal_protocol::GenerateResponse::Done(r) => assert_eq!(r.tokens, reference),
+        other => panic!("{other:?}"),
+    }
+
     // Generation is still correct.
     let (status, answer) = swarm
         .post_json(0, "/v1/completions", &greedy_request(&PROMPT, 16, false))
