@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn matmul_is_right() {
         let n = 2;
-        let x = vec![1.0, 2.0].repeat(BATCH);
+        let x = [1.0, 2.0].repeat(BATCH);
         let w = [1.0, 2.0, 3.0, 4.0];
         let mut y = vec![0.0; BATCH * n];
         matmul(&x, &w, &mut y, n);

@@ -5,6 +5,9 @@
 //! The binary is `$SHOAL_BIN` when set (CI builds it once, see scripts/test.sh), else the
 //! `shoal` that cargo built for this test (`CARGO_BIN_EXE_shoal`).
 
+// Test harness helpers below panic on setup failures, like the test itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "support/swarm.rs"]
 mod support;
 

@@ -1,7 +1,13 @@
 //! Helpers shared by the swarm tests: a synthesised model, fast test configs, and in-process
 //! nodes with fixed identities.
 
-#![allow(dead_code)]
+// Test harness: each test file uses a subset; a failed setup step should panic loudly.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::field_reassign_with_default
+)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -107,8 +113,11 @@ pub(crate) async fn wait_all(
     }
 }
 
-/// The plan digest of a view: (epoch, coordinator, stages).
-pub(crate) fn plan_key(v: &View) -> Option<(u64, NodeId, Vec<(NodeId, u32, u32)>)> {
+/// (epoch, coordinator, stages as (node, start, end)).
+pub(crate) type PlanKey = (u64, NodeId, Vec<(NodeId, u32, u32)>);
+
+/// What identifies a view's plan.
+pub(crate) fn plan_key(v: &View) -> Option<PlanKey> {
     let p = v.plan()?;
     Some((
         p.epoch,
