@@ -11,9 +11,10 @@ use ort::value::{DynValue, Tensor};
 
 use crate::error::{Error, Result};
 use crate::export::names;
+use crate::generate::{GenerateRequest, generate};
 use crate::manifest::Manifest;
-use crate::runtime::ort_lib;
-use crate::sampler::argmax;
+use crate::runtime::{BackendChoice, RuntimeConfig, StageRunner, ort_lib};
+use crate::sampler::{SamplingConfig, argmax};
 
 fn err<E: std::fmt::Display>(e: E) -> Error {
     Error::Ort(e.to_string())
@@ -142,4 +143,94 @@ pub fn memory_bandwidth(bytes: usize, reps: usize) -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * bytes as f64 / best
+}
+
+/// Settings of [`compare_decode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeBench {
+    /// Tokens generated per round (at least 2).
+    pub tokens: usize,
+    /// Prompt length.
+    pub prompt_len: usize,
+    /// Rounds per path, alternating.
+    pub rounds: usize,
+}
+
+/// Seconds per decoded token of both paths, per round, sorted ascending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeComparison {
+    /// The `shoal generate` path: one [`StageRunner`] over all layers, [`generate`].
+    pub shoal_s: Vec<f64>,
+    /// The direct ONNX Runtime loop ([`DirectOrt`]).
+    pub direct_s: Vec<f64>,
+    /// Weight bytes one decode step reads (sum of the manifest's `read_bytes`).
+    pub read_bytes: u64,
+    /// Measured memory bandwidth, bytes per second.
+    pub mem_bw: f64,
+}
+
+impl DecodeComparison {
+    /// Median seconds per token of (shoal, direct).
+    pub fn median(&self) -> (f64, f64) {
+        (
+            self.shoal_s[self.shoal_s.len() / 2],
+            self.direct_s[self.direct_s.len() / 2],
+        )
+    }
+
+    /// Best seconds per token of (shoal, direct).
+    pub fn best(&self) -> (f64, f64) {
+        (self.shoal_s[0], self.direct_s[0])
+    }
+
+    /// Tokens per second the memory bandwidth allows (weights read once per token).
+    pub fn roofline_tokens_per_s(&self) -> f64 {
+        self.mem_bw / self.read_bytes as f64
+    }
+}
+
+/// Greedy decode of the model in `dir` through both paths on ONNX Runtime, alternating
+/// rounds; checks both produce the same tokens.
+pub fn compare_decode(dir: &Path, m: &Manifest, b: DecodeBench) -> Result<DecodeComparison> {
+    if b.tokens < 2 || b.rounds == 0 || b.prompt_len == 0 {
+        return Err(Error::BadInput(
+            "need tokens >= 2, rounds >= 1, prompt_len >= 1".to_owned(),
+        ));
+    }
+    let cfg = RuntimeConfig {
+        backend: BackendChoice::Ort,
+        ..RuntimeConfig::default()
+    };
+    let mut runner = StageRunner::load(dir, m, 0..m.planner_layers(), &cfg)?;
+    let mut direct = DirectOrt::load(dir, m)?;
+    let prompt: Vec<u32> = (0..b.prompt_len)
+        .map(|i| (i * 7 % m.dims.vocab) as u32)
+        .collect();
+    let req = GenerateRequest {
+        prompt_ids: prompt.clone(),
+        max_tokens: b.tokens,
+        sampling: SamplingConfig::greedy(),
+        stop_ids: Vec::new(),
+    };
+    let steps = (b.tokens - 1) as f64;
+    let warm = generate(&mut runner, 1, &req, |_| true)?;
+    let (direct_ids, _) = direct.decode(&prompt, b.tokens)?;
+    if warm.token_ids != direct_ids {
+        return Err(Error::BadInput(
+            "the two paths decoded different tokens".to_owned(),
+        ));
+    }
+    let (mut shoal_s, mut direct_s) = (Vec::new(), Vec::new());
+    for _ in 0..b.rounds {
+        shoal_s.push(generate(&mut runner, 1, &req, |_| true)?.decode_s / steps);
+        direct_s.push(direct.decode(&prompt, b.tokens)?.1.as_secs_f64() / steps);
+    }
+    shoal_s.sort_by(f64::total_cmp);
+    direct_s.sort_by(f64::total_cmp);
+    Ok(DecodeComparison {
+        shoal_s,
+        direct_s,
+        read_bytes: m.layers.iter().map(|l| l.figures.read_bytes).sum(),
+        mem_bw: memory_bandwidth(128 << 20, 5),
+    })
 }

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use shoal_model::bench::{DirectOrt, memory_bandwidth};
-use shoal_model::generate::{GenerateRequest, generate};
+use shoal_model::Manifest;
+use shoal_model::bench::{DecodeBench, compare_decode};
 use shoal_model::synth::{SynthOptions, synth};
-use shoal_model::{BackendChoice, Manifest, RuntimeConfig, SamplingConfig, StageRunner};
 
 /// Options of the model benchmark.
 #[derive(Debug, Args)]
@@ -51,36 +50,16 @@ pub(crate) fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
 
 fn bench(dir: &Path, args: &ModelBenchArgs) -> anyhow::Result<()> {
     let m = Manifest::load(dir)?;
-    let cfg = RuntimeConfig {
-        backend: BackendChoice::Ort,
-        ..RuntimeConfig::default()
+    let b = DecodeBench {
+        tokens: args.tokens,
+        prompt_len: args.prompt_len,
+        rounds: args.rounds,
     };
-    let mut runner = StageRunner::load(dir, &m, 0..m.planner_layers(), &cfg)?;
-    let mut direct = DirectOrt::load(dir, &m)?;
-    let prompt: Vec<u32> = (0..args.prompt_len)
-        .map(|i| (i * 7 % m.dims.vocab) as u32)
-        .collect();
-    let req = GenerateRequest {
-        prompt_ids: prompt.clone(),
-        max_tokens: args.tokens,
-        sampling: SamplingConfig::greedy(),
-        stop_ids: Vec::new(),
-    };
-    let steps = (args.tokens - 1) as f64;
-    // Warm-up, and a check that both paths compute the same thing.
-    let a = generate(&mut runner, 1, &req, |_| true)?;
-    let (b, _) = direct.decode(&prompt, args.tokens)?;
-    ensure!(a.token_ids == b, "the two paths decoded different tokens");
-    let (mut shoal_s, mut direct_s) = (Vec::new(), Vec::new());
-    for _ in 0..args.rounds {
-        shoal_s.push(generate(&mut runner, 1, &req, |_| true)?.decode_s / steps);
-        direct_s.push(direct.decode(&prompt, args.tokens)?.1.as_secs_f64() / steps);
-    }
-    let (s, d) = (median(&mut shoal_s), median(&mut direct_s));
-    let (s_best, d_best) = (shoal_s[0], direct_s[0]);
-    let read: u64 = m.layers.iter().map(|l| l.figures.read_bytes).sum();
-    let bw = memory_bandwidth(128 << 20, 5);
-    let roof = bw / read as f64;
+    let c = compare_decode(dir, &m, b)?;
+    let (s, d) = c.median();
+    let (s_best, d_best) = c.best();
+    let roof = c.roofline_tokens_per_s();
+    let (read, bw) = (c.read_bytes, c.mem_bw);
     println!(
         "model {} ({} layers, hidden {}, vocab {}), {} tokens after an {}-token prompt, median of {} rounds",
         m.name,
@@ -120,10 +99,4 @@ fn bench(dir: &Path, args: &ModelBenchArgs) -> anyhow::Result<()> {
         100.0 / s / roof
     );
     Ok(())
-}
-
-/// Sorts `v` and returns its median.
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
