@@ -72,6 +72,8 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// Re-planning triggers and the plan's fixed knobs.
     pub planner: PlannerConfig,
+    /// Pipeline timeouts, failover and bounds (see [`crate::pipeline::Options`]).
+    pub pipeline: crate::pipeline::Options,
 }
 
 /// Membership and gossip timing.
@@ -166,6 +168,7 @@ impl Default for Config {
             membership: MembershipConfig::default(),
             probe: ProbeConfig::default(),
             planner: PlannerConfig::default(),
+            pipeline: crate::pipeline::Options::default(),
         }
     }
 }

@@ -26,6 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use shoal_model::{Manifest, RuntimeConfig, SamplingConfig, Tokenizer};
 use shoal_protocol::{ErrorCode, GenerateRequest, GenerateResponse, GenerateResult, Sampling};
 use tokio::sync::{Semaphore, mpsc};
@@ -35,44 +37,61 @@ use crate::node::{Inbound, NodeHandle, PipelineInbound, View};
 pub use origin::{GenerateParams, Generated};
 use stage::StageCtx;
 
-/// Timeouts and bounds of the pipeline.
-#[derive(Debug, Clone, PartialEq)]
+/// Timeouts and bounds of the pipeline: the `[pipeline]` section of the node config. Every
+/// field has its default in [`Options::default`]; durations are milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Options {
-    /// How long a generation waits for a first plan.
-    pub plan_wait: Duration,
+    /// How long a generation waits for a first plan, ms. Default 30000.
+    pub plan_wait_ms: u64,
     /// How long the origin waits for one step's answer before it treats the pipeline as
-    /// failed.
-    pub step_timeout: Duration,
-    /// How long a stage waits for the next stage.
-    pub hop_timeout: Duration,
+    /// failed, ms. Default 60000 (a long prefill on a slow device).
+    pub step_timeout_ms: u64,
+    /// How long a stage waits for the next stage, ms. Default 60000.
+    pub hop_timeout_ms: u64,
     /// After a stage failure, how long the origin waits for a newer plan before retrying the
-    /// current one.
-    pub failover_wait: Duration,
-    /// Failovers per generation before it gives up.
+    /// current one, ms. Default 20000 (above the default liveness timeout).
+    pub failover_wait_ms: u64,
+    /// Failovers per generation before it gives up with an error. Default 4.
     pub max_failovers: u32,
-    /// Quick retries (a stage behind on the plan, busy) per generation.
+    /// Quick retries (a stage behind on the plan, busy) per generation. Default 40.
     pub max_transient: u32,
-    /// Pause before a quick retry.
-    pub transient_pause: Duration,
-    /// Inbound activations processed at once.
+    /// Pause before a quick retry, ms. Default 250.
+    pub transient_pause_ms: u64,
+    /// Inbound activations processed at once; more are answered `busy`. Default 32.
     pub max_inbound: usize,
-    /// Generations this node runs as origin at once; more are refused as busy.
+    /// Generations this node runs as origin at once; more are refused as busy. Default 16.
     pub max_generations: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            plan_wait: Duration::from_secs(30),
-            step_timeout: Duration::from_secs(60),
-            hop_timeout: Duration::from_secs(60),
-            failover_wait: Duration::from_secs(20),
+            plan_wait_ms: 30_000,
+            step_timeout_ms: 60_000,
+            hop_timeout_ms: 60_000,
+            failover_wait_ms: 20_000,
             max_failovers: 4,
             max_transient: 40,
-            transient_pause: Duration::from_millis(250),
+            transient_pause_ms: 250,
             max_inbound: 32,
             max_generations: 16,
         }
+    }
+}
+
+impl Options {
+    fn plan_wait(&self) -> Duration {
+        Duration::from_millis(self.plan_wait_ms)
+    }
+    fn step_timeout(&self) -> Duration {
+        Duration::from_millis(self.step_timeout_ms)
+    }
+    fn failover_wait(&self) -> Duration {
+        Duration::from_millis(self.failover_wait_ms)
+    }
+    fn transient_pause(&self) -> Duration {
+        Duration::from_millis(self.transient_pause_ms)
     }
 }
 
@@ -183,7 +202,7 @@ impl Pipeline {
             node.net().clone(),
             runtime,
             metrics.clone(),
-            options.hop_timeout,
+            Duration::from_millis(options.hop_timeout_ms),
         ));
         let origin = origin::Origin {
             identity: node.identity(),

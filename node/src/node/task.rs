@@ -239,7 +239,8 @@ pub(super) async fn start(
         metrics: metrics.clone(),
         pipeline: Default::default(),
     };
-    let pipeline = crate::pipeline::Pipeline::start(&handle, metrics, Default::default())?;
+    let pipeline =
+        crate::pipeline::Pipeline::start(&handle, metrics, handle.config().pipeline.clone())?;
     let _ = handle.pipeline.set(pipeline);
     if let Some(listener) = api {
         tokio::spawn(crate::api::serve(

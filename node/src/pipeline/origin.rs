@@ -129,7 +129,7 @@ impl Origin {
     async fn run(&self, p: &mut Progress<'_>) -> Result<Generated, GenerateError> {
         let o = &self.options;
         let mut plan = self
-            .wait_plan(0, o.plan_wait)
+            .wait_plan(0, o.plan_wait())
             .await
             .ok_or(GenerateError::NoPlan)?;
         let (mut failovers, mut transients) = (0u32, 0u32);
@@ -158,10 +158,10 @@ impl Origin {
                         });
                     }
                     // A newer plan if one comes in time; else retry the current one.
-                    plan = match self.wait_plan(plan.epoch + 1, o.failover_wait).await {
+                    plan = match self.wait_plan(plan.epoch + 1, o.failover_wait()).await {
                         Some(p) => p,
                         None => self
-                            .wait_plan(0, o.plan_wait)
+                            .wait_plan(0, o.plan_wait())
                             .await
                             .ok_or(GenerateError::NoPlan)?,
                     };
@@ -177,10 +177,10 @@ impl Origin {
                     }
                     // A newer plan ends the pause early (we were behind); otherwise retry
                     // the current one (a stage was behind, or busy).
-                    plan = match self.wait_plan(plan.epoch + 1, o.transient_pause).await {
+                    plan = match self.wait_plan(plan.epoch + 1, o.transient_pause()).await {
                         Some(p) => p,
                         None => self
-                            .wait_plan(0, o.plan_wait)
+                            .wait_plan(0, o.plan_wait())
                             .await
                             .ok_or(GenerateError::NoPlan)?,
                     };
@@ -284,14 +284,14 @@ impl Origin {
         let reply = if first == self.me() {
             let signed = Signed::sign(&self.identity, body).map_err(|e| fatal(e.to_string()))?;
             let msg = PipelineMessage::Activation(signed);
-            tokio::time::timeout(self.options.step_timeout, self.stage.handle(first, &msg))
+            tokio::time::timeout(self.options.step_timeout(), self.stage.handle(first, &msg))
                 .await
                 .map_err(|_| AttemptError::StageFailed("no answer in time".into()))?
         } else {
             let frame =
                 sign_frame(&self.identity, body, PipelineMessage::Activation).map_err(fatal)?;
             match tokio::time::timeout(
-                self.options.step_timeout,
+                self.options.step_timeout(),
                 self.net.send_activation(first, frame),
             )
             .await
