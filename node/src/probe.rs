@@ -291,4 +291,83 @@ mod tests {
         assert!(good_lost <= 2, "{good_lost} probes lost on loopback");
         cancel.cancel();
     }
+
+    /// Forwards datagrams from the prober to `echo` and back, dropping each one towards the
+    /// echo with probability `p` (seeded), like a lossy link.
+    async fn lossy_relay(
+        echo: SocketAddr,
+        p: f64,
+        seed: u64,
+        cancel: CancellationToken,
+    ) -> SocketAddr {
+        use rand::SeedableRng;
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut prober = None;
+            let mut buf = [0u8; 256];
+            loop {
+                let (n, from) = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = sock.recv_from(&mut buf) => r.unwrap(),
+                };
+                if from == echo {
+                    if let Some(to) = prober {
+                        let _ = sock.send_to(&buf[..n], to).await;
+                    }
+                } else {
+                    prober = Some(from);
+                    if !rng.random_bool(p) {
+                        let _ = sock.send_to(&buf[..n], echo).await;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn real_datagrams_tell_five_from_ten_percent_loss() {
+        let cancel = CancellationToken::new();
+        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let echo_addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
+        tokio::spawn(echo.run(cancel.clone()));
+        let five = Identity::from_secret_bytes([5; 32]).node_id();
+        let ten = Identity::from_secret_bytes([10; 32]).node_id();
+        let targets = BTreeMap::from([
+            (five, lossy_relay(echo_addr, 0.05, 1, cancel.clone()).await),
+            (ten, lossy_relay(echo_addr, 0.10, 2, cancel.clone()).await),
+        ]);
+        let (_tx, targets_rx) = watch::channel(targets);
+        let (out, mut rx) = mpsc::channel(4096);
+        let prober = LossProber::new(
+            "127.0.0.1:0".parse().unwrap(),
+            targets_rx,
+            out,
+            1000,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(prober.run(cancel.clone()));
+        let window = 1500;
+        let mut est = BTreeMap::from([
+            (five, crate::links::LinkEstimator::new(0.25, window)),
+            (ten, crate::links::LinkEstimator::new(0.25, window)),
+        ]);
+        while est.values().any(|e| e.probe_count() < window) {
+            let s = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            est.get_mut(&s.peer).unwrap().on_probe(s.lost);
+        }
+        cancel.cancel();
+        let (l5, l10) = (est[&five].loss(), est[&ten].loss());
+        assert!(
+            l5 < 0.075 && l10 > 0.075,
+            "5% link measured {l5}, 10% link measured {l10}"
+        );
+    }
 }
