@@ -50,7 +50,7 @@ impl Sampling {
         seed: 0,
     };
 
-    fn check(&self, kind: Kind) -> Result<(), ProtocolError> {
+    pub(crate) fn check(&self, kind: Kind) -> Result<(), ProtocolError> {
         non_negative(kind, "temperature", f64::from(self.temperature))?;
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(ProtocolError::invalid(

@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 use shoal_keys::{Domain, NodeId};
 
-use crate::{DType, Kind, MAX_SWARM, Message, ProtocolError, Signed, Tensor, decode, encode, peek};
+use crate::{
+    DType, Kind, MAX_SWARM, Message, ProtocolError, Sampling, Signed, Tensor, decode, encode, peek,
+};
 
 /// Largest activation tensor, bytes (a long prefill of a wide model: 2048 tokens x 8192
 /// hidden x f32 is 64 MiB).
@@ -39,6 +41,10 @@ pub struct Activation {
     pub position: u32,
     /// Hidden states `[batch, seq, hidden]`, or token ids `[batch, seq]` (`i64`) into stage 0.
     pub tensor: Tensor,
+    /// How the last stage picks the token it returns ([`Sampled::Token`]); `None`: it
+    /// returns the last position's logits and the origin samples. Stages pass it on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<Sampling>,
 }
 
 impl Message for Activation {
@@ -48,6 +54,9 @@ impl Message for Activation {
 
     fn validate(&self) -> Result<(), ProtocolError> {
         check_stage(Self::KIND, self.stage)?;
+        if let Some(s) = &self.sample {
+            s.check(Self::KIND)?;
+        }
         self.tensor.check(Self::KIND, MAX_ACTIVATION_BYTES)
     }
 }

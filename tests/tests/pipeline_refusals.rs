@@ -61,6 +61,7 @@ fn activation(epoch: u64, session: u64, stage: u32) -> Activation {
         stage,
         position: 0,
         tensor: tokens_tensor(&PROMPT),
+        sample: None,
     }
 }
 

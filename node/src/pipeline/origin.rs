@@ -3,8 +3,10 @@
 //!
 //! Step 0 sends the prompt's token ids to the first stage; every later step sends the last
 //! token. Each step is one request that travels the whole pipeline and comes back as the last
-//! stage's signed logits, which the origin checks (signer = the plan's last stage, epoch,
-//! session, step, once) and samples, so the sampler state stays here and survives failover.
+//! stage's signed answer, which the origin checks (signer = the plan's last stage, epoch,
+//! session, step, once). Greedy sessions ask the last stage for the token itself (4 bytes on
+//! the way back, as the cost model assumes); other sessions get the logits and the origin
+//! samples, so the seeded sampler's state stays here and survives failover.
 //!
 //! Failover: an attempt is one session on one plan. When a stage fails (its connection
 //! closed, no answer within the step timeout, or a stage reports the failure downstream), the
@@ -21,7 +23,8 @@ use rand::Rng;
 use shoal_keys::{Identity, NodeId};
 use shoal_model::{Sampler, SamplingConfig};
 use shoal_protocol::{
-    Activation, ErrorCode, FinishReason, PipelineMessage, Plan, Sampled, SessionEnd, Signed,
+    Activation, ErrorCode, FinishReason, PipelineMessage, Plan, Sampled, Sampling, SessionEnd,
+    Signed,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -61,6 +64,14 @@ pub struct Generated {
     pub epoch: u64,
     /// Attempts beyond the first (failovers and retries).
     pub retries: u32,
+}
+
+/// What the last stage returned for a step.
+enum Next {
+    /// The token it picked (greedy sessions).
+    Token(u32),
+    /// The last position's logits; the origin samples.
+    Logits(Vec<f32>),
 }
 
 /// Why one attempt ended without finishing.
@@ -231,8 +242,9 @@ impl Origin {
                 let i = step as usize - 1;
                 (&p.tokens[i..=i], prompt_len + i)
             };
-            let logits = match self
-                .step(plan, &mut gate, session, step, input, position)
+            let sample = p.params.sampling.is_greedy().then_some(Sampling::GREEDY);
+            let next = match self
+                .step(plan, &mut gate, (session, step), input, position, sample)
                 .await
             {
                 Ok(l) => l,
@@ -245,7 +257,10 @@ impl Origin {
             if (step as usize) <= done {
                 continue; // replayed a known step: its token is already in the history
             }
-            let tok = p.sampler.sample(&logits);
+            let tok = match next {
+                Next::Token(t) => t,
+                Next::Logits(l) => p.sampler.sample(&l),
+            };
             if p.params.stop.contains(&tok) {
                 break Ok(FinishReason::Stop);
             }
@@ -266,11 +281,11 @@ impl Origin {
         &self,
         plan: &Plan,
         gate: &mut Gate<u64>,
-        session: u64,
-        step: u64,
+        (session, step): (u64, u64),
         input: &[u32],
         position: usize,
-    ) -> Result<Vec<f32>, AttemptError> {
+        sample: Option<Sampling>,
+    ) -> Result<Next, AttemptError> {
         let first = plan.stages[0].node;
         let body = Activation {
             epoch: plan.epoch,
@@ -279,6 +294,7 @@ impl Origin {
             stage: 0,
             position: u32::try_from(position).map_err(|_| fatal("prompt too long"))?,
             tensor: tokens_tensor(input),
+            sample,
         };
         let t = Instant::now();
         let reply = if first == self.me() {
@@ -318,7 +334,7 @@ impl Origin {
         session: u64,
         step: u64,
         reply: &[u8],
-    ) -> Result<Vec<f32>, AttemptError> {
+    ) -> Result<Next, AttemptError> {
         let token = match decode_reply(reply) {
             Ok(Reply::Token(t)) => t,
             Ok(Reply::Error(e)) => {
@@ -359,10 +375,10 @@ impl Origin {
             return Err(AttemptError::Transient(format!("answer refused: {r}")));
         }
         match &body.output {
-            Sampled::Logits(t) => {
-                last_logits(t).ok_or_else(|| AttemptError::Transient("logits malformed".into()))
-            }
-            Sampled::Token(_) => Err(AttemptError::Transient("expected logits".into())),
+            Sampled::Logits(t) => last_logits(t)
+                .map(Next::Logits)
+                .ok_or_else(|| AttemptError::Transient("logits malformed".into())),
+            Sampled::Token(t) => Ok(Next::Token(*t)),
         }
     }
 

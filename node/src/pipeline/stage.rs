@@ -23,7 +23,7 @@ use shoal_protocol::{
 
 use super::ordering::{Expect, Gate, Inbound, Refusal};
 use super::runtime::RuntimeHandle;
-use super::wire::{error_frame, input_len, output_tensor, stage_input};
+use super::wire::{error_frame, float_tensor, input_len, stage_input};
 use crate::metrics::Metrics;
 use crate::node::View;
 use crate::swarm::NetworkHandle;
@@ -260,25 +260,29 @@ impl StageCtx {
         };
         self.metrics
             .stage_compute(asg.index as u32, &asg.label(), computed.compute);
-        let (tensor, is_logits) = output_tensor(&computed.output);
-        match (&computed.output, asg.next) {
-            (StageOutput::Hidden(_), Some(next)) => {
+        match (computed.output, asg.next) {
+            (StageOutput::Hidden(h), Some(next)) => {
                 let body = Activation {
                     epoch: act.epoch,
                     session: act.session,
                     step: act.step,
                     stage: act.stage + 1,
                     position: act.position,
-                    tensor,
+                    tensor: float_tensor(&h),
+                    sample: act.sample,
                 };
                 self.forward(&asg, next, body).await
             }
-            (StageOutput::Logits(_), None) if is_logits => {
+            (StageOutput::Logits(logits), None) => {
+                let output = match &act.sample {
+                    Some(s) => Sampled::Token(sample_token(s, act.step, &logits)),
+                    None => Sampled::Logits(float_tensor(&logits)),
+                };
                 let body = TokenReturn {
                     epoch: act.epoch,
                     session: act.session,
                     step: act.step,
-                    output: Sampled::Logits(tensor),
+                    output,
                 };
                 tracing::trace!(
                     session = act.session,
@@ -358,6 +362,19 @@ impl StageCtx {
         }
         Vec::new()
     }
+}
+
+/// The token the last stage returns for `step` under `s`: the argmax when greedy, else a
+/// draw from a sampler seeded with `s.seed` mixed with the step, so any stage that replays
+/// the step after a failover draws the same token.
+fn sample_token(s: &shoal_protocol::Sampling, step: u64, logits: &shoal_model::Activation) -> u32 {
+    let v = logits.shape.last().copied().unwrap_or(0);
+    let last = &logits.data[logits.data.len().saturating_sub(v)..];
+    let config = shoal_model::SamplingConfig {
+        seed: s.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ..super::sampling_config(s)
+    };
+    shoal_model::Sampler::new(config).sample(last)
 }
 
 /// Signs `body` and encodes it as a pipeline frame.

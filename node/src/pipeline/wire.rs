@@ -6,7 +6,7 @@
 //! checks the last stage's signature), an [`ErrorReply`] saying which stage failed and why,
 //! or (for a [`shoal_protocol::SessionEnd`]) an empty acknowledgement.
 
-use shoal_model::{StageInput, StageOutput};
+use shoal_model::StageInput;
 use shoal_protocol::{
     DType, ErrorCode, ErrorReply, Kind, PipelineMessage, Signed, Tensor, TokenReturn, decode,
     encode, peek,
@@ -87,14 +87,6 @@ pub fn last_logits(t: &Tensor) -> Option<Vec<f32>> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
     )
-}
-
-/// The runtime's output as a wire tensor, with whether it is logits.
-pub fn output_tensor(out: &StageOutput) -> (Tensor, bool) {
-    match out {
-        StageOutput::Hidden(a) => (float_tensor(a), false),
-        StageOutput::Logits(a) => (float_tensor(a), true),
-    }
 }
 
 /// An encoded [`ErrorReply`] (falls back to an empty frame if encoding fails, which the

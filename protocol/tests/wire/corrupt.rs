@@ -97,6 +97,7 @@ fn claimed_huge_lengths_fail_without_allocating_them() {
             shape: vec![4],
             data: vec![9; 4],
         },
+        sample: None,
     };
     let mut bytes = encode(&act).unwrap();
     // The frame ends with the data byte string: 0x44 (bytes, len 4) then 4 bytes.

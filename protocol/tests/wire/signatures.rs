@@ -17,6 +17,7 @@ fn activation() -> Activation {
             shape: vec![1, 1, 4],
             data: (0..16).collect(),
         },
+        sample: None,
     }
 }
 

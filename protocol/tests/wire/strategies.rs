@@ -222,6 +222,7 @@ pub(crate) fn activation() -> impl Strategy<Value = Activation> {
                 stage,
                 position,
                 tensor,
+                sample: None,
             },
         )
 }

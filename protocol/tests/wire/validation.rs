@@ -20,6 +20,7 @@ fn activation(t: Tensor) -> Activation {
         stage: 0,
         position: 0,
         tensor: t,
+        sample: None,
     }
 }
 
