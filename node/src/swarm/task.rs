@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent, BehaviourOptions};
+use super::codec::Frame;
 use super::score::PeerScores;
 use super::{
     COMMAND_CAPACITY, Command, EVENT_CAPACITY, INBOUND_CAPACITY, InboundRequest, InboundStreams,
@@ -207,9 +208,9 @@ impl SwarmTask {
             } => {
                 let b = self.swarm.behaviour_mut();
                 let id = match proto {
-                    Proto::Probe => b.probe.send_request(&peer, data),
-                    Proto::Activation => b.activation.send_request(&peer, data),
-                    Proto::Generate => b.generate.send_request(&peer, data),
+                    Proto::Probe => b.probe.send_request(&peer, Frame::Data(data)),
+                    Proto::Activation => b.activation.send_request(&peer, Frame::Data(data)),
+                    Proto::Generate => b.generate.send_request(&peer, Frame::Data(data)),
                 };
                 self.pending.insert(id, (peer, reply));
             }
@@ -418,17 +419,32 @@ impl SwarmTask {
         self.swarm.behaviour().block.blocked_peers().contains(peer)
     }
 
-    fn on_rr(&mut self, proto: Proto, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        use request_response::{Event, InboundFailure, Message};
+    fn on_rr(&mut self, proto: Proto, event: request_response::Event<Frame, Vec<u8>>) {
+        use request_response::{Event, Message, OutboundFailure};
         match event {
             Event::Message {
                 peer,
                 message:
                     Message::Request {
-                        request, channel, ..
+                        request: Frame::Data(data),
+                        channel,
+                        ..
                     },
                 ..
-            } => self.on_inbound(proto, peer, request, channel),
+            } => self.on_inbound(proto, peer, data, channel),
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request: Frame::Oversized(len),
+                        ..
+                    },
+                ..
+            } => {
+                // Dropping the channel fails the sender's request; its body was never read.
+                tracing::info!(peer = %peer, ?proto, len, "refused an oversized request frame");
+                self.on_misbehaved(peer, "oversized_frame");
+            }
             Event::Message {
                 message:
                     Message::Response {
@@ -445,18 +461,17 @@ impl SwarmTask {
                 request_id, error, ..
             } => {
                 if let Some((peer, reply)) = self.pending.remove(&request_id) {
+                    // A response over the limit is bad input from the responder.
+                    if let OutboundFailure::Io(e) = &error
+                        && e.kind() == std::io::ErrorKind::InvalidData
+                    {
+                        self.on_misbehaved(peer, "oversized_frame");
+                    }
                     let reason = error.to_string();
                     let _ = reply.send(Err(NetError::Request { peer, reason }));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
-                // A frame over the limit or cut short is bad input from that peer.
-                if let InboundFailure::Io(e) = &error
-                    && e.kind() == std::io::ErrorKind::InvalidData
-                {
-                    self.on_misbehaved(peer, "oversized_frame");
-                    return;
-                }
                 tracing::debug!(peer = %peer, ?proto, %error, "inbound request failed");
             }
             Event::ResponseSent { .. } => {}
