@@ -59,7 +59,12 @@ pub(crate) fn solve(
     lo = lo.min(hi);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        let quick = crate::bound::chain_within(inst, cands[mid]).map(Step::Feasible);
+        let reach = crate::search::reach_table(inst, cands[mid]);
+        let quick = match crate::search::feasible(inst, cands[mid], &reach) {
+            Some(Some(st)) => Some(Step::Feasible(st)),
+            Some(None) => Some(Step::Infeasible),
+            None => crate::bound::chain_within(inst, cands[mid]).map(Step::Feasible),
+        };
         let step = match quick {
             Some(step) => step,
             None => feasible(inst, cands[mid], prune, left(&started))?,

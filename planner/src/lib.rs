@@ -23,6 +23,7 @@ mod milp;
 mod plan;
 mod relax;
 mod scenario;
+mod search;
 pub mod synthetic;
 
 use std::time::Instant;
