@@ -297,34 +297,50 @@ impl Origin {
             sample,
         };
         let t = Instant::now();
-        let reply = if first == self.me() {
-            let signed = Signed::sign(&self.identity, body).map_err(|e| fatal(e.to_string()))?;
-            let msg = PipelineMessage::Activation(signed);
-            tokio::time::timeout(self.options.step_timeout(), self.stage.handle(first, &msg))
-                .await
-                .map_err(|_| AttemptError::StageFailed("no answer in time".into()))?
-        } else {
-            let frame =
-                sign_frame(&self.identity, body, PipelineMessage::Activation).map_err(fatal)?;
-            match tokio::time::timeout(
-                self.options.step_timeout(),
-                self.net.send_activation(first, frame),
-            )
-            .await
-            {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    return Err(AttemptError::StageFailed(format!("stage 0 ({first}): {e}")));
-                }
-                Err(_) => {
-                    return Err(AttemptError::StageFailed(format!(
-                        "stage 0 ({first}): no answer in time"
-                    )));
-                }
+        // A newer plan (a member left, or the links moved) ends the step at once: the stages
+        // that adopted it refuse this epoch anyway, and a departed stage may never answer.
+        let reply = tokio::select! {
+            r = self.send_first(first, body) => r?,
+            () = self.plan_replaced(plan.epoch) => {
+                return Err(AttemptError::Transient(format!("plan epoch {} was replaced", plan.epoch)));
             }
         };
         self.metrics.step(t.elapsed());
         self.check_reply(gate, session, step, &reply)
+    }
+
+    /// Sends the step's activation to the first stage (in-process when that is this node)
+    /// and waits for the answer frame, at most the step timeout.
+    async fn send_first(&self, first: NodeId, body: Activation) -> Result<Vec<u8>, AttemptError> {
+        let limit = self.options.step_timeout();
+        let late =
+            || AttemptError::StageFailed(format!("stage 0 ({first}): no answer within {limit:?}"));
+        if first == self.me() {
+            let signed = Signed::sign(&self.identity, body).map_err(|e| fatal(e.to_string()))?;
+            let msg = PipelineMessage::Activation(signed);
+            return tokio::time::timeout(limit, self.stage.handle(first, &msg))
+                .await
+                .map_err(|_| late());
+        }
+        let frame = sign_frame(&self.identity, body, PipelineMessage::Activation).map_err(fatal)?;
+        match tokio::time::timeout(limit, self.net.send_activation(first, frame)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(AttemptError::StageFailed(format!("stage 0 ({first}): {e}"))),
+            Err(_) => Err(late()),
+        }
+    }
+
+    /// Resolves once the view holds a plan newer than `epoch` (never, if the node stops).
+    async fn plan_replaced(&self, epoch: u64) {
+        let mut rx = self.view.clone();
+        loop {
+            if rx.borrow_and_update().epoch() > epoch {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Checks a step's answer and returns the last position's logits.
