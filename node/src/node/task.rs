@@ -14,6 +14,7 @@ use shoal_keys::{Identity, NodeId};
 use shoal_protocol::{Battery, Capability, Plan, Signed};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::coord::SolveOutcome;
 use super::model::ModelInfo;
@@ -249,7 +250,11 @@ pub(super) async fn start(
             cancel.clone(),
         ));
     }
-    tokio::spawn(task.run(events, loss_rx, bw_rx, solve_rx, cancel));
+    let span = tracing::info_span!("node", id = %me.short());
+    tokio::spawn(
+        task.run(events, loss_rx, bw_rx, solve_rx, cancel)
+            .instrument(span),
+    );
     Ok(handle)
 }
 

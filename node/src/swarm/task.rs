@@ -16,6 +16,7 @@ use shoal_keys::Identity;
 use shoal_protocol::Topic;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::behaviour::{Behaviour, BehaviourEvent, BehaviourOptions};
 use super::codec::Frame;
@@ -122,7 +123,8 @@ pub(crate) fn spawn(
         dropped_events: 0,
         last_maintenance: Instant::now(),
     };
-    tokio::spawn(task.run(cancel));
+    let span = tracing::info_span!("swarm", id = %identity.node_id().short());
+    tokio::spawn(task.run(cancel).instrument(span));
     let handle = NetworkHandle::new(identity.node_id(), cmd_tx);
     Ok((
         handle,
