@@ -69,7 +69,7 @@ pub(crate) fn render(v: &Value) -> String {
     let _ = writeln!(
         o,
         "  {:<8}  {:<16}  {:>9}  {:>10}  {:>8}  {:>8}  {:>5}",
-        "ID", "MODEL", "GFLOP/s", "MEMBW GB/s", "MEM GiB", "BATTERY", "AGE s"
+        "ID", "MODEL", "GFLOP/s", "MEMBW GB/s", "MEM MiB", "BATTERY", "AGE s"
     );
     for m in members {
         let battery = match m.get("battery") {
@@ -86,7 +86,7 @@ pub(crate) fn render(v: &Value) -> String {
             m["model"].as_str().unwrap_or("-"),
             fmt_opt(num(m, "flops"), 1e9, 2),
             fmt_opt(num(m, "mem_bw"), 1e9, 2),
-            fmt_opt(num(m, "mem_bytes"), (1u64 << 30) as f64, 2),
+            fmt_opt(num(m, "mem_bytes"), (1u64 << 20) as f64, 1),
             battery,
             fmt_opt(num(m, "age_s"), 1.0, 1),
         );
