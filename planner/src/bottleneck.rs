@@ -121,9 +121,13 @@ fn candidates(inst: &Instance, upper: f64, prune: &Prune) -> Vec<f64> {
     };
     for i in 0..d {
         for a in 0..l {
+            // Same summation order as `Instance::stage_cost` and `seg_mem`.
+            let (mut sum, mut mem) = (0.0, 0.0);
             for b in a + 1..=l {
-                let c = inst.stage_cost(i, a, b);
-                if c > upper || !inst.fits(i, a, b) {
+                sum += inst.compute[i][b - 1];
+                mem += inst.mem[b - 1];
+                let c = sum + inst.overhead[i];
+                if c > upper || mem > inst.cap[i] {
                     break;
                 }
                 if prune.keep_segment(i, a, b) {

@@ -19,7 +19,7 @@ pub(crate) fn incumbent(
     seeds: Vec<Vec<IdxStage>>,
 ) -> Option<(f64, Vec<IdxStage>)> {
     let mut cands = seeds;
-    cands.extend(one_and_two_device(inst));
+    cands.extend(one_and_two_device(inst, obj == Objective::Latency));
     if obj == Objective::Throughput {
         cands.extend(balanced(inst));
     }
@@ -29,11 +29,17 @@ pub(crate) fn incumbent(
         .min_by(|x, y| x.0.total_cmp(&y.0))
 }
 
-/// Every placement on one device and the best cut for every ordered pair of devices
-/// (by latency; both objectives score them afterwards).
-fn one_and_two_device(inst: &Instance) -> Vec<Vec<IdxStage>> {
+/// Every placement on one device and, for latency, the best cut for every ordered pair of
+/// devices.
+fn one_and_two_device(inst: &Instance, pairs: bool) -> Vec<Vec<IdxStage>> {
     let (d, l) = (inst.devices(), inst.layers());
     let mut out: Vec<Vec<IdxStage>> = (0..d).map(|i| vec![(i, 0, l)]).collect();
+    if !pairs {
+        return out;
+    }
+    let mem = prefix(&inst.mem);
+    // Approximate (prefix sums); every candidate is re-scored exactly by `incumbent`.
+    let fits = |i: usize, a: usize, b: usize| mem[b] - mem[a] <= inst.cap[i];
     let prefix: Vec<Vec<f64>> = (0..d)
         .map(|i| {
             std::iter::once(0.0)
@@ -53,7 +59,7 @@ fn one_and_two_device(inst: &Instance) -> Vec<Vec<IdxStage>> {
                     let cost = prefix[i][k] + prefix[j][l] - prefix[j][k] + hop;
                     (cost, k)
                 })
-                .filter(|&(_, k)| inst.fits(i, 0, k) && inst.fits(j, k, l))
+                .filter(|&(_, k)| fits(i, 0, k) && fits(j, k, l))
                 .min_by(|x, y| x.0.total_cmp(&y.0));
             if let Some((_, k)) = best {
                 out.push(vec![(i, 0, k), (j, k, l)]);
@@ -72,7 +78,7 @@ fn balanced(inst: &Instance) -> Option<Vec<IdxStage>> {
         .fold(0.0, f64::max);
     let (mut lo, mut hi) = (0.0, total.max(1e-9) * 2.0);
     let mut best = None;
-    for _ in 0..50 {
+    for _ in 0..16 {
         let mid = (lo + hi) / 2.0;
         match chain_within(inst, mid) {
             Some(st) => {

@@ -145,18 +145,27 @@ impl Search<'_> {
 }
 
 /// `reach[j][a]`: the furthest boundary a stage on `j` starting at `a` reaches with cost at
-/// most `t` and within memory, computed with the exact functions that score placements (both
-/// are monotone in `a` and `b`, also in floating point, so two pointers suffice).
+/// most `t` and within memory. Sums accumulate in the same order as `Instance::stage_cost`
+/// and `Instance::seg_mem`, so every comparison is bit-for-bit the one that scores
+/// placements; both are monotone in `a` and `b` (also in floating point), so two pointers
+/// suffice.
 pub(crate) fn reach_table(inst: &Instance, t: f64) -> Vec<Vec<usize>> {
     let (d, l) = (inst.devices(), inst.layers());
     (0..d)
         .map(|j| {
+            let compute = &inst.compute[j];
             let mut b = 0;
             (0..l)
                 .map(|a| {
                     b = b.max(a);
-                    while b < l && inst.fits(j, a, b + 1) && inst.stage_cost(j, a, b + 1) <= t {
-                        b += 1;
+                    let mut cost: f64 = compute[a..b].iter().sum();
+                    let mut mem: f64 = inst.mem[a..b].iter().sum();
+                    while b < l {
+                        let (c, m) = (cost + compute[b], mem + inst.mem[b]);
+                        if m > inst.cap[j] || c + inst.overhead[j] > t {
+                            break;
+                        }
+                        (cost, mem, b) = (c, m, b + 1);
                     }
                     b
                 })
