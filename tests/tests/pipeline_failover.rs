@@ -1,6 +1,6 @@
-//! `kill -9` of the middle stage while a generation streams: the swarm re-plans over the
-//! remaining nodes, the origin replays the token history onto the new stages, and the request
-//! completes within 10 s of the kill with exactly the tokens of an undisturbed run.
+//! `kill -9` (or SIGSTOP) of the middle stage while a generation streams: the swarm re-plans
+//! over the remaining nodes, the origin replays the token history onto the new stages, and the
+//! request completes within 10 s of the signal with exactly the tokens of an undisturbed run.
 
 // Tests fail by panicking: unwrap and expect are the assertions here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +20,17 @@ const KILL_AFTER: usize = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_of_the_middle_stage_completes_with_the_same_tokens() {
+    disturb_the_middle_stage("-KILL").await;
+}
+
+/// A frozen stage (SIGSTOP) keeps its connections open and never answers: the origin must not
+/// wait for a timeout; the member's silence leads to a new plan, which ends the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_middle_stage_is_replaced_with_the_same_tokens() {
+    disturb_the_middle_stage("-STOP").await;
+}
+
+async fn disturb_the_middle_stage(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let model = synth_model(dir.path());
     // Four nodes with memory for three stages each (the plan may use three or four): after
@@ -77,9 +88,9 @@ async fn kill_nine_of_the_middle_stage_completes_with_the_same_tokens() {
                 streamed.push(t.as_u64().unwrap() as u32);
             }
             if streamed.len() >= KILL_AFTER && killed_at.is_none() {
-                // kill -9 from outside, as an operator would.
+                // From outside, as an operator (or a crash) would.
                 let ok = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
+                    .args([signal, &pid.to_string()])
                     .status()
                     .unwrap();
                 assert!(ok.success());
@@ -108,7 +119,7 @@ async fn kill_nine_of_the_middle_stage_completes_with_the_same_tokens() {
         after_kill < Duration::from_secs(10),
         "completed {after_kill:?} after the kill"
     );
-    eprintln!("completed {after_kill:?} after kill -9 of the middle stage");
+    eprintln!("completed {after_kill:?} after kill {signal} of the middle stage");
 
     if std::env::var_os("SHOAL_DUMP").is_some() {
         dump_logs(&swarm);

@@ -81,6 +81,10 @@ enum AttemptError {
     StageFailed(String),
     /// A stage refused or was not ready (e.g. behind on the plan): retry soon.
     Transient(String),
+    /// A newer plan replaced the attempt's plan mid-step: move to it and replay (counted as
+    /// a failover, within the quick-retry budget so link-driven re-plans of a long
+    /// generation do not exhaust the failover budget).
+    Replanned(String),
     /// Retrying cannot help.
     Fatal(GenerateError),
 }
@@ -177,7 +181,15 @@ impl Origin {
                             .ok_or(GenerateError::NoPlan)?,
                     };
                 }
-                Err(AttemptError::Transient(why)) => {
+                Err(e @ (AttemptError::Transient(_) | AttemptError::Replanned(_))) => {
+                    let why = match e {
+                        AttemptError::Replanned(why) => {
+                            self.metrics.failover();
+                            why
+                        }
+                        AttemptError::Transient(why) => why,
+                        _ => String::new(),
+                    };
                     transients += 1;
                     tracing::info!(node = %self.me().short(), epoch = plan.epoch, "retrying: {why}");
                     if transients > o.max_transient {
@@ -302,7 +314,7 @@ impl Origin {
         let reply = tokio::select! {
             r = self.send_first(first, body) => r?,
             () = self.plan_replaced(plan.epoch) => {
-                return Err(AttemptError::Transient(format!("plan epoch {} was replaced", plan.epoch)));
+                return Err(AttemptError::Replanned(format!("plan epoch {} was replaced", plan.epoch)));
             }
         };
         self.metrics.step(t.elapsed());
