@@ -191,10 +191,7 @@ fn print_plan(plan: &Value, swarm: &LocalSwarm) {
         plan["cost_s"].as_f64().unwrap_or(0.0) * 1e3,
         plan["stages"].as_array().map_or(0, Vec::len)
     );
-    println!(
-        "  {:<6} {:<10} {:<10} {}",
-        "stage", "device", "layers", "process"
-    );
+    println!("  stage  device     layers     process");
     for (i, s) in plan["stages"].as_array().into_iter().flatten().enumerate() {
         let dev = s["device"].as_str().unwrap_or_default();
         let proc_ = swarm.index_of(dev).map_or("?".into(), |k| {
