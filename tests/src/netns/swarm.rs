@@ -120,7 +120,11 @@ pub fn start_node(
         "--config".to_string(),
         cfg.display().to_string(),
     ];
-    let envs = vec![("RUST_LOG".to_string(), "info".to_string())];
+    // Info-level node events (refusals, score changes) in plain text for the tests to read.
+    let envs = vec![
+        ("SHOAL_LOG".to_string(), "warn,shoal_node=info".to_string()),
+        ("NO_COLOR".to_string(), "1".to_string()),
+    ];
     let proc = bed.spawn(i, &name, &bin, &args, &envs)?;
     let start = Instant::now();
     loop {
