@@ -168,6 +168,32 @@ async fn forged_plans_and_garbage_are_refused() {
         *fresh,
         "node 0 stopped updating its view"
     );
+
+    // Keep sending garbage: at the ban score the honest node blocks the rogue and drops it.
+    for _ in 0..5 {
+        let mut junk = vec![0u8; 600];
+        rng.fill_bytes(&mut junk);
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            rogue.net().request(target, Proto::Activation, junk),
+        )
+        .await;
+        assert!(!matches!(r, Ok(Ok(_))));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = honest[0].net().score(rogue_peer).await.unwrap();
+        let connected = honest[0].net().connected_peers().await.unwrap();
+        if s.banned && !connected.contains(&rogue_peer) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not banned: {s:?}, connected {}",
+            connected.contains(&rogue_peer)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (_, c) in &nodes {
         c.cancel();
     }

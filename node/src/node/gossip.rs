@@ -203,7 +203,15 @@ impl NodeTask {
                 })
             })
             .take(shoal_protocol::MAX_SWARM)
-            .collect();
+            .collect::<Vec<LinkEntry>>();
+        for l in &links {
+            let l: &LinkEntry = l;
+            tracing::debug!(
+                target: "shoal_node::links", from = %self.me.short(), to = %l.to.short(),
+                rtt_s = l.rtt_s, jitter_s = l.jitter_s, bandwidth_bps = ?l.bandwidth_bps,
+                loss = ?l.loss, loss_samples = l.loss_samples, "link metrics"
+            );
+        }
         let report = LinkReport {
             from: self.me,
             seq,

@@ -149,12 +149,7 @@ pub(super) async fn start(
         mem_bw: Some(speeds.mem_bw),
         mem_bytes: capability::memory_offered(cfg.memory_offered),
         overhead_s: cfg.planner.overhead_s,
-        battery: capability::battery(std::path::Path::new("/sys/class/power_supply")).map(|b| {
-            Battery {
-                on_battery: b.on_battery,
-                level: b.level,
-            }
-        }),
+        battery: read_battery(),
         listen_addrs: listen
             .iter()
             .take(shoal_protocol::MAX_LISTEN_ADDRS)
@@ -316,6 +311,17 @@ async fn wait_listen(net: &NetworkHandle, listeners: usize) -> Vec<Multiaddr> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The battery as the capability message carries it.
+fn read_battery() -> Option<Battery> {
+    capability::battery(std::path::Path::new(POWER_SUPPLY)).map(|b| Battery {
+        on_battery: b.on_battery,
+        level: b.level,
+    })
+}
+
+/// Where Linux (and Android) report batteries.
+const POWER_SUPPLY: &str = "/sys/class/power_supply";
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(super) fn unix_ms() -> u64 {
@@ -503,6 +509,8 @@ impl NodeTask {
     pub(super) async fn announce(&mut self) {
         self.own.seq += 1;
         self.own.timestamp_ms = unix_ms();
+        // The battery is re-read every time, so a change is announced at the next tick.
+        self.own.battery = read_battery();
         let now = self.now();
         if let Some(ev) = self.membership.observe(self.me, self.own.clone(), now) {
             self.on_membership(ev);
