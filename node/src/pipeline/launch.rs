@@ -471,52 +471,6 @@ async fn spawn_node(
     })
 }
 
-/// Stage compute seconds and steps per stage index, from a node's `/metrics` text.
-pub fn stage_compute(metrics: &str) -> Vec<(u32, String, f64, u64)> {
-    let mut out: Vec<(u32, String, f64, u64)> = Vec::new();
-    for line in metrics.lines() {
-        let (is_sum, rest) = if let Some(r) = line.strip_prefix("shoal_stage_compute_seconds_sum{")
-        {
-            (true, r)
-        } else if let Some(r) = line.strip_prefix("shoal_stage_compute_seconds_count{") {
-            (false, r)
-        } else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once("} ") else {
-            continue;
-        };
-        let label = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(k))
-                .map(|v| v.trim_matches('"').to_string())
-        };
-        let (Some(stage), Some(layers)) = (
-            label("stage=").and_then(|s| s.parse().ok()),
-            label("layers="),
-        ) else {
-            continue;
-        };
-        let idx = match out
-            .iter()
-            .position(|(s, l, _, _)| *s == stage && *l == layers)
-        {
-            Some(i) => i,
-            None => {
-                out.push((stage, layers, 0.0, 0));
-                out.len() - 1
-            }
-        };
-        if is_sum {
-            out[idx].2 = value.trim().parse().unwrap_or(0.0);
-        } else {
-            out[idx].3 = value.trim().parse().unwrap_or(0);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,11 +481,5 @@ mod tests {
         assert!((min_max_partition(&w, 1) - 8.0).abs() < 1e-6);
         assert!((min_max_partition(&w, 2) - 5.0).abs() < 1e-6);
         assert!((min_max_partition(&w, 3) - 3.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn parses_stage_compute_from_metrics() {
-        let text = "# HELP x\nshoal_stage_compute_seconds_sum{stage=\"1\",layers=\"3-5\"} 0.25\nshoal_stage_compute_seconds_count{stage=\"1\",layers=\"3-5\"} 10\n";
-        assert_eq!(stage_compute(text), vec![(1, "3-5".to_string(), 0.25, 10)]);
     }
 }
