@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.ort/onnxruntime/capi/libonnxruntime.so.1.32.0}"
 cargo build --locked -p shoal-node --bin shoal
-export SHOAL_BIN="$PWD/target/debug/shoal"
+export SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/shoal"
 cargo test --workspace --locked -- --test-threads 2
