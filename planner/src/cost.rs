@@ -237,6 +237,37 @@ impl Instance {
         self.hop(i, j, self.out_bytes[l])
     }
 
+    /// `class[j]`: the smallest index of a device interchangeable with `j` (same compute
+    /// times, overhead and memory, same links to and from every other device, the link between
+    /// them the same both ways, neither the origin). Swapping two such devices in any
+    /// placement leaves its cost unchanged, so searches need try only one of them.
+    pub(crate) fn classes(&self) -> Vec<usize> {
+        let d = self.devices();
+        let figures = |l: &Option<Link>| {
+            l.as_ref()
+                .map(|l| (l.rtt_s, l.jitter_s, l.bandwidth_bps, l.loss))
+        };
+        let link = |i: usize, j: usize| figures(&self.links[i * d + j]);
+        let same = |i: usize, j: usize| {
+            i != self.origin
+                && j != self.origin
+                && self.compute[i] == self.compute[j]
+                && self.overhead[i] == self.overhead[j]
+                && self.cap[i] == self.cap[j]
+                && link(i, j) == link(j, i)
+                && (0..d)
+                    .filter(|&k| k != i && k != j)
+                    .all(|k| link(i, k) == link(j, k) && link(k, i) == link(k, j))
+        };
+        let mut class: Vec<usize> = (0..d).collect();
+        for j in 0..d {
+            if let Some(i) = (0..j).find(|&i| class[i] == i && same(i, j)) {
+                class[j] = i;
+            }
+        }
+        class
+    }
+
     /// Bytes held by a run of layers.
     pub(crate) fn seg_mem(&self, a: usize, b: usize) -> f64 {
         self.mem[a..b].iter().sum()

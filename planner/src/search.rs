@@ -7,7 +7,8 @@
 //! search over devices and stage ends (furthest first, so feasible thresholds resolve
 //! quickly) enumerates every placement whose stages and hops stay within `T`; it prunes only
 //! what cannot work: branches where the unused devices' longest stages cannot cover the
-//! layers left, and states already known to fail. It gives up (returns `None`) past a node
+//! layers left, states already known to fail, and all but the first unused device of a
+//! group of interchangeable ones. It gives up (returns `None`) past a node
 //! budget, and the caller then asks the MILP.
 
 use std::collections::HashSet;
@@ -38,9 +39,13 @@ pub(crate) fn feasible(
             i != j && l > 1 && inst.hop_after(0, i, j).is_some_and(|h| h <= t)
         })
         .collect();
+    let class = inst.classes();
     let mut s = Search {
         inst,
         t,
+        earlier: (0..d)
+            .map(|j| (0..j).filter(|&i| class[i] == class[j]).collect())
+            .collect(),
         reach,
         longest: (0..d)
             .map(|j| (0..l).map(|a| reach[j][a] - a).max().unwrap_or(0))
@@ -61,6 +66,9 @@ pub(crate) fn feasible(
 struct Search<'a> {
     inst: &'a Instance,
     t: f64,
+    /// `earlier[j]`: devices interchangeable with `j` and listed before it; `j` is tried only
+    /// when all of them are in use (symmetry breaking, see `Instance::classes`).
+    earlier: Vec<Vec<usize>>,
     reach: &'a [Vec<usize>],
     longest: Vec<usize>,
     link: Vec<bool>,
@@ -98,6 +106,7 @@ impl Search<'_> {
         if spare >= l - a {
             let mut options: Vec<(usize, usize)> = (0..d)
                 .filter(|&j| !self.is_used(j))
+                .filter(|&j| self.earlier[j].iter().all(|&i| self.is_used(i)))
                 .filter(|&j| match last {
                     None => inst.hop_in(j).is_some_and(|h| h <= t),
                     Some(i) => self.link[i * d + j],

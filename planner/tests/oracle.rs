@@ -80,6 +80,41 @@ fn random_scenario(rng: &mut ChaCha8Rng) -> Scenario {
             }
         }
     }
+    let origin = rng.random_range(0..d);
+    let mut devices = devices;
+    if d >= 3 && origin < d - 2 && rng.random_bool(0.3) {
+        // Two interchangeable devices (exercises the symmetry breaking of search.rs).
+        let (a, b) = (d - 2, d - 1);
+        devices[b] = Device {
+            id: format!("d{b}"),
+            ..devices[a].clone()
+        };
+        let (na, nb) = (format!("d{a}"), format!("d{b}"));
+        let between = links.iter().find(|k| k.from == na && k.to == nb).cloned();
+        links.retain(|k| k.from != nb && k.to != nb);
+        let copies: Vec<Link> = links
+            .iter()
+            .filter(|k| k.from == na || k.to == na)
+            .map(|k| Link {
+                from: if k.from == na {
+                    nb.clone()
+                } else {
+                    k.from.clone()
+                },
+                to: if k.to == na { nb.clone() } else { k.to.clone() },
+                ..k.clone()
+            })
+            .collect();
+        links.extend(copies);
+        if let Some(k) = between {
+            links.push(Link {
+                from: na,
+                to: nb,
+                symmetric: true,
+                ..k
+            });
+        }
+    }
     Scenario {
         model: Model {
             name: "random".into(),
@@ -87,7 +122,7 @@ fn random_scenario(rng: &mut ChaCha8Rng) -> Scenario {
             token_bytes: 4.0,
             layers,
         },
-        origin: format!("d{}", rng.random_range(0..d)),
+        origin: format!("d{origin}"),
         devices,
         links,
         net: Net {

@@ -226,9 +226,14 @@ fn compare(s: &Scenario, opts: &PlanOptions, json: bool) -> anyhow::Result<()> {
         "strategy", "latency", "throughput", "solve ms"
     );
     for (strategy, rs) in &rows {
-        let solve: f64 = rs.iter().flatten().map(|p| p.solve_ms).sum();
+        let solved: Vec<f64> = rs.iter().flatten().map(|p| p.solve_ms).collect();
+        let solve = if solved.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", solved.iter().fold(0.0, |a, b| a + b))
+        };
         println!(
-            "{:<11} {:>18} {:>18} {:>12.1}",
+            "{:<11} {:>18} {:>18} {:>12}",
             strategy.name(),
             cell(&rs[0]),
             cell(&rs[1]),
