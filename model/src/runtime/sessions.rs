@@ -1,5 +1,5 @@
 //! The table of generation sessions one stage holds: a bound on their number and eviction of
-//! idle ones. Pure bookkeeping; time is passed in, so tests drive it deterministically.
+//! idle ones (swept on every use, so an abandoned session's cache is freed without a timer). Pure bookkeeping; time is passed in, so tests drive it deterministically.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,10 +31,8 @@ impl<S> SessionTable<S> {
         now: Instant,
         make: impl FnOnce() -> S,
     ) -> Result<&mut S> {
+        self.evict_idle_except(now, Some(id));
         if !self.map.contains_key(&id) {
-            if self.map.len() >= self.max {
-                self.evict_idle(now);
-            }
             if self.map.len() >= self.max {
                 return Err(Error::TooManySessions { max: self.max });
             }
@@ -61,10 +59,15 @@ impl<S> SessionTable<S> {
 
     /// Drops sessions unused for longer than the idle timeout; returns how many.
     pub(crate) fn evict_idle(&mut self, now: Instant) -> usize {
+        self.evict_idle_except(now, None)
+    }
+
+    /// Like [`SessionTable::evict_idle`], sparing `keep` (the session being used right now).
+    fn evict_idle_except(&mut self, now: Instant, keep: Option<u64>) -> usize {
         let before = self.map.len();
         let idle = self.idle;
         self.map
-            .retain(|_, (_, t)| now.saturating_duration_since(*t) <= idle);
+            .retain(|id, (_, t)| Some(*id) == keep || now.saturating_duration_since(*t) <= idle);
         let evicted = before - self.map.len();
         if evicted > 0 {
             tracing::debug!(evicted, "evicted idle sessions");
@@ -103,5 +106,21 @@ mod tests {
         assert!(t.remove(2));
         assert!(!t.remove(2));
         assert_eq!(t.evict_idle(t0 + Duration::from_secs(100)), 1);
+    }
+
+    #[test]
+    fn every_use_sweeps_idle_sessions_but_spares_the_one_used() {
+        let t0 = Instant::now();
+        let mut t = SessionTable::new(8, Duration::from_secs(10));
+        *t.get_or_create(1, t0, || 0).unwrap() = 7;
+        t.get_or_create(2, t0, || 0).unwrap();
+        // Session 1 comes back after 20 s: it keeps its state; idle session 2 is swept.
+        assert_eq!(
+            *t.get_or_create(1, t0 + Duration::from_secs(20), || 0)
+                .unwrap(),
+            7
+        );
+        assert!(t.get(2).is_none());
+        assert_eq!(t.len(), 1);
     }
 }
