@@ -2,8 +2,8 @@
 //!
 //! `--json` prints exactly DESIGN.md's plan object (with `--explain`, the breakdown follows
 //! on a second line); without it, a readable table. `--compare` runs every strategy for both
-//! objectives and prints their costs side by side. An infeasible scenario exits non-zero
-//! with the planner's one-line reason.
+//! objectives and prints their costs side by side. An invalid or infeasible scenario exits
+//! with status 1 and the planner's one-line reason on stderr.
 
 use std::path::PathBuf;
 
@@ -83,7 +83,7 @@ impl From<StrategyArg> for Strategy {
 }
 
 pub(crate) fn run(args: PlanArgs) -> anyhow::Result<()> {
-    let scenario = Scenario::load(&args.scenario)?;
+    let scenario = Scenario::load(&args.scenario).unwrap_or_else(|e| fail(&e));
     let opts = PlanOptions {
         time_limit_s: args.time_limit_s,
         ..PlanOptions::default()
@@ -92,7 +92,8 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<()> {
         return compare(&scenario, &opts, args.json);
     }
     let objective = args.objective.into();
-    let plan = shoal_planner::plan_with(&scenario, objective, args.strategy.into(), &opts)?;
+    let plan = shoal_planner::plan_with(&scenario, objective, args.strategy.into(), &opts)
+        .unwrap_or_else(|e| fail(&e));
     tracing::info!(target: "shoal::placement", cost_s = plan.cost_s, stages = plan.stages.len(),
         strategy = %plan.strategy, objective = %plan.objective, "planned");
     let breakdown = if args.explain {
@@ -112,6 +113,13 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<()> {
         print_breakdown(b);
     }
     Ok(())
+}
+
+/// Prints the planner's one-line reason and exits non-zero (no backtrace, whatever
+/// `RUST_BACKTRACE` says: the reason is the whole story).
+fn fail(e: &dyn std::error::Error) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(1)
 }
 
 fn print_plan(s: &Scenario, plan: &Plan) {
