@@ -7,10 +7,13 @@
 //! (loss, jitter, recovery round trips), the origin's hops, memory limits, and either the
 //! latency of one stream or the bottleneck of pipelined streams ([`Objective`]).
 //!
-//! [`Strategy::Milp`] is exact (a flow MILP on HiGHS, `milp.rs`); [`Strategy::Exhaustive`] is
-//! the brute-force oracle it is tested against; `even`, `memory` and `greedy` are the
+//! [`Strategy::Milp`] is exact: latency is one flow MILP on HiGHS (`milp.rs`); throughput is a
+//! bisection over the bottleneck whose feasibility checks are an exact search (`search.rs`)
+//! or a HiGHS MILP (`bottleneck.rs`). A relaxation (`relax.rs`) and heuristic incumbents
+//! (`bound.rs`) prune columns that cannot be optimal. [`Strategy::Exhaustive`] is the
+//! brute-force oracle the MILP is tested against; `even`, `memory` and `greedy` are the
 //! network-blind placements peers use, kept for comparison. Pure code: no IO beyond
-//! [`Scenario::load`], no async.
+//! [`Scenario::load`], no async. See `planner/README.md`.
 
 mod baseline;
 mod bottleneck;
