@@ -10,8 +10,10 @@
 //! The issue's target is "within 20%". It is not met today, and the table says by how much:
 //! the pipeline crosses each link about four times per token where DESIGN.md's cost model
 //! counts one forward hop (see README-netbed.md, "What the bed found"). What the test asserts
-//! is what must hold whatever the protocol: the model with the imposed links is a lower bound
-//! of the measured latency, and measured latency ranks the profiles as the model does.
+//! is what must hold whatever the protocol and the compute calibration: the model's network
+//! part with the imposed links is a lower bound of the measured latency. (Ranking the profiles
+//! by measured latency is not: a plan that puts stage 0 on the far node pays twice the round
+//! trips of one that keeps it at the origin, so a 40 ms link can measure slower than 80 ms.)
 //! Prints the table (`--nocapture`). Needs root.
 
 use anyhow::{Context, Result, ensure};
@@ -50,11 +52,12 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
         "\nnetns_prediction: per-token latency, ms (2 nodes, the model split across the link)"
     );
     println!(
-        "{:<22} {:>7} {:>12} {:>13} {:>13} {:>10} {:>10} {:>9}",
+        "{:<22} {:>7} {:>12} {:>13} {:>9} {:>13} {:>10} {:>10} {:>9}",
         "link profile",
         "stages",
         "plan cost_s",
         "model(bed)",
+        "compute",
         "model+risk",
         "measured",
         "median",
@@ -63,7 +66,7 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
     for (p, run, m) in &rows {
         let err = (run.mean_s() - m.mean_s) / m.mean_s;
         println!(
-            "{:<22} {:>7} {:>12.1} {:>13.1} {:>13.1} {:>10.1} {:>10.1} {:>8.0}%",
+            "{:<22} {:>7} {:>12.1} {:>13.1} {:>9.1} {:>13.1} {:>10.1} {:>10.1} {:>8.0}%",
             p.label(),
             run.devices
                 .iter()
@@ -72,6 +75,7 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
                 .join(","),
             run.predicted_s * 1e3,
             m.mean_s * 1e3,
+            m.compute_s * 1e3,
             m.cost_s * 1e3,
             run.mean_s() * 1e3,
             run.median_s() * 1e3,
@@ -80,30 +84,19 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
     }
     println!(
         "(plan cost_s: shoal's own prediction from its measured links; model(bed): DESIGN.md's \
-         mean with the imposed links; error: measured mean vs model(bed); target 20%)"
+         mean with the imposed links, of which compute from the gossiped capabilities; error: \
+         measured mean vs model(bed); target 20%)"
     );
+    // The network part of the model (its hops' mean times with the true links) is a floor no
+    // protocol can beat; the compute part rests on calibration figures and is not a floor.
     for (p, run, m) in &rows {
+        let network = m.mean_s - m.compute_s;
         ensure!(
-            run.mean_s() >= m.mean_s * 0.9,
-            "{}: measured {:.1} ms is below the model's floor {:.1} ms",
+            run.mean_s() >= network * 0.9,
+            "{}: measured {:.1} ms is below the links' own delay {:.1} ms",
             p.label(),
             run.mean_s() * 1e3,
-            m.mean_s * 1e3
-        );
-    }
-    for w in rows.windows(2) {
-        let ((pa, ra, ma), (pb, rb, mb)) = (&w[0], &w[1]);
-        ensure!(
-            ma.mean_s < mb.mean_s,
-            "the model does not rank {} below {}",
-            pa.label(),
-            pb.label()
-        );
-        ensure!(
-            ra.mean_s() < rb.mean_s(),
-            "measured latency does not rank {} below {}",
-            pa.label(),
-            pb.label()
+            network * 1e3
         );
     }
     Ok(())
