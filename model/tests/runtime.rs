@@ -288,3 +288,46 @@ fn runner_and_activations_can_move_to_another_thread() {
     send::<Activation>();
     send::<Tokenizer>();
 }
+
+#[test]
+fn manifest_figures_follow_the_dimensions() {
+    let (_dir, m) = model();
+    let d = &m.dims;
+    let (h, q, kv, f, v) = (
+        d.hidden,
+        d.heads * d.head_dim,
+        d.kv_heads * d.head_dim,
+        d.intermediate,
+        d.vocab,
+    );
+    let layer_weights = h * q + 2 * h * kv + q * h + 3 * h * f;
+    let figs = m.figures();
+    assert_eq!(figs.len(), d.layers + 2);
+    assert_eq!(
+        figs[0].read_bytes,
+        (h * 4) as u64,
+        "the embedding reads one row"
+    );
+    assert_eq!(figs[0].param_bytes, (v * h * 4) as u64);
+    for l in &figs[1..=d.layers] {
+        assert_eq!(l.flops, 2 * layer_weights as u64);
+        // Matrices and two norms, plus small graph constants (RoPE frequencies, shapes, axes).
+        let weights = ((layer_weights + 2 * h) * 4) as u64;
+        assert!(
+            (weights..weights + 1024).contains(&l.param_bytes),
+            "{} vs {weights}",
+            l.param_bytes
+        );
+        assert_eq!(l.read_bytes, l.param_bytes);
+        assert_eq!(l.kv_bytes_per_token, (2 * kv * 4) as u64);
+        assert_eq!(l.out_bytes, (h * 4) as u64);
+    }
+    let head = figs[d.layers + 1];
+    assert_eq!(head.flops, (2 * v * h) as u64);
+    let tied = ((v * h + h) * 4) as u64;
+    assert!(
+        (tied..tied + 64).contains(&head.param_bytes),
+        "tied embedding + final norm"
+    );
+    assert_eq!(head.out_bytes, (v * 4) as u64);
+}
