@@ -246,3 +246,59 @@ pub fn import(dir: &Path, out: &Path, progress: bool) -> Result<Manifest> {
     };
     export::export(arch.as_ref(), &mut weights, out, &opts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::{Dtype, TensorView};
+
+    #[test]
+    fn reads_f32_f16_bf16_and_rejects_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let vals = [1.5f32, -2.0, 0.25, 3.0];
+        let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let i32b = vec![0u8; 16];
+        let views = [
+            ("a", TensorView::new(Dtype::F32, vec![2, 2], &f32b).unwrap()),
+            ("b", TensorView::new(Dtype::F16, vec![4], &f16b).unwrap()),
+            (
+                "c",
+                TensorView::new(Dtype::BF16, vec![1, 4], &bf16b).unwrap(),
+            ),
+            ("d", TensorView::new(Dtype::I32, vec![4], &i32b).unwrap()),
+        ];
+        let path = dir.path().join("model.safetensors");
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        let mut w = SafetensorsWeights::open(dir.path()).unwrap();
+        for name in ["a", "b", "c"] {
+            let t = w.tensor(name).unwrap();
+            assert_eq!(t.data, vals, "{name}");
+        }
+        assert_eq!(w.tensor("c").unwrap().dims, vec![1, 4]);
+        assert!(matches!(w.tensor("d"), Err(Error::BadTensor { .. })));
+        assert!(matches!(w.tensor("zz"), Err(Error::MissingTensor(_))));
+        assert!(w.contains("a") && !w.contains("zz"));
+    }
+
+    #[test]
+    fn truncated_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        std::fs::write(&path, 1_000_000u64.to_le_bytes()).unwrap();
+        assert!(SafetensorsWeights::open(dir.path()).is_err());
+        std::fs::write(
+            &path,
+            [&20u64.to_le_bytes()[..], br#"{"a":{"dtype":"F32"}}"#].concat(),
+        )
+        .unwrap();
+        assert!(SafetensorsWeights::open(dir.path()).is_err());
+    }
+}
