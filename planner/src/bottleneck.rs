@@ -19,13 +19,12 @@
 
 use std::time::Instant;
 
-use highs::{Col, HighsModelStatus, HighsSolutionStatus, RowProblem, Sense};
-
 use crate::bound::Prune;
 use crate::cost::{IdxStage, Instance};
 use crate::error::PlanError;
 use crate::milp::Solved;
 use crate::plan::Objective;
+use crate::segments::{self, Outcome, SegCost};
 
 /// The optimal throughput placement, seeded with a known placement and its cost.
 pub(crate) fn solve(
@@ -202,109 +201,36 @@ enum Step {
     OutOfTime,
 }
 
-/// A segment column: device, start, end.
-type Segment = (usize, usize, usize, Col);
-
-/// Is there a placement with every stage and hop cost at most `t`?
+/// Is there a placement with every stage and hop cost at most `t`? (The segment model of
+/// `segments.rs` with zero costs.)
 fn feasible(inst: &Instance, t: f64, prune: &Prune, seconds: f64) -> Result<Step, PlanError> {
     if seconds <= 0.0 {
         return Ok(Step::OutOfTime);
     }
-    let (d, l) = (inst.devices(), inst.layers());
+    let l = inst.layers();
     let at = prune.with_limit(t);
-    let mut pb = RowProblem::default();
-    let mut segs: Vec<Segment> = Vec::new();
-    for i in 0..d {
-        for a in 0..l {
-            if a == 0 && !inst.hop_in(i).is_some_and(|h| h <= t) {
-                continue;
-            }
-            for b in a + 1..=l {
-                if inst.stage_cost(i, a, b) > t || !inst.fits(i, a, b) {
-                    break;
-                }
-                if (b == l && !inst.hop_back(i).is_some_and(|h| h <= t))
-                    || !at.keep_segment(i, a, b)
-                {
-                    continue;
-                }
-                segs.push((i, a, b, pb.add_integer_column(0.0, 0.0..=1.0)));
-            }
+    let seg = |i: usize, a: usize, b: usize| {
+        if a == 0 && !inst.hop_in(i).is_some_and(|h| h <= t) {
+            return SegCost::Stop;
         }
-    }
-    // ends[b][i] / starts[b][i]: segments of device i ending / starting at boundary b.
-    let mut ends = vec![vec![Vec::new(); d]; l + 1];
-    let mut starts = vec![vec![Vec::new(); d]; l + 1];
-    let mut per_device = vec![Vec::new(); d];
-    for &(i, a, b, c) in &segs {
-        ends[b][i].push(c);
-        starts[a][i].push(c);
-        per_device[i].push(c);
-    }
-    if (0..d).all(|i| starts[0][i].is_empty()) || (0..d).all(|i| ends[l][i].is_empty()) {
+        if inst.stage_cost(i, a, b) > t || !inst.fits(i, a, b) {
+            return SegCost::Stop;
+        }
+        if (b == l && !inst.hop_back(i).is_some_and(|h| h <= t)) || !at.keep_segment(i, a, b) {
+            return SegCost::Skip;
+        }
+        SegCost::Cost(0.0)
+    };
+    let arc = |b: usize, i: usize, j: usize| {
+        (at.keep_boundary_hop(b, i, j) && inst.hop_after(b - 1, i, j).is_some_and(|h| h <= t))
+            .then_some(0.0)
+    };
+    let Some(model) = segments::build(inst, seg, arc) else {
         return Ok(Step::Infeasible);
-    }
-    pb.add_row(1.0..=1.0, starts[0].iter().flatten().map(|&c| (c, 1.0)));
-    for b in 1..l {
-        let mut out_rows: Vec<Vec<(Col, f64)>> = ends[b]
-            .iter()
-            .map(|cs| cs.iter().map(|&c| (c, 1.0)).collect())
-            .collect();
-        let mut in_rows: Vec<Vec<(Col, f64)>> = starts[b]
-            .iter()
-            .map(|cs| cs.iter().map(|&c| (c, -1.0)).collect())
-            .collect();
-        for i in (0..d).filter(|&i| !ends[b][i].is_empty()) {
-            for j in (0..d).filter(|&j| j != i && !starts[b][j].is_empty()) {
-                if at.keep_boundary_hop(b, i, j)
-                    && inst.hop_after(b - 1, i, j).is_some_and(|h| h <= t)
-                {
-                    let y = pb.add_column(0.0, 0.0..=1.0);
-                    out_rows[i].push((y, -1.0));
-                    in_rows[j].push((y, 1.0));
-                }
-            }
-        }
-        for row in out_rows
-            .into_iter()
-            .chain(in_rows)
-            .filter(|r| !r.is_empty())
-        {
-            pb.add_row(0.0..=0.0, row);
-        }
-    }
-    for cs in per_device.iter().filter(|cs| cs.len() > 1) {
-        pb.add_row(..=1.0, cs.iter().map(|&c| (c, 1.0)));
-    }
-    let mut model = pb.optimise(Sense::Minimise);
-    model
-        .try_set_option("time_limit", seconds)
-        .map_err(|e| PlanError::Solver(format!("option time_limit: {e:?}")))?;
-    let solved = model
-        .try_solve()
-        .map_err(|e| PlanError::Solver(format!("HiGHS run failed: {e:?}")))?;
-    let has_solution = solved.int_info_value(c"primal_solution_status").ok()
-        == Some(HighsSolutionStatus::Feasible as i64);
-    match solved.status() {
-        HighsModelStatus::Infeasible => Ok(Step::Infeasible),
-        HighsModelStatus::Optimal if has_solution => {
-            let cols = solved.get_solution().columns().to_vec();
-            Ok(Step::Feasible(chain(&segs, &cols)))
-        }
-        HighsModelStatus::ReachedTimeLimit => Ok(Step::OutOfTime),
-        other => Err(PlanError::Solver(format!(
-            "HiGHS status {other:?} at threshold {t}"
-        ))),
-    }
-}
-
-/// The chosen segments in layer order.
-fn chain(segs: &[Segment], cols: &[f64]) -> Vec<IdxStage> {
-    let mut out: Vec<IdxStage> = segs
-        .iter()
-        .filter(|s| cols[s.3.index()] > 0.5)
-        .map(|&(i, a, b, _)| (i, a, b))
-        .collect();
-    out.sort_by_key(|s| s.1);
-    out
+    };
+    Ok(match segments::solve(model, seconds, 0.0, None)? {
+        Outcome::Found { stages, .. } => Step::Feasible(stages),
+        Outcome::Infeasible => Step::Infeasible,
+        Outcome::OutOfTime => Step::OutOfTime,
+    })
 }

@@ -27,6 +27,7 @@ mod plan;
 mod relax;
 mod scenario;
 mod search;
+mod segments;
 pub mod synthetic;
 
 use std::time::Instant;
@@ -50,10 +51,11 @@ pub struct PlanOptions {
     /// Seed the MILP with the best heuristic placement and drop the columns that cannot beat
     /// it. Default true.
     pub warm_start: bool,
-    /// Solve throughput as one min-`t` MILP instead of bisection over the bottleneck with
-    /// feasibility MILPs. Both are exact; the direct model is much slower on large clusters
-    /// and is kept as a cross-check. Default false.
-    pub direct_throughput: bool,
+    /// Solve with the per-layer flow MILP (`x[layer][device]`, `milp.rs`; throughput as one
+    /// min-`t` model) instead of the segment MILP (latency) and the bottleneck bisection
+    /// (throughput). Both are exact; the per-layer model is much slower when memory is tight
+    /// and for throughput, and is kept as a cross-check. Default false.
+    pub per_layer_model: bool,
 }
 
 impl Default for PlanOptions {
@@ -61,7 +63,7 @@ impl Default for PlanOptions {
         Self {
             time_limit_s: 30.0,
             warm_start: true,
-            direct_throughput: false,
+            per_layer_model: false,
         }
     }
 }
@@ -93,11 +95,15 @@ pub fn plan_with(
             } else {
                 (None, bound::Prune::none())
             };
-            let r = if objective == Objective::Throughput && !opts.direct_throughput {
-                bottleneck::solve(&inst, opts.time_limit_s, warm.clone(), &prune)?
-            } else {
-                let seed = warm.as_ref().map(|(_, st)| st.as_slice());
-                milp::solve(&inst, objective, opts.time_limit_s, seed, &prune)?
+            let seed = warm.as_ref().map(|(_, st)| st.as_slice());
+            let r = match (objective, opts.per_layer_model) {
+                (_, true) => milp::solve(&inst, objective, opts.time_limit_s, seed, &prune)?,
+                (Objective::Latency, false) => {
+                    segments::latency(&inst, opts.time_limit_s, seed, &prune)?
+                }
+                (Objective::Throughput, false) => {
+                    bottleneck::solve(&inst, opts.time_limit_s, warm.clone(), &prune)?
+                }
             };
             (
                 better(&inst, objective, r.stages, warm),

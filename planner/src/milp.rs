@@ -36,10 +36,10 @@ use crate::error::PlanError;
 use crate::plan::Objective;
 
 /// Seconds to model units (milliseconds).
-const SCALE: f64 = 1e3;
+pub(crate) const SCALE: f64 = 1e3;
 
 /// Relative and absolute (model units) gaps at which HiGHS may stop and call it optimal.
-const GAP: f64 = 1e-9;
+pub(crate) const GAP: f64 = 1e-9;
 
 /// What the MILP found.
 #[derive(Debug, Clone)]

@@ -197,24 +197,23 @@ fn check(objective: Objective, seed_base: u64) -> Counts {
     counts
 }
 
-/// The MILP without warm start and pruning, and (throughput) the direct min-t model.
-fn variants(objective: Objective) -> Vec<PlanOptions> {
+/// The MILP without warm start and pruning, and the per-layer model with and without.
+fn variants(_objective: Objective) -> Vec<PlanOptions> {
     let cold = PlanOptions {
         warm_start: false,
         ..PlanOptions::default()
     };
-    let mut out = vec![cold.clone()];
-    if objective == Objective::Throughput {
-        out.push(PlanOptions {
-            direct_throughput: true,
-            ..cold.clone()
-        });
-        out.push(PlanOptions {
-            direct_throughput: true,
+    vec![
+        cold.clone(),
+        PlanOptions {
+            per_layer_model: true,
+            ..cold
+        },
+        PlanOptions {
+            per_layer_model: true,
             ..PlanOptions::default()
-        });
-    }
-    out
+        },
+    ]
 }
 
 fn agree(
