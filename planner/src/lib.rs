@@ -7,9 +7,10 @@
 //! (loss, jitter, recovery round trips), the origin's hops, memory limits, and either the
 //! latency of one stream or the bottleneck of pipelined streams ([`Objective`]).
 //!
-//! [`Strategy::Milp`] is exact: latency is one flow MILP on HiGHS (`milp.rs`); throughput is a
-//! bisection over the bottleneck whose feasibility checks are an exact search (`search.rs`)
-//! or a HiGHS MILP (`bottleneck.rs`). A relaxation (`relax.rs`) and heuristic incumbents
+//! [`Strategy::Milp`] is exact: latency is one stage-segment MILP on HiGHS (`segments.rs`);
+//! throughput is a bisection over the bottleneck (`bottleneck.rs`) whose feasibility checks
+//! are an exact search (`search.rs`) or the segment MILP; the per-layer MILP (`milp.rs`) is
+//! the cross-check. A relaxation (`relax.rs`) and heuristic incumbents
 //! (`bound.rs`) prune columns that cannot be optimal. [`Strategy::Exhaustive`] is the
 //! brute-force oracle the MILP is tested against; `even`, `memory` and `greedy` are the
 //! network-blind placements peers use, kept for comparison. Pure code: no IO beyond

@@ -1,4 +1,5 @@
-//! The exact placement MILP on HiGHS: a unit flow through a layered graph.
+//! The per-layer placement MILP on HiGHS (`PlanOptions::per_layer_model`, and the cross-check
+//! of the default models): a unit flow through a layered graph.
 //!
 //! Node `(l, i)` means "layer `l` runs on device `i`"; its occupancy `x[l][i]` is the only
 //! binary. Arcs carry the flow from layer to layer:
