@@ -16,8 +16,12 @@ use std::collections::HashSet;
 use crate::cost::{IdxStage, Instance};
 use crate::plan::Objective;
 
-/// Stage placements the exact search may try before handing over to the MILP.
-const BUDGET: usize = 200_000;
+/// Stage placements the exact search may try before handing over to the MILP (about a second
+/// in an optimised build on a phone-class core).
+const BUDGET: usize = 3_000_000;
+
+/// Remembered failures at most (bounds the memory: about 100 bytes each).
+const MEMO: usize = 200_000;
 
 /// `Some(Some(placement))`: feasible; `Some(None)`: proven infeasible; `None`: not
 /// applicable (unequal `out_bytes`) or out of budget.
@@ -135,6 +139,7 @@ impl Search<'_> {
         }
         if let Some(j) = last
             && self.budget > 0
+            && self.failed.len() < MEMO
         {
             self.failed.insert((a, j, self.used.clone()));
         }
