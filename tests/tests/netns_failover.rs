@@ -33,6 +33,7 @@ fn killing_a_stage_mid_generation_over_impaired_links_still_completes() -> Resul
         strategy: "even".into(),
         extra: PROBE_TOML.into(),
         top: String::new(),
+        secret: None,
     };
     let nodes = swarm::start_swarm(&mut bed, &vec![spec; 3])?;
     let doc = swarm::wait_stable_plan(

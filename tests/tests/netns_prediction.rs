@@ -18,8 +18,12 @@
 
 use anyhow::{Context, Result, ensure};
 use shoal_tests::netns::predict::predict;
-use shoal_tests::netns::runs;
+use shoal_tests::netns::runs::{self, Setup};
+use shoal_tests::netns::swarm;
 use shoal_tests::netns::{self, LinkProfile, Testbed};
+
+/// Epochs for which node 0 is made the coordinator.
+const MAX_EPOCH: u64 = 10;
 
 #[test]
 fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
@@ -38,8 +42,20 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
         shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &model, false)
             .context("synthesising the model")?;
         let budget = shoal_node::pipeline::launch::spanning_budget(&model, 2, 0.8)?;
-        let run = runs::measure(&mut bed, "pred", &model, &[budget, budget], "milp", 2, 16)
+        // Node 0 asks and must coordinate (plans are made for the coordinator as origin).
+        let secrets = swarm::secrets_avoiding_coordinator(2, 1, MAX_EPOCH)?;
+        let setup = Setup {
+            model: &model,
+            memory: &[budget, budget],
+            secrets: Some(&secrets),
+        };
+        let run = runs::measure(&mut bed, "pred", &setup, "milp", 2, 16)
             .with_context(|| format!("profile {}", p.label()))?;
+        let epoch = run.plan["epoch"].as_u64().unwrap_or(u64::MAX);
+        ensure!(
+            epoch <= MAX_EPOCH,
+            "plan epoch {epoch} is past the epochs node 0 was made to coordinate"
+        );
         ensure!(
             run.devices.len() == 2,
             "plan does not span both nodes: {:?}",

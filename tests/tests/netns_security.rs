@@ -37,6 +37,7 @@ fn spec(run: &str, model: PathBuf, psk: Option<&PathBuf>) -> NodeSpec {
         memory: 1 << 30,
         strategy: "milp".into(),
         extra: PROBE_TOML.into(),
+        secret: None,
         top: psk.map_or(String::new(), |p| {
             format!("psk_file = {:?}\n", p.display().to_string())
         }),

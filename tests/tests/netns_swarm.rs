@@ -38,6 +38,7 @@ fn four_nodes(tag: &str, profiles: &[LinkProfile; 4]) -> Result<(Testbed, Vec<sw
         strategy: "milp".into(),
         extra: PROBE.into(),
         top: String::new(),
+        secret: None,
     };
     let nodes = swarm::start_swarm(&mut bed, &vec![spec; 4])?;
     Ok((bed, nodes))

@@ -47,6 +47,18 @@ impl Run {
     }
 }
 
+/// What every run of a scenario shares: the model, each node's memory and, optionally, each
+/// node's identity (see [`swarm::secrets_avoiding_coordinator`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Setup<'a> {
+    /// Model directory.
+    pub model: &'a Path,
+    /// Memory offered by each node, bytes (one entry per node, node 0 first).
+    pub memory: &'a [u64],
+    /// Secret key of each node, or fresh keys.
+    pub secrets: Option<&'a [[u8; 32]]>,
+}
+
 /// Probe settings for runs: light enough not to load a 2 Mbit/s link much, frequent enough
 /// that the coordinator sees every link within seconds.
 pub const PROBE_TOML: &str = "[probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 60000\n\
@@ -58,21 +70,27 @@ pub const PROBE_TOML: &str = "[probe]\nping_interval_ms = 500\nbandwidth_interva
 pub fn measure(
     bed: &mut Testbed,
     run: &str,
-    model: &Path,
-    memory: &[u64],
+    setup: &Setup<'_>,
     strategy: &str,
     reps: usize,
     tokens: usize,
 ) -> Result<Run> {
+    let Setup {
+        model,
+        memory,
+        secrets,
+    } = *setup;
     let specs: Vec<NodeSpec> = memory
         .iter()
-        .map(|&m| NodeSpec {
+        .enumerate()
+        .map(|(k, &m)| NodeSpec {
             run: run.to_string(),
             model: model.to_path_buf(),
             memory: m,
             strategy: strategy.to_string(),
             extra: PROBE_TOML.to_string(),
             top: String::new(),
+            secret: secrets.and_then(|s| s.get(k).copied()),
         })
         .collect();
     let nodes = swarm::start_swarm(bed, &specs)?;

@@ -55,6 +55,10 @@ pub struct NodeSpec {
     pub extra: String,
     /// Extra top-level TOML lines (e.g. `psk_file = "..."`), placed before any table.
     pub top: String,
+    /// A fixed identity (secret key bytes) instead of a fresh one: the coordinator of an
+    /// epoch follows from the members' ids, and plans are made for the coordinator as the
+    /// origin, so scenarios pick identities to decide who coordinates.
+    pub secret: Option<[u8; 32]>,
 }
 
 /// A node process that printed its ready line.
@@ -113,6 +117,12 @@ pub fn start_node(
     let name = format!("{}-node{i}", spec.run);
     let cfg = bed.log_dir().join(format!("{name}.toml"));
     std::fs::create_dir_all(bed.log_dir().join(&name))?;
+    if let Some(secret) = spec.secret {
+        let key = bed.log_dir().join(&name).join("node.key");
+        shoal_keys::Identity::from_secret_bytes(secret)
+            .write_new(&key)
+            .with_context(|| format!("writing {}", key.display()))?;
+    }
     std::fs::write(&cfg, config_text(bed, i, spec, bootstrap))?;
     let bin = shoal_bin()?;
     let args = vec![
@@ -326,6 +336,26 @@ pub fn generate(bed: &Testbed, i: usize, prompt: &[u32], max_tokens: usize) -> R
         epoch: s["epoch"].as_u64().unwrap_or(0),
         client_s,
     })
+}
+
+/// Secret keys for `n` nodes such that node `avoid` coordinates none of the epochs
+/// `1..=epochs` (DESIGN.md's rotation, computed with the node's own function). Node `k`'s key
+/// is `[k + 1; 32]` except `avoid`'s, which is searched; deterministic.
+pub fn secrets_avoiding_coordinator(n: usize, avoid: usize, epochs: u64) -> Result<Vec<[u8; 32]>> {
+    ensure!(
+        n >= 2 && avoid < n,
+        "need two nodes or more, one of them to avoid"
+    );
+    let id = |s: &[u8; 32]| shoal_keys::Identity::from_secret_bytes(*s).node_id();
+    let mut secrets: Vec<[u8; 32]> = (0..n).map(|k| [k as u8 + 1; 32]).collect();
+    for attempt in 0u64..1_000_000 {
+        secrets[avoid][..8].copy_from_slice(&attempt.to_le_bytes());
+        let ids: Vec<_> = secrets.iter().map(id).collect();
+        if (1..=epochs).all(|e| shoal_node::coordinator::coordinator(e, &ids) != Some(ids[avoid])) {
+            return Ok(secrets);
+        }
+    }
+    bail!("no identity keeps node {avoid} from coordinating epochs 1..={epochs}")
 }
 
 /// The node index in `nodes` whose id is `id`.
