@@ -171,6 +171,9 @@ pub enum Trigger {
     NoPlan,
     /// The members differ from the members the plan was made for.
     Membership,
+    /// A member signed a newer epoch than our plan that our view could not accept: the swarm
+    /// moved on while this node was away, so its held plan is stale.
+    Behind,
     /// A link metric moved past its threshold.
     LinkDrift {
         /// Sender side of the link.

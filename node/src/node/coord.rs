@@ -82,6 +82,7 @@ impl NodeTask {
             }
             (None, None) => Some(Trigger::NoPlan),
         };
+        let trigger = trigger.or((self.seen_epoch > self.gate.epoch()).then_some(Trigger::Behind));
         let Some(trigger) = trigger else { return };
         if self.failed_view == Some((members.clone(), links.len())) {
             return;

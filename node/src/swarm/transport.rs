@@ -10,6 +10,12 @@ use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::{PeerId, Transport, identity, noise, tcp, yamux};
 
+/// A QUIC connection silent this long is dead, in milliseconds (libp2p default: 10 000).
+#[cfg(feature = "quic")]
+const QUIC_IDLE_TIMEOUT_MS: u32 = 3_000;
+/// QUIC keep-alive interval (libp2p default: 5 s), well below the idle timeout.
+#[cfg(feature = "quic")]
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// Handshake and upgrade timeout of a new TCP connection.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -51,7 +57,13 @@ fn add_quic(
     if !on {
         return tcp;
     }
-    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+    let mut config = libp2p::quic::Config::new(key);
+    // A peer killed without closing its QUIC connection must be noticed quickly: while the
+    // dead connection lingers, the restarted peer's messages are not routed (see the restart
+    // test in tests/swarm_process.rs).
+    config.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+    config.keep_alive_interval = QUIC_KEEP_ALIVE;
+    let quic = libp2p::quic::tokio::Transport::new(config)
         .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
     tcp.or_transport(quic)
         .map(|either, _| either.into_inner())
