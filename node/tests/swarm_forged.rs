@@ -159,7 +159,10 @@ async fn forged_plans_and_garbage_are_refused() {
     for h in &honest[1..] {
         let s = h.net().score(rogue_peer).await.unwrap();
         assert!(s.app <= -30.0, "{s:?}");
-        assert_eq!(plan_key(&h.snapshot()), Some(held.clone()));
+        // Gossipsub graylists the punished rogue, so it may drop out of the membership and
+        // the swarm re-plan without it; a plan is still held and never signed by the rogue.
+        let key = plan_key(&h.snapshot()).unwrap();
+        assert!(key.0 >= held.0 && key.1 != rogue.node_id(), "{key:?}");
     }
     let fresh = honest[0].snapshot();
     tokio::time::sleep(Duration::from_millis(700)).await;

@@ -113,7 +113,7 @@ impl NodeTask {
                     held_epoch = self.gate.epoch(), reason = r.as_str(), "refused plan"
                 );
                 self.count(&format!("plan_{}", r.as_str()));
-                if r == Refusal::NotCoordinator && self.membership.contains(&held.signer) {
+                if r == Refusal::NotCoordinator && self.consistent_elsewhere(plan, held.signer) {
                     self.saw_epoch(held.epoch);
                 }
                 match r {
@@ -122,6 +122,15 @@ impl NodeTask {
                 }
             }
         }
+    }
+
+    /// Whether a plan our gate refused is nevertheless what an honest coordinator with a
+    /// different view would sign: its signer is the coordinator of its epoch among the members
+    /// it lists, and all of those are members for us too. Such a plan shows the swarm has
+    /// moved on (e.g. we were away); a plan signed by the wrong member does not.
+    fn consistent_elsewhere(&self, plan: &Plan, signer: NodeId) -> bool {
+        plan.members.iter().all(|m| self.membership.contains(m))
+            && crate::coordinator::coordinator(plan.epoch, &plan.members) == Some(signer)
     }
 
     /// Makes `signed` the held plan: persists it, records the re-plan baseline, publishes the
