@@ -18,6 +18,9 @@ pub const MAX_ADDRS_PER_PEER: usize = 8;
 /// Peers remembered (the oldest entries beyond this are not pruned, but reads stop here).
 pub const MAX_PEERS: usize = 256;
 
+/// How long [`Store::open`] waits for a lock that a just-closed handle still holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,8 +39,24 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// sled's flusher thread keeps the file lock for a moment after the last handle drops, so
+    /// a node restarted right after a clean exit can find the lock still held; the open is
+    /// retried for up to [`LOCK_WAIT`] before the error is returned.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let peers = db.open_tree("peers")?;
         let state = db.open_tree("state")?;
         Ok(Store { db, peers, state })
