@@ -195,10 +195,16 @@ impl StageCtx {
         }
     }
 
-    /// The gate's verdict for an activation, with the assignment it was checked against.
+    /// The gate's verdict for an activation, with the assignment it was checked against. The
+    /// stage index is checked first, so a misaddressed message never uses up its step.
     fn admit(&self, peer: NodeId, s: &Signed<Activation>) -> Result<Assignment, Refusal> {
         let act = s.unverified();
         let mut st = self.state();
+        // A message of another epoch is the gate's to refuse (stale or future).
+        let asg = match st.assignment.clone() {
+            Some(a) if a.epoch != act.epoch || a.index == act.stage as usize => a,
+            _ => return Err(Refusal::NotOurStage),
+        };
         st.gate.check(&Inbound {
             peer,
             signer: *s.signer(),
@@ -208,13 +214,6 @@ impl StageCtx {
             session: act.session,
             step: act.step,
         })?;
-        let asg = st
-            .assignment
-            .clone()
-            .filter(|a| a.index == act.stage as usize);
-        let Some(asg) = asg else {
-            return Err(Refusal::NotOurStage);
-        };
         if asg.index == 0 && act.step == 0 {
             if st.origins.len() >= ORIGIN_MEMORY {
                 st.origins.pop_front();
@@ -385,4 +384,90 @@ pub fn sign_frame<T: shoal_protocol::Message>(
 ) -> Result<Vec<u8>, String> {
     let signed = Signed::sign(identity, body).map_err(|e| e.to_string())?;
     wrap(signed).encode().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_keys::Identity;
+    use shoal_protocol::{ModelRef, Objective, PlanStrategy, Stage};
+
+    use super::*;
+
+    fn node(seed: u8) -> NodeId {
+        Identity::from_secret_bytes([seed; 32]).node_id()
+    }
+
+    fn plan(nodes: &[NodeId], cuts: &[u32]) -> Plan {
+        let stages: Vec<Stage> = nodes
+            .iter()
+            .zip(cuts.windows(2))
+            .map(|(n, w)| Stage {
+                node: *n,
+                start: w[0],
+                end: w[1],
+            })
+            .collect();
+        let mut members = nodes.to_vec();
+        members.sort();
+        Plan {
+            epoch: 5,
+            coordinator: nodes[0],
+            model: ModelRef {
+                name: "m".into(),
+                manifest_sha256: [0; 32],
+            },
+            num_layers: *cuts.last().unwrap(),
+            objective: Objective::Latency,
+            cost_s: 0.01,
+            stages,
+            members,
+            strategy: PlanStrategy::Milp,
+            optimal: true,
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn assignment_names_neighbours_and_layers() {
+        let (a, b, c) = (node(1), node(2), node(3));
+        let p = plan(&[a, b, c], &[0, 3, 5, 8]);
+        let mid = Assignment::of(&p, &b).unwrap();
+        assert_eq!(
+            (mid.index, mid.layers.clone(), mid.prev, mid.next),
+            (1, 3..5, Some(a), Some(c))
+        );
+        assert_eq!(mid.label(), "3-5");
+        let first = Assignment::of(&p, &a).unwrap();
+        assert_eq!((first.prev, first.next), (None, Some(b)));
+        assert_eq!(Assignment::of(&p, &c).unwrap().next, None);
+        assert_eq!(Assignment::of(&p, &node(9)), None);
+    }
+
+    #[test]
+    fn last_stage_sampling_is_greedy_or_reproducible_per_step() {
+        let logits = shoal_model::Activation::new(
+            vec![1, 2, 4],
+            vec![0.0, 9.0, 1.0, 2.0, 0.5, 0.1, 3.0, 0.2],
+        )
+        .unwrap();
+        // Greedy takes the last position's argmax.
+        assert_eq!(
+            sample_token(&shoal_protocol::Sampling::GREEDY, 0, &logits),
+            2
+        );
+        let s = shoal_protocol::Sampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 7,
+        };
+        let draws: Vec<u32> = (0..20)
+            .map(|step| sample_token(&s, step, &logits))
+            .collect();
+        let again: Vec<u32> = (0..20)
+            .map(|step| sample_token(&s, step, &logits))
+            .collect();
+        assert_eq!(draws, again, "a replayed step draws the same token");
+        assert!(draws.iter().all(|&t| t < 4));
+    }
 }
