@@ -2,15 +2,41 @@
 //! from this node to one peer.
 //!
 //! Samples come from the IO shell: ping RTTs (libp2p ping), timed transfer pairs on
-//! `/shoal/probe/1` and UDP echo probes (`probe.rs`). RTT, jitter and bandwidth are
-//! exponentially weighted moving averages with weight `alpha` per new sample; loss is the share
-//! of lost probes among the last `window` probes, because a loss rate needs counting, not
-//! smoothing. Telling 5% from 10% needs the 7.5% midpoint at least three standard errors from
-//! both: sqrt(0.1 * 0.9 / n) <= 0.025 / 3 gives n >= 1296, hence the default window of 1500.
+//! `/shoal/probe/1` and UDP echo probes (`probe.rs`). Bandwidth is an exponentially weighted
+//! moving average with weight `alpha` per new sample; loss counts lost probes among the last
+//! `window` probes, because a loss rate needs counting, not smoothing. Telling 5% from 10%
+//! needs the 7.5% midpoint at least three standard errors from both:
+//! sqrt(0.1 * 0.9 / n) <= 0.025 / 3 gives n >= 1296, hence the default window of 1500.
+//!
+//! Conversions to DESIGN.md's one-way figures (links are assumed symmetric, both directions
+//! impaired independently):
+//!
+//! - **loss**: a UDP echo is lost when either crossing drops it, so the round-trip share
+//!   `L = 1 - (1 - p)^2`; the per-packet loss reported is `p = 1 - sqrt(1 - L)`.
+//! - **jitter**: RTT = one-way out + one-way back, so var(RTT) = 2 var(one-way) and
+//!   `jitter_s = sd(RTT) / sqrt(2)`.
+//! - **RTT and its spread** come from the last [`ECHO_WINDOW`] UDP echo RTTs once there are
+//!   [`MIN_ECHOES`] of them: the RTT is their median and sd(RTT) is their interquartile range
+//!   / 1.225. Both ignore the few echoes stuck behind a bandwidth probe in a queue. The IQR of
+//!   a sum of two equal exponential tails is 1.225 sd (a normal's: 1.349, one exponential
+//!   tail's: 1.099), so the factor is within 10% of right for all three shapes. libp2p pings
+//!   ride the swarm's TCP/QUIC connection, where a lost segment waits for a retransmission
+//!   timeout and a ping waits behind other traffic; their EWMA (mean and spread) is the
+//!   fallback while there are too few echoes (e.g. a peer without an echo port).
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
+
+/// Number of most recent UDP echo RTTs the RTT and jitter are taken from (about 5 s of
+/// echoes at the default 50 Hz).
+pub const ECHO_WINDOW: usize = 256;
+
+/// Echo RTTs needed before they replace the libp2p ping estimate.
+pub const MIN_ECHOES: usize = 20;
+
+/// IQR of the RTT divided by this is its standard deviation (see the module doc).
+const IQR_PER_SD: f64 = 1.225;
 
 /// Metrics of one directed link, in the planner's units.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -36,6 +62,7 @@ pub struct LinkEstimator {
     window: usize,
     probes: VecDeque<bool>,
     lost: usize,
+    echoes: VecDeque<f64>,
 }
 
 impl LinkEstimator {
@@ -51,11 +78,12 @@ impl LinkEstimator {
             window: window.max(1),
             probes: VecDeque::new(),
             lost: 0,
+            echoes: VecDeque::new(),
         }
     }
 
-    /// Adds an RTT sample (seconds). Jitter is the EWMA standard deviation of the one-way
-    /// delay, taken as half the RTT.
+    /// Adds a libp2p ping RTT sample (seconds): EWMA of the RTT and of its variance, the
+    /// fallback while there are fewer than [`MIN_ECHOES`] echo RTTs.
     pub fn on_rtt(&mut self, rtt_s: f64) {
         if !rtt_s.is_finite() || rtt_s < 0.0 {
             return;
@@ -64,11 +92,38 @@ impl LinkEstimator {
         match self.rtt {
             None => self.rtt = Some(rtt_s),
             Some(mean) => {
-                let d = (rtt_s - mean) / 2.0;
+                let d = rtt_s - mean;
                 self.delay_var = (1.0 - self.alpha) * self.delay_var + self.alpha * d * d;
                 self.rtt = Some((1.0 - self.alpha) * mean + self.alpha * rtt_s);
             }
         }
+    }
+
+    /// Adds the RTT (seconds) of one answered UDP echo probe.
+    pub fn on_echo_rtt(&mut self, rtt_s: f64) {
+        if !rtt_s.is_finite() || rtt_s < 0.0 {
+            return;
+        }
+        self.echoes.push_back(rtt_s);
+        while self.echoes.len() > ECHO_WINDOW {
+            self.echoes.pop_front();
+        }
+    }
+
+    /// Median and sd (IQR / 1.225) of the echo RTTs, with enough of them.
+    fn echo_stats(&self) -> Option<(f64, f64)> {
+        if self.echoes.len() < MIN_ECHOES {
+            return None;
+        }
+        let mut v: Vec<f64> = self.echoes.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let q = |f: f64| {
+            let x = f * (v.len() - 1) as f64;
+            let (i, t) = (x.floor() as usize, x.fract());
+            let hi = v.get(i + 1).copied().unwrap_or(v[i]);
+            v[i] + t * (hi - v[i])
+        };
+        Some((q(0.5), (q(0.75) - q(0.25)) / IQR_PER_SD))
     }
 
     /// Adds a bandwidth measurement from two timed transfers of different sizes: the
@@ -104,9 +159,10 @@ impl LinkEstimator {
         }
     }
 
-    /// Number of RTT samples so far.
+    /// Number of RTT samples so far (libp2p pings plus UDP echoes in the window).
     pub fn rtt_samples(&self) -> u32 {
         self.rtt_samples
+            .saturating_add(u32::try_from(self.echoes.len()).unwrap_or(u32::MAX))
     }
 
     /// Number of loss probes in the window.
@@ -114,9 +170,17 @@ impl LinkEstimator {
         self.probes.len()
     }
 
-    /// Current RTT estimate (seconds).
+    /// Current RTT estimate (seconds): median echo RTT, else the ping EWMA.
     pub fn rtt(&self) -> Option<f64> {
-        self.rtt
+        self.echo_stats().map(|(m, _)| m).or(self.rtt)
+    }
+
+    /// Standard deviation of the one-way delay (seconds): sd(RTT) / sqrt(2).
+    pub fn jitter(&self) -> f64 {
+        let sd_rtt = self
+            .echo_stats()
+            .map_or(self.delay_var.sqrt(), |(_, sd)| sd);
+        sd_rtt / std::f64::consts::SQRT_2
     }
 
     /// Current bandwidth estimate (bits per second).
@@ -124,8 +188,8 @@ impl LinkEstimator {
         self.bandwidth
     }
 
-    /// Share of lost probes in the window (0 without probes).
-    pub fn loss(&self) -> f64 {
+    /// Share of lost echoes in the window, round trip (0 without probes).
+    pub fn round_trip_loss(&self) -> f64 {
         if self.probes.is_empty() {
             0.0
         } else {
@@ -133,11 +197,16 @@ impl LinkEstimator {
         }
     }
 
+    /// One-way per-packet loss, `1 - sqrt(1 - round-trip loss)` (symmetric link assumed).
+    pub fn loss(&self) -> f64 {
+        1.0 - (1.0 - self.round_trip_loss()).max(0.0).sqrt()
+    }
+
     /// The metrics, once both an RTT and a bandwidth have been measured.
     pub fn metrics(&self) -> Option<LinkMetrics> {
         Some(LinkMetrics {
-            rtt_s: self.rtt?,
-            jitter_s: self.delay_var.sqrt(),
+            rtt_s: self.rtt()?,
+            jitter_s: self.jitter(),
             bandwidth_bps: self.bandwidth?,
             loss: self.loss(),
         })
@@ -171,13 +240,13 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut e = LinkEstimator::new(0.1, 500);
         for _ in 0..2000 {
-            // Uniform in 40 ms +- 10 ms: one-way delay sd = 10 ms / sqrt(3) / 2.
+            // Uniform in 40 ms +- 10 ms: RTT sd = 10 ms / sqrt(3), one-way sd that / sqrt(2).
             e.on_rtt(0.04 + rng.random_range(-0.01..0.01));
         }
         let rtt = e.rtt().unwrap();
         assert!((rtt - 0.04).abs() < 0.003, "{rtt}");
-        let j = e.metrics().map_or(e.delay_var.sqrt(), |m| m.jitter_s);
-        let want = 0.01 / 3f64.sqrt() / 2.0;
+        let j = e.jitter();
+        let want = 0.01 / 3f64.sqrt() / 2f64.sqrt();
         assert!((j - want).abs() < want * 0.3, "{j} vs {want}");
     }
 
@@ -188,8 +257,9 @@ mod tests {
             let mut five = LinkEstimator::new(0.25, 1500);
             let mut ten = LinkEstimator::new(0.25, 1500);
             for _ in 0..3000 {
-                five.on_probe(rng.random_bool(0.05));
-                ten.on_probe(rng.random_bool(0.10));
+                // An echo survives when both crossings do.
+                five.on_probe(rng.random_bool(0.05) || rng.random_bool(0.05));
+                ten.on_probe(rng.random_bool(0.10) || rng.random_bool(0.10));
             }
             assert_eq!(five.probe_count(), 1500);
             assert!(
@@ -198,7 +268,42 @@ mod tests {
                 five.loss(),
                 ten.loss()
             );
+            assert!((five.round_trip_loss() - 0.0975).abs() < 0.03);
         }
+    }
+
+    #[test]
+    fn loss_is_one_way_from_round_trip() {
+        let mut e = LinkEstimator::new(0.25, 10_000);
+        // 19% of echoes lost round trip is 10% per crossing.
+        for i in 0..10_000 {
+            e.on_probe(i % 100 < 19);
+        }
+        assert!((e.round_trip_loss() - 0.19).abs() < 1e-9);
+        assert!((e.loss() - 0.10).abs() < 1e-9, "{}", e.loss());
+    }
+
+    #[test]
+    fn echo_rtts_give_median_and_robust_jitter() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut e = LinkEstimator::new(0.25, 100);
+        // Pings inflated by retransmission timeouts stand until echoes arrive.
+        e.on_rtt(0.3);
+        e.on_rtt(0.04);
+        let exp = |rng: &mut ChaCha8Rng, mean: f64| -mean * (1.0 - rng.random::<f64>()).ln();
+        let (one_way, jitter) = (0.02, 0.005);
+        for i in 0..ECHO_WINDOW {
+            // Each direction: one_way - jitter + Exp(jitter), so one-way sd = jitter.
+            let mut rtt = 2.0 * (one_way - jitter) + exp(&mut rng, jitter) + exp(&mut rng, jitter);
+            if i % 20 == 0 {
+                rtt += 0.1; // stuck behind a bandwidth probe
+            }
+            e.on_echo_rtt(rtt);
+        }
+        let rtt = e.rtt().unwrap();
+        assert!((rtt - 0.04).abs() < 0.04 * 0.1, "{rtt}");
+        let j = e.jitter();
+        assert!((j - jitter).abs() < jitter * 0.2, "{j} vs {jitter}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   pair goes to [`crate::links::LinkEstimator::on_transfers`].
 //! - [`UdpEcho`] echoes [`LossProbe`] datagrams; its port is announced in the capability.
 //! - [`LossProber`] sends probes to every target at a fixed rate and reports each one as
-//!   answered or lost (unanswered within the timeout) on a bounded channel.
+//!   answered (with its round-trip time) or lost (unanswered within the timeout) on a bounded
+//!   channel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -160,6 +161,8 @@ pub struct LossSample {
     pub peer: NodeId,
     /// True when no echo came back within the timeout.
     pub lost: bool,
+    /// Round-trip time of the answered probe (`None` when lost).
+    pub rtt: Option<Duration>,
 }
 
 /// Sends loss probes to every target and reports the outcomes.
@@ -221,8 +224,9 @@ impl LossProber {
                     if !echo.echo || echo.nonce != nonce {
                         continue;
                     }
-                    if let Some((peer, _)) = pending.remove(&echo.seq) {
-                        let _ = self.out.try_send(LossSample { peer, lost: false });
+                    if let Some((peer, at)) = pending.remove(&echo.seq) {
+                        let rtt = Some(at.elapsed());
+                        let _ = self.out.try_send(LossSample { peer, lost: false, rtt });
                     }
                 }
             }
@@ -238,7 +242,11 @@ impl LossProber {
             .collect();
         for s in lost {
             if let Some((peer, _)) = pending.remove(&s) {
-                let _ = self.out.try_send(LossSample { peer, lost: true });
+                let _ = self.out.try_send(LossSample {
+                    peer,
+                    lost: true,
+                    rtt: None,
+                });
             }
         }
     }
@@ -364,7 +372,8 @@ mod tests {
             est.get_mut(&s.peer).unwrap().on_probe(s.lost);
         }
         cancel.cancel();
-        let (l5, l10) = (est[&five].loss(), est[&ten].loss());
+        // The relay drops one direction only, so the round-trip share is the imposed figure.
+        let (l5, l10) = (est[&five].round_trip_loss(), est[&ten].round_trip_loss());
         assert!(
             l5 < 0.075 && l10 > 0.075,
             "5% link measured {l5}, 10% link measured {l10}"

@@ -200,7 +200,7 @@ impl NodeTask {
                 Some(LinkEntry {
                     to: *to,
                     rtt_s: e.rtt()?,
-                    jitter_s: e.metrics().map_or(0.0, |m| m.jitter_s),
+                    jitter_s: e.jitter(),
                     bandwidth_bps: e.bandwidth(),
                     loss: (e.probe_count() > 0).then(|| e.loss()),
                     samples: e.rtt_samples(),

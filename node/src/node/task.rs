@@ -396,7 +396,11 @@ impl NodeTask {
     }
 
     fn on_loss(&mut self, s: LossSample) {
-        self.estimator(s.peer).on_probe(s.lost);
+        let e = self.estimator(s.peer);
+        e.on_probe(s.lost);
+        if let Some(rtt) = s.rtt {
+            e.on_echo_rtt(rtt.as_secs_f64());
+        }
     }
 
     fn on_bandwidth(&mut self, (peer, result): BandwidthResult) {
