@@ -160,9 +160,11 @@ async fn forged_plans_and_garbage_are_refused() {
         let s = h.net().score(rogue_peer).await.unwrap();
         assert!(s.app <= -30.0, "{s:?}");
         // Gossipsub graylists the punished rogue, so it may drop out of the membership and
-        // the swarm re-plan without it; a plan is still held and never signed by the rogue.
+        // the swarm re-plan without it; a plan is still held and its epoch never goes back.
+        // (Until it is banned the rogue still runs shoal's own code and is a member, so the
+        // rotation may legitimately make it the coordinator of that re-plan.)
         let key = plan_key(&h.snapshot()).unwrap();
-        assert!(key.0 >= held.0 && key.1 != rogue.node_id(), "{key:?}");
+        assert!(key.0 >= held.0, "{key:?}");
     }
     let fresh = honest[0].snapshot();
     tokio::time::sleep(Duration::from_millis(700)).await;
