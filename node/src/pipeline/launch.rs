@@ -3,7 +3,8 @@
 //!
 //! [`LocalSwarm::start`] writes one config per node into a work directory (fresh key and data
 //! dir, loopback TCP only, mDNS off, short liveness timeouts so a dead node is noticed in
-//! seconds, and the memory budget the caller asks for), starts the first node, reads its
+//! seconds, bandwidth probes every 2 s so a pair missed at start is measured before a re-plan
+//! needs it, and the memory budget the caller asks for), starts the first node, reads its
 //! `shoal-ready` line for a bootstrap address, then starts the others against it. Each
 //! child's stderr goes to `node<i>.log` in the work directory. Dropping the swarm kills every
 //! child that is still running; [`LocalSwarm::shutdown`] first asks them to stop (SIGTERM).
@@ -168,7 +169,7 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
         "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{}]\ndata_dir = {}\nkey_file = {}\nmodel = {}\n\
          api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nmemory_offered = {}\n\n\
          [membership]\nliveness_timeout_ms = 2500\nannounce_interval_ms = 400\nsettle_ms = 1000\n\n\
-         [probe]\nping_interval_ms = 500\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n",
+         [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n",
         boot.join(", "),
         q(&node_dir.join("data")),
         q(&node_dir.join("node.key")),

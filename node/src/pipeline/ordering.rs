@@ -64,6 +64,17 @@ impl Refusal {
         Refusal::Malformed,
     ];
 
+    /// Whether an honest peer cannot cause this refusal, so it lowers the sender's score.
+    /// Epoch mismatches and a stage this node does not (yet) hold happen to honest peers while
+    /// a new plan spreads; they are counted but not held against the sender (a stage retried
+    /// during a re-plan would otherwise be banned).
+    pub fn is_misbehaviour(self) -> bool {
+        !matches!(
+            self,
+            Refusal::StaleEpoch | Refusal::FutureEpoch | Refusal::NotOurStage
+        )
+    }
+
     /// The metrics label, e.g. `bad_signature`.
     pub fn label(self) -> &'static str {
         match self {

@@ -127,3 +127,15 @@ fn forget_frees_a_session() {
     assert_eq!(g.remembered(), 0);
     assert_eq!(g.check(&msg(prev, 7, 1, 0)), Ok(()));
 }
+
+#[test]
+fn only_refusals_an_honest_peer_cannot_cause_count_as_misbehaviour() {
+    let benign = [
+        Refusal::StaleEpoch,
+        Refusal::FutureEpoch,
+        Refusal::NotOurStage,
+    ];
+    for r in Refusal::ALL {
+        assert_eq!(r.is_misbehaviour(), !benign.contains(&r), "{r:?}");
+    }
+}

@@ -172,11 +172,12 @@ impl StageCtx {
         }
     }
 
-    /// Counts a refusal and lowers the sender's score; returns the error frame to answer.
+    /// Counts a refusal, lowers the sender's score when an honest peer could not have caused
+    /// it, and returns the error frame to answer.
     fn refuse(&self, peer: NodeId, session: Option<u64>, r: Refusal) -> Vec<u8> {
         self.metrics.refuse(r.label());
         tracing::info!(node = %self.me.short(), peer = %peer.short(), reason = r.label(), "refused pipeline message");
-        if peer != self.me {
+        if peer != self.me && r.is_misbehaviour() {
             let net = self.net.clone();
             tokio::spawn(async move { net.report_misbehaviour(peer, r.label()).await });
         }
