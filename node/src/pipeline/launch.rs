@@ -204,13 +204,7 @@ impl LocalSwarm {
 
     /// GETs `path` of node `i`'s API as JSON.
     pub async fn get_json(&self, i: usize, path: &str) -> Result<Value, LaunchError> {
-        let url = format!("http://{}{path}", self.nodes[i].api);
-        let r = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))?;
+        let (url, r) = self.get(i, path).await?;
         r.json()
             .await
             .map_err(|e| LaunchError::Http(format!("{url}: {e}")))
@@ -218,6 +212,14 @@ impl LocalSwarm {
 
     /// GETs `path` of node `i`'s API as text.
     pub async fn get_text(&self, i: usize, path: &str) -> Result<String, LaunchError> {
+        let (url, r) = self.get(i, path).await?;
+        r.text()
+            .await
+            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))
+    }
+
+    /// Sends a GET for `path` to node `i`'s API; returns the URL (for errors) and the response.
+    async fn get(&self, i: usize, path: &str) -> Result<(String, reqwest::Response), LaunchError> {
         let url = format!("http://{}{path}", self.nodes[i].api);
         let r = self
             .http
@@ -225,9 +227,7 @@ impl LocalSwarm {
             .send()
             .await
             .map_err(|e| LaunchError::Http(format!("{url}: {e}")))?;
-        r.text()
-            .await
-            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))
+        Ok((url, r))
     }
 
     /// POSTs `body` to `path` of node `i` and returns the status and JSON answer.
