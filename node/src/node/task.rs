@@ -409,7 +409,7 @@ impl NodeTask {
             Ok((small, large)) => {
                 self.estimator(peer).on_transfers(small, large);
                 let bps = self.estimators.get(&peer).and_then(|e| e.bandwidth());
-                tracing::info!(node = %self.me.short(), peer = %peer.short(), small_s = small.1, large_s = large.1, bandwidth_bps = ?bps, "bandwidth probe");
+                tracing::debug!(node = %self.me.short(), peer = %peer.short(), small_s = small.1, large_s = large.1, bandwidth_bps = ?bps, "bandwidth probe");
             }
             Err(e) => tracing::debug!(peer = %peer.short(), error = %e, "bandwidth probe failed"),
         }

@@ -71,7 +71,9 @@ struct SwarmTask {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     inbound: HashMap<Proto, mpsc::Sender<InboundRequest>>,
-    pending: HashMap<OutboundRequestId, (PeerId, ResponseTx)>,
+    /// Requests awaiting their response. Each request-response behaviour numbers its requests
+    /// on its own, so the id alone is ambiguous across protocols.
+    pending: HashMap<(Proto, OutboundRequestId), (PeerId, ResponseTx)>,
     replies: FuturesUnordered<Reply>,
     scores: PeerScores,
     dropped_events: u64,
@@ -214,7 +216,7 @@ impl SwarmTask {
                     Proto::Activation => b.activation.send_request(&peer, Frame::Data(data)),
                     Proto::Generate => b.generate.send_request(&peer, Frame::Data(data)),
                 };
-                self.pending.insert(id, (peer, reply));
+                self.pending.insert((proto, id), (peer, reply));
             }
             Command::Dial { addr, reply } => {
                 let res = self
@@ -455,14 +457,14 @@ impl SwarmTask {
                     },
                 ..
             } => {
-                if let Some((_, reply)) = self.pending.remove(&request_id) {
+                if let Some((_, reply)) = self.pending.remove(&(proto, request_id)) {
                     let _ = reply.send(Ok(response));
                 }
             }
             Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some((peer, reply)) = self.pending.remove(&request_id) {
+                if let Some((peer, reply)) = self.pending.remove(&(proto, request_id)) {
                     // A response over the limit is bad input from the responder.
                     if let OutboundFailure::Io(e) = &error
                         && e.kind() == std::io::ErrorKind::InvalidData

@@ -63,7 +63,13 @@ pub(crate) async fn start_swarm(dir: &Path, model: &Path, n: usize, span: usize)
 pub(crate) fn dump_logs(swarm: &LocalSwarm) {
     for (i, n) in swarm.nodes.iter().enumerate() {
         let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        // Periodic probe lines would crowd out the events that explain a failure.
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .filter(|l| !l.contains("bandwidth probe"))
+            .take(60)
+            .collect();
         eprintln!("---- node{i} {} ----", n.id);
         for l in tail.into_iter().rev() {
             eprintln!("{l}");
