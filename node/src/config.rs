@@ -101,6 +101,10 @@ pub struct ProbeConfig {
     pub bandwidth_interval_ms: u64,
     /// Size of the large bandwidth probe transfer, in bytes. Default: `1048576` (1 MiB).
     pub bandwidth_bytes: u64,
+    /// Size of the UDP datagram train that measures the link rate (sent with each bandwidth
+    /// probe to peers that run a UDP echo), in bytes; `0` turns it off and the rate comes from
+    /// the timed transfers alone. Default: `262144` (256 KiB).
+    pub train_bytes: u64,
     /// UDP address of the loss-probe echo socket (port 0: any free port; the port is announced
     /// in the capability message). Default: `0.0.0.0:0`.
     pub udp_echo: SocketAddr,
@@ -189,6 +193,7 @@ impl Default for ProbeConfig {
             ping_interval_ms: 1_000,
             bandwidth_interval_ms: 30_000,
             bandwidth_bytes: 1 << 20,
+            train_bytes: 256 << 10,
             udp_echo: SocketAddr::from(([0, 0, 0, 0], 0)),
             loss_rate_hz: 50,
             loss_window: 1500,

@@ -23,6 +23,13 @@
 //!   ride the swarm's TCP/QUIC connection, where a lost segment waits for a retransmission
 //!   timeout and a ping waits behind other traffic; their EWMA (mean and spread) is the
 //!   fallback while there are too few echoes (e.g. a peer without an echo port).
+//! - **bandwidth** is the link's rate, as DESIGN.md's `t_ser` needs it (loss is charged
+//!   separately): a UDP datagram train ([`train_rate`]) queues at the narrowest link and
+//!   arrives spaced at its rate; the arrivals are thinned by the loss behind that link, so the
+//!   rate is divided by `1 - loss`. Timed TCP transfers measure goodput instead, which loss
+//!   and a long round trip keep far below the rate (TCP's window halves at every loss); they
+//!   are the fallback while no train has come back (a peer without an echo port, or a link
+//!   so fast the train arrives within a millisecond).
 
 use std::collections::VecDeque;
 
@@ -59,6 +66,7 @@ pub struct LinkEstimator {
     rtt_samples: u32,
     delay_var: f64,
     bandwidth: Option<f64>,
+    train: Option<f64>,
     window: usize,
     probes: VecDeque<bool>,
     lost: usize,
@@ -75,6 +83,7 @@ impl LinkEstimator {
             rtt_samples: 0,
             delay_var: 0.0,
             bandwidth: None,
+            train: None,
             window: window.max(1),
             probes: VecDeque::new(),
             lost: 0,
@@ -148,6 +157,19 @@ impl LinkEstimator {
         });
     }
 
+    /// Adds a link-rate sample from a datagram train ([`train_rate`], bits per second),
+    /// corrected for the datagrams lost behind the narrowest link.
+    pub fn on_train(&mut self, rate_bps: f64) {
+        if !rate_bps.is_finite() || rate_bps <= 0.0 {
+            return;
+        }
+        let sample = rate_bps / (1.0 - self.loss()).max(0.5);
+        self.train = Some(match self.train {
+            None => sample,
+            Some(b) => (1.0 - self.alpha) * b + self.alpha * sample,
+        });
+    }
+
     /// Records one loss probe: `lost` if it went unanswered within the probe timeout.
     pub fn on_probe(&mut self, lost: bool) {
         self.probes.push_back(lost);
@@ -183,8 +205,14 @@ impl LinkEstimator {
         sd_rtt / std::f64::consts::SQRT_2
     }
 
-    /// Current bandwidth estimate (bits per second).
+    /// Current bandwidth estimate (bits per second): the train's link rate, else the timed
+    /// transfers' goodput.
     pub fn bandwidth(&self) -> Option<f64> {
+        self.train.or(self.bandwidth)
+    }
+
+    /// The timed transfers' goodput alone (bits per second).
+    pub fn goodput(&self) -> Option<f64> {
         self.bandwidth
     }
 
@@ -207,10 +235,40 @@ impl LinkEstimator {
         Some(LinkMetrics {
             rtt_s: self.rtt()?,
             jitter_s: self.jitter(),
-            bandwidth_bps: self.bandwidth?,
+            bandwidth_bps: self.bandwidth()?,
             loss: self.loss(),
         })
     }
+}
+
+/// Bytes of IPv4 and UDP headers around each train datagram; they cross the link too.
+pub const TRAIN_HEADER_BYTES: u32 = 28;
+
+/// Arrivals a train needs before it says anything.
+const MIN_TRAIN_ARRIVALS: usize = 8;
+
+/// The link rate (bits per second) from a datagram train's arrivals, `(receiver clock in µs,
+/// datagram bytes)` each, in any order: the bytes that arrived after the first quarter of the
+/// arrivals, over the time they took. The first quarter is left out because a shaper's bucket
+/// lets a burst through at full speed before its queue settles at the link's rate. `None` with
+/// fewer than 8 arrivals, or when they span less than a millisecond (a link faster than the
+/// receiver's clock and scheduling can tell apart).
+pub fn train_rate(arrivals: &[(u64, u32)]) -> Option<f64> {
+    if arrivals.len() < MIN_TRAIN_ARRIVALS {
+        return None;
+    }
+    let mut a = arrivals.to_vec();
+    a.sort_unstable_by_key(|&(t, _)| t);
+    let k = a.len() / 4;
+    let span_us = a.last()?.0.checked_sub(a[k].0)?;
+    if span_us < 1_000 {
+        return None;
+    }
+    let bits: f64 = a[k + 1..]
+        .iter()
+        .map(|&(_, b)| 8.0 * f64::from(b.saturating_add(TRAIN_HEADER_BYTES)))
+        .sum();
+    Some(bits / (span_us as f64 * 1e-6))
 }
 
 #[cfg(test)]
@@ -233,6 +291,52 @@ mod tests {
         assert!((m.bandwidth_bps - 1e8).abs() < 1.0, "{m:?}");
         assert_eq!(m.rtt_s, 0.02);
         assert_eq!(m.jitter_s, 0.0);
+    }
+
+    /// A train through a 5 Mbit/s shaper with a 10 ms burst, jittered arrivals and every
+    /// tenth datagram lost behind the shaper: the rate comes out within 5% once loss is known.
+    #[test]
+    fn a_train_measures_the_shaped_rate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let rate = 5e6;
+        let wire = f64::from(1200 + TRAIN_HEADER_BYTES) * 8.0;
+        let mut arrivals = Vec::new();
+        let mut t = 0.0f64;
+        let mut burst = 0.010 * rate;
+        for i in 0..220 {
+            if burst >= wire {
+                burst -= wire; // through the bucket at once
+            } else {
+                t += wire / rate;
+            }
+            let jitter = rng.random_range(0.0..0.002);
+            if i % 10 != 9 {
+                arrivals.push((((t + jitter) * 1e6) as u64, 1200));
+            }
+        }
+        let r = train_rate(&arrivals).unwrap();
+        assert!((r / (rate * 0.9) - 1.0).abs() < 0.05, "raw rate {r}");
+        let mut e = LinkEstimator::new(0.25, 100);
+        for i in 0..100 {
+            e.on_probe(i % 100 < 19); // round trip 19%: one-way 10%
+        }
+        e.on_transfers((4096, 0.05), (1 << 20, 0.05 + 8.0 * 1048576.0 / 4e5));
+        assert!(e.goodput().unwrap() < 5e5);
+        e.on_train(r);
+        let b = e.bandwidth().unwrap();
+        assert!((b / rate - 1.0).abs() < 0.05, "corrected rate {b}");
+    }
+
+    #[test]
+    fn a_train_too_short_or_too_fast_says_nothing() {
+        let few: Vec<(u64, u32)> = (0..7).map(|i| (i * 1000, 1200)).collect();
+        assert_eq!(train_rate(&few), None);
+        let instant: Vec<(u64, u32)> = (0..100).map(|i| (i * 5, 1200)).collect();
+        assert_eq!(train_rate(&instant), None);
+        let mut e = LinkEstimator::new(0.25, 100);
+        e.on_train(f64::NAN);
+        e.on_train(0.0);
+        assert_eq!(e.bandwidth(), None);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //!   score.
 //! - [`measure_bandwidth`] times an activation-sized and a 1 MiB transfer to one peer; the
 //!   pair goes to [`crate::links::LinkEstimator::on_transfers`].
-//! - [`UdpEcho`] echoes [`LossProbe`] datagrams; its port is announced in the capability.
+//! - [`UdpEcho`] echoes [`LossProbe`] datagrams and acknowledges [`TrainProbe`] datagrams
+//!   with their arrival time; its port is announced in the capability.
+//! - [`measure_train`] sends a datagram train to a peer's echo and returns the arrivals, from
+//!   which [`crate::links::train_rate`] computes the link rate.
 //! - [`LossProber`] sends probes to every target at a fixed rate and reports each one as
 //!   answered (with its round-trip time) or lost (unanswered within the timeout) on a bounded
 //!   channel.
@@ -17,7 +20,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use shoal_keys::NodeId;
 use shoal_protocol::{
-    BandwidthProbe, BandwidthProbeReply, LossProbe, MAX_LOSS_PROBE_BYTES, decode, encode,
+    BandwidthProbe, BandwidthProbeReply, Kind, LossProbe, MAX_LOSS_PROBE_BYTES,
+    MAX_TRAIN_ACK_BYTES, MAX_TRAIN_DATAGRAM, TrainAck, TrainProbe, decode, encode, peek,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -128,10 +132,11 @@ impl UdpEcho {
         Ok(self.socket.local_addr()?.port())
     }
 
-    /// Echoes probes until cancelled; anything that is not a probe is ignored (UDP senders
-    /// can be spoofed, so there is no one to blame).
+    /// Echoes loss probes and acknowledges train datagrams until cancelled; anything else is
+    /// ignored (UDP senders can be spoofed, so there is no one to blame).
     pub async fn run(self, cancel: CancellationToken) {
-        let mut buf = [0u8; MAX_LOSS_PROBE_BYTES];
+        let origin = Instant::now();
+        let mut buf = [0u8; MAX_TRAIN_DATAGRAM];
         loop {
             let (n, from) = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -140,18 +145,120 @@ impl UdpEcho {
                     Err(e) => { tracing::debug!(error = %e, "udp echo recv"); continue; }
                 },
             };
-            let Ok(mut probe) = decode::<LossProbe>(&buf[..n]) else {
+            let recv_us = micros(origin.elapsed());
+            let Some(answer) = answer(&buf[..n], recv_us) else {
                 continue;
             };
-            if probe.echo {
-                continue;
-            }
-            probe.echo = true;
-            if let Ok(bytes) = encode(&probe) {
-                let _ = self.socket.send_to(&bytes, from).await;
-            }
+            let _ = self.socket.send_to(&answer, from).await;
         }
     }
+}
+
+/// The echo's answer to one datagram: the loss probe with `echo` set, or a [`TrainAck`];
+/// `None` for anything else.
+fn answer(datagram: &[u8], recv_us: u64) -> Option<Vec<u8>> {
+    match peek(datagram).ok()?.kind {
+        Kind::LossProbe => {
+            let mut probe = decode::<LossProbe>(datagram).ok()?;
+            if probe.echo {
+                return None;
+            }
+            probe.echo = true;
+            encode(&probe).ok()
+        }
+        Kind::TrainProbe => {
+            let probe = decode::<TrainProbe>(datagram).ok()?;
+            let ack = encode(&TrainAck {
+                nonce: probe.nonce,
+                train: probe.train,
+                seq: probe.seq,
+                bytes: u32::try_from(datagram.len()).ok()?,
+                recv_us,
+            })
+            .ok()?;
+            // Never answer with more than was sent (no amplification towards a spoofed source).
+            (ack.len() <= datagram.len()).then_some(ack)
+        }
+        _ => None,
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Size of each train datagram, bytes (below any path's MTU with IPv6 and UDP headers).
+pub const TRAIN_DATAGRAM: usize = 1200;
+
+/// How long the train's sender waits for more acks after the last one came in.
+const TRAIN_QUIET: Duration = Duration::from_millis(1000);
+/// The longest a train measurement may take.
+const TRAIN_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Sends `bytes` worth of [`TrainProbe`] datagrams back to back to the UDP echo at `to` and
+/// collects the acks: `(receiver clock in µs, datagram bytes)` per datagram that arrived, in
+/// no particular order. Datagrams the local queue or the path drop are simply missing.
+pub async fn measure_train(to: SocketAddr, bytes: usize) -> Result<Vec<(u64, u32)>, ProbeError> {
+    let bind: SocketAddr = if to.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(to).await?;
+    let nonce: u64 = rand::rng().random();
+    let train: u32 = rand::rng().random();
+    let probe = |seq: u32| TrainProbe {
+        nonce,
+        train,
+        seq,
+        pad: Vec::new(),
+    };
+    // The filler that brings a datagram to TRAIN_DATAGRAM bytes (the filler's own length
+    // prefix grows with it, hence the second look).
+    let size = |pad: usize| {
+        let mut p = probe(u32::MAX);
+        p.pad = vec![0; pad];
+        encode(&p)
+            .map(|f| f.len())
+            .map_err(|e| ProbeError::BadReply(e.to_string()))
+    };
+    let guess = TRAIN_DATAGRAM.saturating_sub(size(0)?);
+    let pad = vec![0u8; guess.saturating_sub(size(guess)?.saturating_sub(TRAIN_DATAGRAM))];
+    let count = u32::try_from(bytes.div_ceil(TRAIN_DATAGRAM).max(1)).unwrap_or(u32::MAX);
+    let started = Instant::now();
+    for seq in 0..count {
+        let mut p = probe(seq);
+        p.pad.clone_from(&pad);
+        let frame = encode(&p).map_err(|e| ProbeError::BadReply(e.to_string()))?;
+        // A full local queue refuses or drops a datagram: that one is missing, as on the path.
+        let _ = socket.send(&frame).await;
+    }
+    let mut arrivals = Vec::with_capacity(count as usize);
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = [0u8; MAX_TRAIN_ACK_BYTES];
+    while arrivals.len() < count as usize && started.elapsed() < TRAIN_DEADLINE {
+        let n = match tokio::time::timeout(TRAIN_QUIET, socket.recv(&mut buf)).await {
+            Err(_) => break,
+            // E.g. the peer's port is closed (ICMP unreachable): nothing more will come.
+            Ok(Err(e)) if arrivals.is_empty() => return Err(e.into()),
+            Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+        };
+        let Ok(ack) = decode::<TrainAck>(&buf[..n]) else {
+            continue;
+        };
+        if ack.nonce == nonce && ack.train == train && ack.seq < count && seen.insert(ack.seq) {
+            arrivals.push((ack.recv_us, ack.bytes));
+        }
+    }
+    if arrivals.is_empty() {
+        return Err(ProbeError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no datagram of the train was acknowledged",
+        )));
+    }
+    Ok(arrivals)
 }
 
 /// One loss-probe outcome.
@@ -298,6 +405,61 @@ mod tests {
         }
         assert!(good_lost <= 2, "{good_lost} probes lost on loopback");
         cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_echo_acknowledges_every_train_datagram_with_less() {
+        let cancel = CancellationToken::new();
+        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
+        tokio::spawn(echo.run(cancel.clone()));
+        let arrivals = measure_train(addr, 48 * TRAIN_DATAGRAM).await.unwrap();
+        assert_eq!(arrivals.len(), 48);
+        // Sizes differ by the few bytes a small sequence number saves.
+        assert!(
+            arrivals
+                .iter()
+                .all(|&(_, b)| (TRAIN_DATAGRAM - 8..=TRAIN_DATAGRAM).contains(&(b as usize))),
+            "{arrivals:?}"
+        );
+        // No amplification: a datagram smaller than its ack gets none.
+        let frame = |pad: usize| {
+            encode(&TrainProbe {
+                nonce: 1,
+                train: 2,
+                seq: 3,
+                pad: vec![0; pad],
+            })
+            .unwrap()
+        };
+        assert!(answer(&frame(0), u64::MAX).is_none());
+        let ack = answer(&frame(64), u64::MAX).unwrap();
+        assert!(ack.len() <= frame(64).len());
+        // Echoes and acks are never answered (no loops between two echoes).
+        assert!(answer(&ack, 0).is_none());
+        let echoed = answer(
+            &encode(&LossProbe {
+                nonce: 1,
+                seq: 1,
+                sent_us: 1,
+                echo: false,
+            })
+            .unwrap(),
+            0,
+        )
+        .unwrap();
+        assert!(answer(&echoed, 0).is_none());
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_train_to_a_closed_port_fails() {
+        let closed = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let started = Instant::now();
+        assert!(measure_train(addr, 10 * TRAIN_DATAGRAM).await.is_err());
+        assert!(started.elapsed() < TRAIN_DEADLINE);
     }
 
     /// Forwards datagrams from the prober to `echo` and back, dropping each one towards the

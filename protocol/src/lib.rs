@@ -22,6 +22,7 @@
 //! | `/shoal/generate/1` | [`GenerateRequest`]; answers [`TokenChunk`]*, then [`GenerateResult`] or [`ErrorReply`] | no |
 //! | `/shoal/probe/1` | [`BandwidthProbe`] -> [`BandwidthProbeReply`] | no |
 //! | UDP loss echo | [`LossProbe`] | no |
+//! | UDP bandwidth train | [`TrainProbe`], answered by [`TrainAck`] | no |
 //!
 //! # Tests
 //!
@@ -76,6 +77,7 @@ pub use pipeline::{
 pub use plan::{MAX_LAYERS, Objective, Plan, PlanStrategy, Stage};
 pub use probe::{
     BandwidthProbe, BandwidthProbeReply, LossProbe, MAX_LOSS_PROBE_BYTES, MAX_PROBE_PAYLOAD,
+    MAX_TRAIN_ACK_BYTES, MAX_TRAIN_DATAGRAM, TrainAck, TrainProbe,
 };
 pub use signed::{SIGNED_OVERHEAD, Signed};
 pub use tensor::{DType, MAX_RANK, Tensor};

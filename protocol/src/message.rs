@@ -42,11 +42,15 @@ pub enum Kind {
     BandwidthProbeReply = 12,
     /// [`crate::LossProbe`], a UDP datagram for loss probing.
     LossProbe = 13,
+    /// [`crate::TrainProbe`], one UDP datagram of a bandwidth train.
+    TrainProbe = 14,
+    /// [`crate::TrainAck`], the receiver's note of a train datagram's arrival.
+    TrainAck = 15,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Capability,
         Kind::LinkReport,
         Kind::Plan,
@@ -60,6 +64,8 @@ impl Kind {
         Kind::BandwidthProbe,
         Kind::BandwidthProbeReply,
         Kind::LossProbe,
+        Kind::TrainProbe,
+        Kind::TrainAck,
     ];
 
     /// The code written in frame headers.
@@ -88,6 +94,8 @@ impl Kind {
             Kind::BandwidthProbe => "bandwidth_probe",
             Kind::BandwidthProbeReply => "bandwidth_probe_reply",
             Kind::LossProbe => "loss_probe",
+            Kind::TrainProbe => "train_probe",
+            Kind::TrainAck => "train_ack",
         }
     }
 }

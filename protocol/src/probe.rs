@@ -7,7 +7,13 @@
 //! the swarm ([`crate::Capability::loss_probe_port`]): the prober sends [`LossProbe`]
 //! datagrams with a random per-run `nonce` and increasing `seq`, the peer echoes each one with
 //! `echo` set, and the prober counts which `seq` never came back. The nonce lets the prober drop
-//! stray or spoofed echoes.
+//! stray or spoofed echoes. **Link rate.** A timed transfer measures what TCP gets through,
+//! which loss and a long round trip keep far below the link's rate. The prober also sends a
+//! train of [`TrainProbe`] datagrams back to back to the same UDP echo; the train queues at the
+//! narrowest link, so it arrives spaced at that link's rate. The peer answers each datagram
+//! with a small [`TrainAck`] carrying its own arrival clock, and the prober divides the bytes
+//! by the spread of the arrival times. An ack is smaller than the datagram it answers, so the
+//! echo cannot be used to amplify traffic towards a spoofed address.
 
 use serde::{Deserialize, Serialize};
 use shoal_keys::Domain;
@@ -18,6 +24,10 @@ use crate::{Kind, Message, ProtocolError};
 pub const MAX_PROBE_PAYLOAD: usize = 8 * 1024 * 1024;
 /// Largest loss-probe datagram, bytes (fits any MTU).
 pub const MAX_LOSS_PROBE_BYTES: usize = 128;
+/// Largest train datagram, bytes (fits a 1500-byte MTU with IPv6 and UDP headers).
+pub const MAX_TRAIN_DATAGRAM: usize = 1400;
+/// Largest train ack, bytes.
+pub const MAX_TRAIN_ACK_BYTES: usize = 96;
 
 /// A timed transfer request.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +118,70 @@ impl Message for LossProbe {
 
     fn validate(&self) -> Result<(), ProtocolError> {
         Ok(())
+    }
+}
+
+/// One datagram of a bandwidth train, sent to the peer's UDP echo port.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainProbe {
+    /// Random per probing run; acks with another nonce are ignored.
+    pub nonce: u64,
+    /// Which train of the run.
+    pub train: u32,
+    /// Position in the train, from 0.
+    pub seq: u32,
+    /// Filler that gives the datagram its size (content is ignored).
+    #[serde(with = "serde_bytes")]
+    pub pad: Vec<u8>,
+}
+
+impl Message for TrainProbe {
+    const KIND: Kind = Kind::TrainProbe;
+    const DOMAIN: Domain = Domain::PROBE;
+    const MAX_BYTES: usize = MAX_TRAIN_DATAGRAM;
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+}
+
+/// The answer to one [`TrainProbe`]: when it arrived, on the receiver's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainAck {
+    /// The probe's nonce.
+    pub nonce: u64,
+    /// The probe's train.
+    pub train: u32,
+    /// The probe's position in the train.
+    pub seq: u32,
+    /// Size of the datagram received, bytes.
+    pub bytes: u32,
+    /// Receiver's clock at arrival, microseconds since an origin of its own (only differences
+    /// between acks of one train mean anything).
+    pub recv_us: u64,
+}
+
+impl Message for TrainAck {
+    const KIND: Kind = Kind::TrainAck;
+    const DOMAIN: Domain = Domain::PROBE;
+    const MAX_BYTES: usize = MAX_TRAIN_ACK_BYTES;
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for TrainProbe {
+    /// Prints the filler's length, not its bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainProbe")
+            .field("nonce", &self.nonce)
+            .field("train", &self.train)
+            .field("seq", &self.seq)
+            .field("pad_bytes", &self.pad.len())
+            .finish()
     }
 }
 

@@ -37,7 +37,13 @@ const RESULT_CAPACITY: usize = 16;
 const GENERATE_MAX: usize = 8 << 20;
 
 /// A bandwidth measurement of one peer (or why it failed).
-pub(super) type BandwidthResult = (NodeId, Result<((u64, f64), (u64, f64)), probe::ProbeError>);
+/// One bandwidth probe of a peer: the timed transfers, and the train's arrivals (`None` when
+/// no train was sent: the peer runs no echo, or trains are off).
+pub(super) type BandwidthResult = (
+    NodeId,
+    Result<((u64, f64), (u64, f64)), probe::ProbeError>,
+    Option<Result<Vec<(u64, u32)>, probe::ProbeError>>,
+);
 
 /// The node task's state.
 pub(super) struct NodeTask {
@@ -403,15 +409,27 @@ impl NodeTask {
         }
     }
 
-    fn on_bandwidth(&mut self, (peer, result): BandwidthResult) {
+    fn on_bandwidth(&mut self, (peer, result, train): BandwidthResult) {
         self.bw_busy = false;
         match result {
             Ok((small, large)) => {
                 self.estimator(peer).on_transfers(small, large);
-                let bps = self.estimators.get(&peer).and_then(|e| e.bandwidth());
-                tracing::debug!(node = %self.me.short(), peer = %peer.short(), small_s = small.1, large_s = large.1, bandwidth_bps = ?bps, "bandwidth probe");
+                let bps = self.estimators.get(&peer).and_then(|e| e.goodput());
+                tracing::debug!(node = %self.me.short(), peer = %peer.short(), small_s = small.1, large_s = large.1, goodput_bps = ?bps, "bandwidth probe");
             }
             Err(e) => tracing::debug!(peer = %peer.short(), error = %e, "bandwidth probe failed"),
+        }
+        match train {
+            Some(Ok(arrivals)) => {
+                let rate = crate::links::train_rate(&arrivals);
+                if let Some(r) = rate {
+                    self.estimator(peer).on_train(r);
+                }
+                let bps = self.estimators.get(&peer).and_then(|e| e.bandwidth());
+                tracing::debug!(node = %self.me.short(), peer = %peer.short(), arrivals = arrivals.len(), train_bps = ?rate, bandwidth_bps = ?bps, "train probe");
+            }
+            Some(Err(e)) => tracing::debug!(peer = %peer.short(), error = %e, "train probe failed"),
+            None => {}
         }
     }
 
@@ -503,9 +521,18 @@ impl NodeTask {
             .as_ref()
             .map_or(16 * 1024, |m| m.activation_bytes());
         let large = usize::try_from(self.cfg.probe.bandwidth_bytes).unwrap_or(1 << 20);
+        let train_bytes = usize::try_from(self.cfg.probe.train_bytes).unwrap_or(0);
+        let echo = self.loss_targets.borrow().get(&peer).copied();
         tokio::spawn(async move {
+            // The train first, on an otherwise quiet link; then the transfers.
+            let train = match echo {
+                Some(addr) if train_bytes > 0 => {
+                    Some(probe::measure_train(addr, train_bytes).await)
+                }
+                _ => None,
+            };
             let r = probe::measure_bandwidth(&net, peer, small, large).await;
-            let _ = tx.send((peer, r)).await;
+            let _ = tx.send((peer, r, train)).await;
         });
     }
 

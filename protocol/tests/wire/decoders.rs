@@ -29,6 +29,8 @@ pub(crate) fn run_all(bytes: &[u8]) -> (usize, usize) {
         decode::<BandwidthProbe>(bytes).is_ok(),
         decode::<BandwidthProbeReply>(bytes).is_ok(),
         decode::<LossProbe>(bytes).is_ok(),
+        decode::<TrainProbe>(bytes).is_ok(),
+        decode::<TrainAck>(bytes).is_ok(),
         Topic::Capability.decode(bytes).is_ok(),
         Topic::Links.decode(bytes).is_ok(),
         Topic::Plan.decode(bytes).is_ok(),
@@ -81,6 +83,8 @@ pub(crate) fn corpus(per_kind: usize) -> Vec<Vec<u8>> {
             encode(&sample(&mut r, strategies::bandwidth_probe())),
             encode(&sample(&mut r, strategies::bandwidth_probe_reply())),
             encode(&sample(&mut r, strategies::loss_probe())),
+            encode(&sample(&mut r, strategies::train_probe())),
+            encode(&sample(&mut r, strategies::train_ack())),
         ];
         out.extend(frames.into_iter().map(|f| f.unwrap()));
     }

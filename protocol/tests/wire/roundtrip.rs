@@ -191,12 +191,17 @@ proptest! {
         b in strategies::bandwidth_probe(),
         r in strategies::bandwidth_probe_reply(),
         l in strategies::loss_probe(),
+        t in strategies::train_probe(),
+        a in strategies::train_ack(),
         cut: Index,
         fl in flips(),
     ) {
         check_unsigned(&b, cut, &fl)?;
         check_unsigned(&r, cut, &fl)?;
         check_unsigned(&l, cut, &fl)?;
+        check_unsigned(&t, cut, &fl)?;
+        check_unsigned(&a, cut, &fl)?;
         prop_assert!(encode(&l).unwrap().len() <= MAX_LOSS_PROBE_BYTES);
+        prop_assert!(encode(&a).unwrap().len() <= MAX_TRAIN_ACK_BYTES);
     }
 }

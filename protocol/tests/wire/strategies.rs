@@ -377,3 +377,37 @@ pub(crate) fn loss_probe() -> impl Strategy<Value = LossProbe> {
         },
     )
 }
+
+/// A bandwidth-train datagram, up to the largest that fits [`MAX_TRAIN_DATAGRAM`].
+pub(crate) fn train_probe() -> impl Strategy<Value = TrainProbe> {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        proptest::collection::vec(any::<u8>(), 0..1300),
+    )
+        .prop_map(|(nonce, train, seq, pad)| TrainProbe {
+            nonce,
+            train,
+            seq,
+            pad,
+        })
+}
+
+/// A train ack.
+pub(crate) fn train_ack() -> impl Strategy<Value = TrainAck> {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(|(nonce, train, seq, bytes, recv_us)| TrainAck {
+            nonce,
+            train,
+            seq,
+            bytes,
+            recv_us,
+        })
+}
