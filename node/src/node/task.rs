@@ -36,14 +36,26 @@ const RESULT_CAPACITY: usize = 16;
 /// Largest `/shoal/generate/1` frame, bytes.
 const GENERATE_MAX: usize = 8 << 20;
 
-/// A bandwidth measurement of one peer (or why it failed).
-/// One bandwidth probe of a peer: the timed transfers, and the train's arrivals (`None` when
-/// no train was sent: the peer runs no echo, or trains are off).
-pub(super) type BandwidthResult = (
-    NodeId,
-    Result<((u64, f64), (u64, f64)), probe::ProbeError>,
-    Option<Result<Vec<(u64, u32)>, probe::ProbeError>>,
-);
+/// How long a paced train keeps the probed link busy.
+const TRAIN_BUSY: Duration = Duration::from_millis(300);
+
+/// A bandwidth measurement of one peer.
+pub(super) type BandwidthResult = (NodeId, BandwidthProbeOutcome);
+
+/// What one bandwidth probe of a peer measured.
+#[derive(Debug)]
+pub(super) enum BandwidthProbeOutcome {
+    /// A datagram train's link rate, bits per second.
+    Train {
+        /// The rate.
+        rate_bps: f64,
+        /// Datagrams that arrived.
+        arrivals: usize,
+    },
+    /// The timed transfers (when no train could measure: no echo, trains off, or a link too
+    /// fast for one), `(bytes, seconds)` of the small and the large.
+    Transfers(Result<probe::TransferPair, probe::ProbeError>),
+}
 
 /// The node task's state.
 pub(super) struct NodeTask {
@@ -409,27 +421,22 @@ impl NodeTask {
         }
     }
 
-    fn on_bandwidth(&mut self, (peer, result, train): BandwidthResult) {
+    fn on_bandwidth(&mut self, (peer, outcome): BandwidthResult) {
         self.bw_busy = false;
-        match result {
-            Ok((small, large)) => {
+        match outcome {
+            BandwidthProbeOutcome::Train { rate_bps, arrivals } => {
+                self.estimator(peer).on_train(rate_bps);
+                let bps = self.estimators.get(&peer).and_then(|e| e.bandwidth());
+                tracing::debug!(node = %self.me.short(), peer = %peer.short(), arrivals, train_bps = rate_bps, bandwidth_bps = ?bps, "train probe");
+            }
+            BandwidthProbeOutcome::Transfers(Ok((small, large))) => {
                 self.estimator(peer).on_transfers(small, large);
                 let bps = self.estimators.get(&peer).and_then(|e| e.goodput());
                 tracing::debug!(node = %self.me.short(), peer = %peer.short(), small_s = small.1, large_s = large.1, goodput_bps = ?bps, "bandwidth probe");
             }
-            Err(e) => tracing::debug!(peer = %peer.short(), error = %e, "bandwidth probe failed"),
-        }
-        match train {
-            Some(Ok(arrivals)) => {
-                let rate = crate::links::train_rate(&arrivals);
-                if let Some(r) = rate {
-                    self.estimator(peer).on_train(r);
-                }
-                let bps = self.estimators.get(&peer).and_then(|e| e.bandwidth());
-                tracing::debug!(node = %self.me.short(), peer = %peer.short(), arrivals = arrivals.len(), train_bps = ?rate, bandwidth_bps = ?bps, "train probe");
+            BandwidthProbeOutcome::Transfers(Err(e)) => {
+                tracing::debug!(peer = %peer.short(), error = %e, "bandwidth probe failed");
             }
-            Some(Err(e)) => tracing::debug!(peer = %peer.short(), error = %e, "train probe failed"),
-            None => {}
         }
     }
 
@@ -523,16 +530,39 @@ impl NodeTask {
         let large = usize::try_from(self.cfg.probe.bandwidth_bytes).unwrap_or(1 << 20);
         let train_bytes = usize::try_from(self.cfg.probe.train_bytes).unwrap_or(0);
         let echo = self.loss_targets.borrow().get(&peer).copied();
+        let pace = self.estimators.get(&peer).and_then(|e| e.train_pace());
+        // Paced trains are sized to keep the link busy for about TRAIN_BUSY at the rate last
+        // seen: long enough to measure well, short enough not to crowd out the link's traffic.
+        let train_bytes = pace.map_or(train_bytes, |p| {
+            let rate = p / crate::links::TRAIN_PACE;
+            train_bytes.min((rate * TRAIN_BUSY.as_secs_f64() / 8.0) as usize)
+        });
         tokio::spawn(async move {
-            // The train first, on an otherwise quiet link; then the transfers.
             let train = match echo {
                 Some(addr) if train_bytes > 0 => {
-                    Some(probe::measure_train(addr, train_bytes).await)
+                    probe::measure_train(addr, train_bytes, pace).await
                 }
-                _ => None,
+                _ => Ok(Vec::new()),
             };
-            let r = probe::measure_bandwidth(&net, peer, small, large).await;
-            let _ = tx.send((peer, r, train)).await;
+            let outcome = match train {
+                Ok(arrivals) => crate::links::train_rate(&arrivals).map(|rate_bps| {
+                    BandwidthProbeOutcome::Train {
+                        rate_bps,
+                        arrivals: arrivals.len(),
+                    }
+                }),
+                Err(e) => {
+                    tracing::debug!(peer = %peer.short(), error = %e, "train probe failed");
+                    None
+                }
+            };
+            let outcome = match outcome {
+                Some(o) => o,
+                None => BandwidthProbeOutcome::Transfers(
+                    probe::measure_bandwidth(&net, peer, small, large).await,
+                ),
+            };
+            let _ = tx.send((peer, outcome)).await;
         });
     }
 

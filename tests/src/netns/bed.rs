@@ -62,8 +62,18 @@ impl Testbed {
             profiles: profiles.to_vec(),
             procs: Vec::new(),
             delay: None,
-            logs: tempfile::Builder::new().prefix("shoal-bed-").tempdir()?,
+            // SHOAL_BED_KEEP=1 keeps the logs (and prints where) for a look after the test.
+            logs: tempfile::Builder::new()
+                .prefix("shoal-bed-")
+                .disable_cleanup(std::env::var_os("SHOAL_BED_KEEP").is_some())
+                .tempdir()?,
         };
+        if std::env::var_os("SHOAL_BED_KEEP").is_some() {
+            eprintln!(
+                "netns: bed {tag} keeps its logs in {}",
+                bed.logs.path().display()
+            );
+        }
         // On error `bed` drops here and removes whatever was already created.
         bed.build()
             .with_context(|| format!("building test bed {tag}"))?;

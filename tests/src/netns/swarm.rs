@@ -132,7 +132,10 @@ pub fn start_node(
     ];
     // Info-level node events (refusals, score changes) in plain text for the tests to read.
     let envs = vec![
-        ("SHOAL_LOG".to_string(), "warn,shoal_node=info".to_string()),
+        (
+            "SHOAL_LOG".to_string(),
+            std::env::var("SHOAL_BED_LOG").unwrap_or_else(|_| "warn,shoal_node=info".into()),
+        ),
         ("NO_COLOR".to_string(), "1".to_string()),
     ];
     let proc = bed.spawn(i, &name, &bin, &args, &envs)?;
