@@ -45,6 +45,12 @@ pub struct Activation {
     /// returns the last position's logits and the origin samples. Stages pass it on unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<Sampling>,
+    /// The origin of the session: the last stage sends its [`TokenReturn`] straight there, so
+    /// a token comes back in one hop as DESIGN.md's cost model counts it, as well as answering
+    /// its own request. Stages pass it on unchanged. `None`: the answer only travels back
+    /// through the stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<NodeId>,
 }
 
 impl Message for Activation {

@@ -182,6 +182,7 @@ fn rogue(
                     position: 0,
                     tensor: shoal_node::pipeline::wire::float_tensor(&hidden),
                     sample: None,
+                    reply_to: None,
                 };
                 let own = Signed::sign(&identity, body)?;
                 let forged: Signed<Activation> =

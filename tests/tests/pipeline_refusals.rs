@@ -62,6 +62,7 @@ fn activation(epoch: u64, session: u64, stage: u32) -> Activation {
         position: 0,
         tensor: tokens_tensor(&PROMPT),
         sample: None,
+        reply_to: None,
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Step 0 sends the prompt's token ids to the first stage; every later step sends the last
 //! token. Each step is one request that travels the whole pipeline and comes back as the last
-//! stage's signed answer, which the origin checks (signer = the plan's last stage, epoch,
-//! session, step, once). Greedy sessions ask the last stage for the token itself (4 bytes on
+//! stage's signed answer; the last stage also sends that answer straight to the origin (the
+//! activation's `reply_to`), and the origin takes whichever comes first and checks it
+//! (signer = the plan's last stage, epoch, session, step, once). Greedy sessions ask the last stage for the token itself (4 bytes on
 //! the way back, as the cost model assumes); other sessions get the logits and the origin
 //! samples, so the seeded sampler's state stays here and survives failover.
 //!
@@ -307,16 +308,23 @@ impl Origin {
             position: u32::try_from(position).map_err(|_| fatal("prompt too long"))?,
             tensor: tokens_tensor(input),
             sample,
+            reply_to: Some(self.me()),
         };
         let t = Instant::now();
+        // The token comes straight from the last stage, or as the answer through the stages,
+        // whichever is first (the answer also carries any stage's failure).
+        let direct = self.stage.expect_return(session, step);
         // A newer plan (a member left, or the links moved) ends the step at once: the stages
         // that adopted it refuse this epoch anyway, and a departed stage may never answer.
         let reply = tokio::select! {
-            r = self.send_first(first, body) => r?,
+            r = self.send_first(first, body) => r,
+            Ok(frame) = direct => Ok(frame),
             () = self.plan_replaced(plan.epoch) => {
-                return Err(AttemptError::Replanned(format!("plan epoch {} was replaced", plan.epoch)));
+                Err(AttemptError::Replanned(format!("plan epoch {} was replaced", plan.epoch)))
             }
         };
+        self.stage.forget_return(session, step);
+        let reply = reply?;
         self.metrics.step(t.elapsed());
         self.check_reply(gate, session, step, &reply)
     }

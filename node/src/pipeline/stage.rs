@@ -6,11 +6,14 @@
 //! request with whatever came back, so the last stage's signed [`TokenReturn`] reaches the
 //! origin unchanged, and a failure anywhere comes back at once as an [`ErrorReply`] naming the
 //! stage that failed (a killed process closes its connections, so the failure is seen in
-//! milliseconds, not after a timeout).
+//! milliseconds, not after a timeout). The last stage also sends the token straight to the
+//! origin named in the activation (`reply_to`), so the origin has it one hop after the last
+//! stage, not one hop per stage later; [`StageCtx::expect_return`] is where the origin waits
+//! for it.
 //!
 //! [`StageCtx::handle`] is also called in-process when the origin itself runs stage 0.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,6 +79,10 @@ struct State {
     loaded: Option<Range<usize>>,
 }
 
+/// Where each waiting step of this node's own generations, by (session, step), wants its
+/// token frame.
+type Returns = HashMap<(u64, u64), tokio::sync::oneshot::Sender<Vec<u8>>>;
+
 /// Everything a stage needs to serve activations; shared by the server task, its request
 /// tasks and the local origin.
 pub struct StageCtx {
@@ -86,6 +93,8 @@ pub struct StageCtx {
     metrics: Arc<Metrics>,
     hop_timeout: Duration,
     state: Mutex<State>,
+    /// Steps of this node's own generations waiting for their token.
+    returns: Mutex<Returns>,
 }
 
 impl std::fmt::Debug for StageCtx {
@@ -118,7 +127,52 @@ impl StageCtx {
                 origins: VecDeque::new(),
                 loaded: None,
             }),
+            returns: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Registers a step of one of this node's generations: the token frame the last stage
+    /// sends straight here arrives on the returned receiver. Call [`StageCtx::forget_return`]
+    /// when the step is over either way.
+    pub(crate) fn expect_return(
+        &self,
+        session: u64,
+        step: u64,
+    ) -> tokio::sync::oneshot::Receiver<Vec<u8>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.returns_lock().insert((session, step), tx);
+        rx
+    }
+
+    /// Drops a step's registration.
+    pub(crate) fn forget_return(&self, session: u64, step: u64) {
+        self.returns_lock().remove(&(session, step));
+    }
+
+    fn returns_lock(&self) -> std::sync::MutexGuard<'_, Returns> {
+        // A map of senders stays usable after a panic elsewhere.
+        self.returns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A token sent straight to this node as a session's origin: handed to the waiting step
+    /// (which checks signer, epoch, session and step as for any answer). One that no step
+    /// waits for (it lost the race with the answer through the stages, or the step gave up)
+    /// is dropped; so is one its sender did not sign.
+    fn on_token(&self, peer: NodeId, s: &Signed<TokenReturn>) -> Vec<u8> {
+        let t = s.unverified();
+        if s.signer() != &peer {
+            return self.refuse(peer, Some(t.session), Refusal::WrongSender);
+        }
+        let waiting = self.returns_lock().remove(&(t.session, t.step));
+        match (waiting, PipelineMessage::Token(s.clone()).encode()) {
+            (Some(tx), Ok(frame)) => {
+                let _ = tx.send(frame);
+            }
+            _ => {
+                tracing::debug!(node = %self.me.short(), peer = %peer.short(), session = t.session, step = t.step, "token nobody waits for")
+            }
+        }
+        Vec::new()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -190,9 +244,7 @@ impl StageCtx {
         match msg {
             PipelineMessage::Activation(s) => self.on_activation(peer, s).await,
             PipelineMessage::End(s) => self.on_end(peer, s),
-            PipelineMessage::Token(s) => {
-                self.refuse(peer, Some(s.unverified().session), Refusal::NotOurStage)
-            }
+            PipelineMessage::Token(s) => self.on_token(peer, s),
         }
     }
 
@@ -270,6 +322,7 @@ impl StageCtx {
                     position: act.position,
                     tensor: float_tensor(&h),
                     sample: act.sample,
+                    reply_to: act.reply_to,
                 };
                 self.forward(&asg, next, body).await
             }
@@ -290,8 +343,12 @@ impl StageCtx {
                     seq,
                     "token step done"
                 );
-                sign_frame(&self.identity, body, PipelineMessage::Token)
-                    .unwrap_or_else(|e| error_frame(session, ErrorCode::Internal, e))
+                let frame = match sign_frame(&self.identity, body, PipelineMessage::Token) {
+                    Ok(f) => f,
+                    Err(e) => return error_frame(session, ErrorCode::Internal, e),
+                };
+                self.send_return(peer, act.reply_to, &frame);
+                frame
             }
             _ => error_frame(
                 session,
@@ -302,6 +359,28 @@ impl StageCtx {
                 ),
             ),
         }
+    }
+
+    /// Sends the last stage's token `frame` straight to the session's origin, unless the
+    /// answer to the request from `prev` reaches it as soon (the origin asked this stage
+    /// itself) or there is no origin named.
+    fn send_return(&self, prev: NodeId, origin: Option<NodeId>, frame: &[u8]) {
+        let Some(origin) = origin.filter(|o| *o != prev) else {
+            return;
+        };
+        if origin == self.me {
+            // The origin is this node: hand it over in-process.
+            if let Ok(PipelineMessage::Token(s)) = PipelineMessage::decode(frame) {
+                self.on_token(self.me, &s);
+            }
+            return;
+        }
+        let (net, frame) = (self.net.clone(), frame.to_vec());
+        tokio::spawn(async move {
+            if let Err(e) = net.send_activation(origin, frame).await {
+                tracing::debug!(error = %e, "token straight to the origin failed");
+            }
+        });
     }
 
     /// Signs `body`, sends it to `next` and returns its answer (or an error naming it).

@@ -98,6 +98,7 @@ fn claimed_huge_lengths_fail_without_allocating_them() {
             data: vec![9; 4],
         },
         sample: None,
+        reply_to: None,
     };
     let mut bytes = encode(&act).unwrap();
     // The frame ends with the data byte string: 0x44 (bytes, len 4) then 4 bytes.

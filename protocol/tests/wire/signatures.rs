@@ -18,6 +18,7 @@ fn activation() -> Activation {
             data: (0..16).collect(),
         },
         sample: None,
+        reply_to: None,
     }
 }
 

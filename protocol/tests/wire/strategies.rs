@@ -213,9 +213,10 @@ pub(crate) fn activation() -> impl Strategy<Value = Activation> {
         0u32..MAX_SWARM as u32,
         any::<u32>(),
         tensor(dtype().boxed()),
+        proptest::option::of(0u8..POOL),
     )
         .prop_map(
-            |(epoch, session, step, stage, position, tensor)| Activation {
+            |(epoch, session, step, stage, position, tensor, origin)| Activation {
                 epoch,
                 session,
                 step,
@@ -223,6 +224,7 @@ pub(crate) fn activation() -> impl Strategy<Value = Activation> {
                 position,
                 tensor,
                 sample: None,
+                reply_to: origin.map(|a| identity(a).node_id()),
             },
         )
 }

@@ -21,6 +21,7 @@ fn activation(t: Tensor) -> Activation {
         position: 0,
         tensor: t,
         sample: None,
+        reply_to: None,
     }
 }
 
