@@ -172,10 +172,12 @@ impl LinkEstimator {
         }
     }
 
-    /// The rate to pace the next train at (bits per second): half again the highest recent
-    /// sample, so the train keeps the narrowest link's queue busy without overflowing it
-    /// (a longer queue-limited stretch measures the rate better than a burst that is mostly
-    /// dropped), and an estimate that came out low is not confirmed by pacing at it. `None`
+    /// The rate to pace the next train at (bits per second): [`TRAIN_PACE`] times the highest
+    /// recent sample, so the train keeps the narrowest link's queue full even when this busy
+    /// machine pauses the sender (paced at 1.5x, trains from a node whose own uplink was the
+    /// bottleneck read 10-25% low), and an estimate that came out low is not confirmed by
+    /// pacing at it. The queue it builds delays the link's other traffic for a moment; the
+    /// loss probe leaves out the samples that cross it (`probe::TrainActivity`). `None`
     /// before the first sample: send at full speed.
     pub fn train_pace(&self) -> Option<f64> {
         self.trains
@@ -270,8 +272,9 @@ impl LinkEstimator {
 /// Bytes of IPv4 and UDP headers around each train datagram; they cross the link too.
 pub const TRAIN_HEADER_BYTES: u32 = 28;
 
-/// A train is paced at this multiple of the highest recent rate sample.
-pub const TRAIN_PACE: f64 = 1.5;
+/// A train is paced at this multiple of the highest recent rate sample (see
+/// [`LinkEstimator::train_pace`]).
+pub const TRAIN_PACE: f64 = 2.5;
 
 /// Train samples the link rate is the median of.
 pub const TRAIN_WINDOW: usize = 5;
@@ -425,7 +428,7 @@ mod tests {
         assert_eq!(e.train_pace(), None);
         e.on_train(4e6);
         e.on_train(6e6);
-        assert_eq!(e.train_pace(), Some(9e6));
+        assert_eq!(e.train_pace(), Some(15e6));
         assert_eq!(e.bandwidth(), Some(5e6));
     }
 

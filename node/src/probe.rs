@@ -13,7 +13,7 @@
 //!   answered (with its round-trip time) or lost (unanswered within the timeout) on a bounded
 //!   channel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -115,17 +115,49 @@ pub async fn measure_bandwidth(
     Ok(((small as u64, s), (large as u64, l)))
 }
 
+/// How long after a bandwidth train's last datagram this node's link still counts as busy
+/// (its queue drains).
+const TRAIN_AFTERGLOW: Duration = Duration::from_millis(300);
+
+/// When this node's own link last carried a bandwidth train (sent or received). Round trips
+/// measured meanwhile include the train's queue, not the link's delay, so the loss probe
+/// leaves them out, and the echo tells the prober so in its answers. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct TrainActivity {
+    busy_until: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl TrainActivity {
+    /// Marks the link busy for `for_` from now (never shortens an earlier mark).
+    pub fn mark(&self, for_: Duration) {
+        let until = Instant::now() + for_;
+        let mut b = self.busy_until.lock().unwrap_or_else(|e| e.into_inner());
+        *b = Some(b.map_or(until, |t| t.max(until)));
+    }
+
+    /// Whether the link carries (or just carried) a train.
+    pub fn busy(&self) -> bool {
+        self.busy_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| Instant::now() < t)
+    }
+}
+
 /// The UDP echo socket of the loss probe.
 #[derive(Debug)]
 pub struct UdpEcho {
     socket: UdpSocket,
+    activity: TrainActivity,
 }
 
 impl UdpEcho {
-    /// Binds the echo socket.
-    pub async fn bind(addr: SocketAddr) -> Result<Self, ProbeError> {
+    /// Binds the echo socket; trains it receives are recorded in `activity`, and its echoes
+    /// say whether `activity` is busy.
+    pub async fn bind(addr: SocketAddr, activity: TrainActivity) -> Result<Self, ProbeError> {
         Ok(UdpEcho {
             socket: UdpSocket::bind(addr).await?,
+            activity,
         })
     }
 
@@ -136,19 +168,34 @@ impl UdpEcho {
 
     /// Echoes loss probes and acknowledges train datagrams until cancelled; anything else is
     /// ignored (UDP senders can be spoofed, so there is no one to blame).
+    ///
+    /// A train's arrival times are the kernel's receive timestamps (`SO_TIMESTAMPNS`) where
+    /// the system gives them: on a busy machine this task may read a datagram many
+    /// milliseconds after it arrived, and a batch read late would look like a burst the link
+    /// never carried.
     pub async fn run(self, cancel: CancellationToken) {
-        let origin = Instant::now();
+        let stamped = nix::sys::socket::setsockopt(
+            &self.socket,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        )
+        .is_ok();
         let mut buf = [0u8; MAX_TRAIN_DATAGRAM];
         loop {
-            let (n, from) = tokio::select! {
+            let (n, from, stamp) = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.socket.recv_from(&mut buf) => match r {
+                r = recv_stamped(&self.socket, &mut buf, stamped) => match r {
                     Ok(x) => x,
                     Err(e) => { tracing::debug!(error = %e, "udp echo recv"); continue; }
                 },
             };
-            let recv_us = micros(origin.elapsed());
-            let Some(answer) = answer(&buf[..n], recv_us) else {
+            // The kernel's stamp and the fallback are both wall-clock time, so the acks of
+            // one train stay comparable should the kernel ever leave one out.
+            let recv_us = stamp.unwrap_or_else(wall_us);
+            if matches!(peek(&buf[..n]).map(|h| h.kind), Ok(Kind::TrainProbe)) {
+                self.activity.mark(TRAIN_AFTERGLOW);
+            }
+            let Some(answer) = answer(&buf[..n], recv_us, self.activity.busy()) else {
                 continue;
             };
             let _ = self.socket.send_to(&answer, from).await;
@@ -156,9 +203,70 @@ impl UdpEcho {
     }
 }
 
-/// The echo's answer to one datagram: the loss probe with `echo` set, or a [`TrainAck`];
-/// `None` for anything else.
-fn answer(datagram: &[u8], recv_us: u64) -> Option<Vec<u8>> {
+/// Microseconds since the Unix epoch, now.
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, micros)
+}
+
+/// Receives one datagram: its length, its sender and, when `stamped`, the kernel's receive
+/// time in microseconds since the Unix epoch.
+async fn recv_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    stamped: bool,
+) -> std::io::Result<(usize, SocketAddr, Option<u64>)> {
+    if !stamped {
+        let (n, from) = socket.recv_from(buf).await?;
+        return Ok((n, from, None));
+    }
+    loop {
+        socket.readable().await?;
+        let r = socket.try_io(tokio::io::Interest::READABLE, || {
+            use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+            use std::os::fd::AsRawFd;
+            let mut iov = [std::io::IoSliceMut::new(&mut *buf)];
+            let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+            let msg = recvmsg::<SockaddrStorage>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .map_err(std::io::Error::from)?;
+            let stamp = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmTimestampns(t) => {
+                        let us = t.tv_sec() * 1_000_000 + t.tv_nsec() / 1_000;
+                        u64::try_from(us).ok()
+                    }
+                    _ => None,
+                })
+            });
+            let from = msg
+                .address
+                .and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| SocketAddr::from((v4.ip(), v4.port())))
+                        .or_else(|| {
+                            a.as_sockaddr_in6()
+                                .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+                        })
+                })
+                .ok_or_else(|| std::io::Error::other("datagram without a sender address"))?;
+            Ok((msg.bytes, from, stamp))
+        });
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The echo's answer to one datagram: the loss probe with `echo` set (and `busy` when this
+/// node's link carries a train), or a [`TrainAck`]; `None` for anything else.
+fn answer(datagram: &[u8], recv_us: u64, busy: bool) -> Option<Vec<u8>> {
     match peek(datagram).ok()?.kind {
         Kind::LossProbe => {
             let mut probe = decode::<LossProbe>(datagram).ok()?;
@@ -166,6 +274,7 @@ fn answer(datagram: &[u8], recv_us: u64) -> Option<Vec<u8>> {
                 return None;
             }
             probe.echo = true;
+            probe.busy = busy;
             encode(&probe).ok()
         }
         Kind::TrainProbe => {
@@ -206,6 +315,7 @@ pub async fn measure_train(
     to: SocketAddr,
     bytes: usize,
     pace_bps: Option<f64>,
+    activity: &TrainActivity,
 ) -> Result<Vec<(u64, u32)>, ProbeError> {
     let bind: SocketAddr = if to.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -256,6 +366,7 @@ pub async fn measure_train(
                 tokio::time::sleep_until(due.into()).await;
             }
         }
+        activity.mark(TRAIN_AFTERGLOW);
         let mut p = probe(seq);
         p.pad.clone_from(&pad);
         let frame = encode(&p).map_err(|e| ProbeError::BadReply(e.to_string()))?;
@@ -298,6 +409,10 @@ pub struct LossSample {
     pub lost: bool,
     /// Round-trip time of the answered probe (`None` when lost).
     pub rtt: Option<Duration>,
+    /// The probe crossed a link that was carrying a bandwidth train (this node's, as
+    /// `activity` says, or the peer's, as its echoes say): its fate says nothing about the
+    /// link, and the estimator leaves it out.
+    pub disturbed: bool,
 }
 
 /// Sends loss probes to every target and reports the outcomes.
@@ -308,16 +423,22 @@ pub struct LossProber {
     out: mpsc::Sender<LossSample>,
     interval: Duration,
     timeout: Duration,
+    activity: TrainActivity,
 }
 
+/// A probe awaiting its echo: the peer, when it was sent, and whether this node's link was
+/// busy with a train then.
+type Pending = HashMap<u32, (NodeId, Instant, bool)>;
+
 impl LossProber {
-    /// A prober on a fresh UDP socket bound to `bind` (port 0 is fine).
+    /// A prober on a fresh UDP socket bound to `bind` (port 0 is fine); `activity` is this
+    /// node's own train activity.
     pub async fn new(
         bind: SocketAddr,
         targets: watch::Receiver<BTreeMap<NodeId, SocketAddr>>,
         out: mpsc::Sender<LossSample>,
-        rate_hz: u32,
-        timeout: Duration,
+        (rate_hz, timeout): (u32, Duration),
+        activity: TrainActivity,
     ) -> Result<Self, ProbeError> {
         Ok(LossProber {
             socket: UdpSocket::bind(bind).await?,
@@ -325,6 +446,7 @@ impl LossProber {
             out,
             interval: Duration::from_secs_f64(1.0 / f64::from(rate_hz.max(1))),
             timeout,
+            activity,
         })
     }
 
@@ -333,23 +455,26 @@ impl LossProber {
         let nonce: u64 = rand::rng().random();
         let origin = Instant::now();
         let mut seq = 0u32;
-        let mut pending: HashMap<u32, (NodeId, Instant)> = HashMap::new();
+        let mut pending = Pending::new();
+        // Per peer: the send times of probes its echoes said crossed a train, as intervals.
+        let mut peer_busy: HashMap<NodeId, VecDeque<(Instant, Instant)>> = HashMap::new();
         let mut tick = tokio::time::interval(self.interval);
         let mut buf = [0u8; MAX_LOSS_PROBE_BYTES];
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {
-                    self.expire(&mut pending);
+                    self.expire(&mut pending, &peer_busy);
                     let targets = self.targets.borrow().clone();
+                    let busy = self.activity.busy();
                     for (peer, addr) in targets {
                         seq = seq.wrapping_add(1);
                         let sent_us = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        let probe = LossProbe { nonce, seq, sent_us, echo: false };
+                        let probe = LossProbe { nonce, seq, sent_us, echo: false, busy: false };
                         if let Ok(bytes) = encode(&probe)
                             && self.socket.send_to(&bytes, addr).await.is_ok()
                         {
-                            pending.insert(seq, (peer, Instant::now()));
+                            pending.insert(seq, (peer, Instant::now(), busy));
                         }
                     }
                 }
@@ -359,29 +484,59 @@ impl LossProber {
                     if !echo.echo || echo.nonce != nonce {
                         continue;
                     }
-                    if let Some((peer, at)) = pending.remove(&echo.seq) {
+                    if let Some((peer, at, busy_then)) = pending.remove(&echo.seq) {
+                        if echo.busy {
+                            note_busy(peer_busy.entry(peer).or_default(), at);
+                        }
+                        let disturbed = echo.busy || busy_then;
                         let rtt = Some(at.elapsed());
-                        let _ = self.out.try_send(LossSample { peer, lost: false, rtt });
+                        let _ = self.out.try_send(LossSample { peer, lost: false, rtt, disturbed });
                     }
                 }
             }
         }
     }
 
-    fn expire(&self, pending: &mut HashMap<u32, (NodeId, Instant)>) {
+    /// Reports the probes unanswered within the timeout as lost. One is disturbed by the same
+    /// rule as an answered one, so that leaving both out does not bias the loss: this node's
+    /// link was busy when it was sent, or it was sent while the peer's echoes said the peer's
+    /// link was busy (those echoes come later, hence the check at expiry).
+    fn expire(
+        &self,
+        pending: &mut Pending,
+        peer_busy: &HashMap<NodeId, VecDeque<(Instant, Instant)>>,
+    ) {
         let timeout = self.timeout;
         let lost: Vec<u32> = pending
             .iter()
-            .filter(|(_, (_, at))| at.elapsed() > timeout)
+            .filter(|(_, (_, at, _))| at.elapsed() > timeout)
             .map(|(s, _)| *s)
             .collect();
         for s in lost {
-            if let Some((peer, _)) = pending.remove(&s) {
+            if let Some((peer, at, busy_then)) = pending.remove(&s) {
+                let peer_was_busy = peer_busy
+                    .get(&peer)
+                    .is_some_and(|spans| spans.iter().any(|(a, b)| *a <= at && at <= *b));
                 let _ = self.out.try_send(LossSample {
                     peer,
                     lost: true,
                     rtt: None,
+                    disturbed: busy_then || peer_was_busy,
                 });
+            }
+        }
+    }
+}
+
+/// Records that the probe sent at `at` crossed the peer's busy link: it extends the latest
+/// interval when close to it, else starts one (a few recent intervals are kept).
+fn note_busy(spans: &mut VecDeque<(Instant, Instant)>, at: Instant) {
+    match spans.back_mut() {
+        Some((_, end)) if at <= *end + TRAIN_AFTERGLOW => *end = (*end).max(at),
+        _ => {
+            spans.push_back((at, at));
+            while spans.len() > 8 {
+                spans.pop_front();
             }
         }
     }
@@ -395,7 +550,9 @@ mod tests {
     #[tokio::test]
     async fn echo_answers_and_silence_counts_as_loss() {
         let cancel = CancellationToken::new();
-        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), TrainActivity::default())
+            .await
+            .unwrap();
         let port = echo.port().unwrap();
         tokio::spawn(echo.run(cancel.clone()));
         // A bound socket that never answers stands in for a link that loses everything.
@@ -412,8 +569,8 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             targets_rx,
             out,
-            200,
-            Duration::from_millis(100),
+            (200, Duration::from_millis(100)),
+            TrainActivity::default(),
         )
         .await
         .unwrap();
@@ -438,17 +595,24 @@ mod tests {
     #[tokio::test]
     async fn the_echo_acknowledges_every_train_datagram_with_less() {
         let cancel = CancellationToken::new();
-        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), TrainActivity::default())
+            .await
+            .unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
         tokio::spawn(echo.run(cancel.clone()));
-        let arrivals = measure_train(addr, 48 * TRAIN_DATAGRAM, None)
+        let arrivals = measure_train(addr, 48 * TRAIN_DATAGRAM, None, &TrainActivity::default())
             .await
             .unwrap();
         // Paced at 20 Mbit/s after a burst of 12, 36 datagrams take about 18 ms to send.
         let t = Instant::now();
-        let paced = measure_train(addr, 48 * TRAIN_DATAGRAM, Some(20e6))
-            .await
-            .unwrap();
+        let paced = measure_train(
+            addr,
+            48 * TRAIN_DATAGRAM,
+            Some(20e6),
+            &TrainActivity::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(paced.len(), 48);
         assert!(
             t.elapsed() >= Duration::from_millis(15),
@@ -456,6 +620,14 @@ mod tests {
             t.elapsed()
         );
         assert_eq!(arrivals.len(), 48);
+        // Arrival times are wall-clock microseconds (the kernel's receive stamps).
+        let now = wall_us();
+        assert!(
+            arrivals
+                .iter()
+                .all(|&(t, _)| t <= now && now - t < 10_000_000),
+            "{arrivals:?} vs {now}"
+        );
         // Sizes differ by the few bytes a small sequence number saves.
         assert!(
             arrivals
@@ -473,23 +645,73 @@ mod tests {
             })
             .unwrap()
         };
-        assert!(answer(&frame(0), u64::MAX).is_none());
-        let ack = answer(&frame(64), u64::MAX).unwrap();
+        assert!(answer(&frame(0), u64::MAX, false).is_none());
+        let ack = answer(&frame(64), u64::MAX, false).unwrap();
         assert!(ack.len() <= frame(64).len());
         // Echoes and acks are never answered (no loops between two echoes).
-        assert!(answer(&ack, 0).is_none());
+        assert!(answer(&ack, 0, false).is_none());
         let echoed = answer(
             &encode(&LossProbe {
                 nonce: 1,
                 seq: 1,
                 sent_us: 1,
                 echo: false,
+                busy: false,
             })
             .unwrap(),
             0,
+            true,
         )
         .unwrap();
-        assert!(answer(&echoed, 0).is_none());
+        // The echo says whether its node's link carried a train.
+        assert!(decode::<LossProbe>(&echoed).unwrap().busy);
+        assert!(answer(&echoed, 0, false).is_none());
+        cancel.cancel();
+    }
+
+    /// A peer whose link carries a train says so in its echoes, and the prober marks those
+    /// samples disturbed.
+    #[tokio::test]
+    async fn probes_across_a_link_carrying_a_train_are_disturbed() {
+        let cancel = CancellationToken::new();
+        let peer_link = TrainActivity::default();
+        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), peer_link.clone())
+            .await
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
+        tokio::spawn(echo.run(cancel.clone()));
+        let peer = Identity::from_secret_bytes([3; 32]).node_id();
+        let (_tx, targets_rx) = watch::channel(BTreeMap::from([(peer, addr)]));
+        let (out, mut rx) = mpsc::channel(1024);
+        let own_link = TrainActivity::default();
+        let prober = LossProber::new(
+            "127.0.0.1:0".parse().unwrap(),
+            targets_rx,
+            out,
+            (200, Duration::from_millis(100)),
+            own_link.clone(),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(prober.run(cancel.clone()));
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        // Quiet links: answered and undisturbed.
+        let s = next().await;
+        assert!(!s.lost && !s.disturbed, "{s:?}");
+        peer_link.mark(Duration::from_secs(30));
+        let mut seen = 0;
+        while seen < 5 {
+            let s = next().await;
+            // Probes answered before the mark may still be in flight.
+            if s.disturbed {
+                seen += 1;
+            }
+        }
         cancel.cancel();
     }
 
@@ -500,7 +722,7 @@ mod tests {
         drop(closed);
         let started = Instant::now();
         assert!(
-            measure_train(addr, 10 * TRAIN_DATAGRAM, None)
+            measure_train(addr, 10 * TRAIN_DATAGRAM, None, &TrainActivity::default())
                 .await
                 .is_err()
         );
@@ -545,7 +767,9 @@ mod tests {
     #[tokio::test]
     async fn real_datagrams_tell_five_from_ten_percent_loss() {
         let cancel = CancellationToken::new();
-        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), TrainActivity::default())
+            .await
+            .unwrap();
         let echo_addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
         tokio::spawn(echo.run(cancel.clone()));
         let five = Identity::from_secret_bytes([5; 32]).node_id();
@@ -560,8 +784,8 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             targets_rx,
             out,
-            1000,
-            Duration::from_millis(200),
+            (1000, Duration::from_millis(200)),
+            TrainActivity::default(),
         )
         .await
         .unwrap();

@@ -109,6 +109,11 @@ pub struct LossProbe {
     pub sent_us: u64,
     /// False from the prober, true in the echo.
     pub echo: bool,
+    /// Set in an echo when the echoing node's own link was carrying a bandwidth train: the
+    /// round trip then includes the train's queue, which says nothing about the link, so the
+    /// prober leaves the sample out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub busy: bool,
 }
 
 impl Message for LossProbe {

@@ -60,6 +60,8 @@ pub(super) enum BandwidthProbeOutcome {
 /// The node task's state.
 pub(super) struct NodeTask {
     pub(super) cfg: Arc<Config>,
+    /// When this node's link last carried a bandwidth train (see `probe::TrainActivity`).
+    pub(super) train_activity: probe::TrainActivity,
     pub(super) identity: Arc<Identity>,
     pub(super) me: NodeId,
     pub(super) net: NetworkHandle,
@@ -118,7 +120,8 @@ pub(super) async fn start(
     tracing::info!(node = %me.short(), flops = speeds.flops, mem_bw = speeds.mem_bw, "measured capability");
 
     let io = |what: &'static str| move |source: std::io::Error| NodeError::Io { what, source };
-    let echo = UdpEcho::bind(cfg.probe.udp_echo)
+    let activity = probe::TrainActivity::default();
+    let echo = UdpEcho::bind(cfg.probe.udp_echo, activity.clone())
         .await
         .map_err(|e| NodeError::Config(format!("udp echo: {e}")))?;
     let echo_port = echo
@@ -140,8 +143,8 @@ pub(super) async fn start(
         SocketAddr::from(([0, 0, 0, 0], 0)),
         targets_rx,
         loss_tx,
-        cfg.probe.loss_rate_hz,
-        ms(cfg.probe.loss_timeout_ms),
+        (cfg.probe.loss_rate_hz, ms(cfg.probe.loss_timeout_ms)),
+        activity.clone(),
     )
     .await
     .map_err(|e| NodeError::Config(format!("loss prober: {e}")))?;
@@ -206,6 +209,7 @@ pub(super) async fn start(
         bw_due: BTreeMap::new(),
         bw_busy: false,
         bw_tx,
+        train_activity: activity,
         solve_tx,
         connected: Default::default(),
     };
@@ -414,6 +418,9 @@ impl NodeTask {
     }
 
     fn on_loss(&mut self, s: LossSample) {
+        if s.disturbed {
+            return;
+        }
         let e = self.estimator(s.peer);
         e.on_probe(s.lost);
         if let Some(rtt) = s.rtt {
@@ -531,6 +538,7 @@ impl NodeTask {
         let train_bytes = usize::try_from(self.cfg.probe.train_bytes).unwrap_or(0);
         let echo = self.loss_targets.borrow().get(&peer).copied();
         let pace = self.estimators.get(&peer).and_then(|e| e.train_pace());
+        let activity = self.train_activity.clone();
         // Paced trains are sized to keep the link busy for about TRAIN_BUSY at the rate last
         // seen: long enough to measure well, short enough not to crowd out the link's traffic.
         let train_bytes = pace.map_or(train_bytes, |p| {
@@ -540,7 +548,7 @@ impl NodeTask {
         tokio::spawn(async move {
             let train = match echo {
                 Some(addr) if train_bytes > 0 => {
-                    probe::measure_train(addr, train_bytes, pace).await
+                    probe::measure_train(addr, train_bytes, pace, &activity).await
                 }
                 _ => Ok(Vec::new()),
             };

@@ -312,21 +312,57 @@ impl Origin {
         };
         let t = Instant::now();
         // The token comes straight from the last stage, or as the answer through the stages,
-        // whichever is first (the answer also carries any stage's failure).
-        let direct = self.stage.expect_return(session, step);
-        // A newer plan (a member left, or the links moved) ends the step at once: the stages
-        // that adopted it refuse this epoch anyway, and a departed stage may never answer.
-        let reply = tokio::select! {
-            r = self.send_first(first, body) => r,
-            Ok(frame) = direct => Ok(frame),
-            () = self.plan_replaced(plan.epoch) => {
-                Err(AttemptError::Replanned(format!("plan epoch {} was replaced", plan.epoch)))
+        // whichever is first (the answer also carries any stage's failure). A bad copy sent
+        // straight here does not end the step.
+        let mut direct = self.stage.expect_return(session, step);
+        let mut direct_open = true;
+        let chain = self.send_first(first, body);
+        let replaced = self.plan_replaced(plan.epoch);
+        tokio::pin!(chain, replaced);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut chain => {
+                    break r.and_then(|reply| self.check_reply(gate, session, step, &reply));
+                }
+                d = &mut direct, if direct_open => {
+                    direct_open = false;
+                    let Ok(frame) = d else { continue };
+                    match self.check_reply(gate, session, step, &frame) {
+                        Ok(next) => break Ok(next),
+                        // Not from the plan's last stage (or not for this step): ignore it
+                        // and wait for the answer through the stages.
+                        Err(e) => self.refused_direct(plan, &frame, &e).await,
+                    }
+                }
+                // A newer plan (a member left, or the links moved) ends the step at once: the
+                // stages that adopted it refuse this epoch anyway, and a departed stage may
+                // never answer.
+                () = &mut replaced => {
+                    break Err(AttemptError::Replanned(format!(
+                        "plan epoch {} was replaced",
+                        plan.epoch
+                    )));
+                }
             }
         };
         self.stage.forget_return(session, step);
-        let reply = reply?;
-        self.metrics.step(t.elapsed());
-        self.check_reply(gate, session, step, &reply)
+        if outcome.is_ok() {
+            self.metrics.step(t.elapsed());
+        }
+        outcome
+    }
+
+    /// A token sent straight here that did not pass the checks: its signer (who sent it, as
+    /// the stage side made sure) loses score unless it is the plan's last stage.
+    async fn refused_direct(&self, plan: &Plan, frame: &[u8], why: &AttemptError) {
+        tracing::info!(node = %self.me().short(), "token sent straight here refused: {why:?}");
+        let Ok(PipelineMessage::Token(t)) = PipelineMessage::decode(frame) else {
+            return;
+        };
+        let signer = *t.signer();
+        if plan.stages.last().is_some_and(|s| s.node != signer) {
+            let _ = self.net.report_misbehaviour(signer, "wrong_sender").await;
+        }
     }
 
     /// Sends the step's activation to the first stage (in-process when that is this node)

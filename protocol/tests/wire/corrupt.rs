@@ -42,6 +42,7 @@ fn probe_frame() -> Vec<u8> {
         seq: 2,
         sent_us: 3,
         echo: false,
+        busy: false,
     })
     .unwrap()
 }

@@ -370,14 +370,20 @@ pub(crate) fn bandwidth_probe_reply() -> impl Strategy<Value = BandwidthProbeRep
 
 /// A loss-probe datagram.
 pub(crate) fn loss_probe() -> impl Strategy<Value = LossProbe> {
-    (any::<u64>(), any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
-        |(nonce, seq, sent_us, echo)| LossProbe {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(nonce, seq, sent_us, echo, busy)| LossProbe {
             nonce,
             seq,
             sent_us,
             echo,
-        },
-    )
+            busy,
+        })
 }
 
 /// A bandwidth-train datagram, up to the largest that fits [`MAX_TRAIN_DATAGRAM`].
