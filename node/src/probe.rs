@@ -181,6 +181,7 @@ impl UdpEcho {
         )
         .is_ok();
         let mut buf = [0u8; MAX_TRAIN_DATAGRAM];
+        let mut trains = RecentTrains::default();
         loop {
             let (n, from, stamp) = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -192,10 +193,14 @@ impl UdpEcho {
             // The kernel's stamp and the fallback are both wall-clock time, so the acks of
             // one train stay comparable should the kernel ever leave one out.
             let recv_us = stamp.unwrap_or_else(wall_us);
+            let mut shared = false;
             if matches!(peek(&buf[..n]).map(|h| h.kind), Ok(Kind::TrainProbe)) {
                 self.activity.mark(TRAIN_AFTERGLOW);
+                if let Ok(p) = decode::<TrainProbe>(&buf[..n]) {
+                    shared = trains.arrived(p.nonce, Instant::now());
+                }
             }
-            let Some(answer) = answer(&buf[..n], recv_us, self.activity.busy()) else {
+            let Some(answer) = answer(&buf[..n], recv_us, self.activity.busy(), shared) else {
                 continue;
             };
             let _ = self.socket.send_to(&answer, from).await;
@@ -264,9 +269,36 @@ async fn recv_stamped(
     }
 }
 
+/// The trains an echo saw lately: enough to tell when two overlap.
+#[derive(Debug, Default)]
+struct RecentTrains {
+    /// Last arrival per prober nonce (a handful at most; old ones are dropped).
+    last: Vec<(u64, Instant)>,
+}
+
+impl RecentTrains {
+    /// Records a datagram of the train `nonce`; true when another train's datagram arrived
+    /// within [`TRAIN_OVERLAP`].
+    fn arrived(&mut self, nonce: u64, now: Instant) -> bool {
+        self.last
+            .retain(|(_, t)| now.saturating_duration_since(*t) < TRAIN_OVERLAP);
+        let shared = self.last.iter().any(|(n, _)| *n != nonce);
+        if let Some(e) = self.last.iter_mut().find(|(n, _)| *n == nonce) {
+            e.1 = now;
+        } else if self.last.len() < 16 {
+            self.last.push((nonce, now));
+        }
+        shared
+    }
+}
+
+/// Two trains whose datagrams reach an echo this close together shared its link.
+const TRAIN_OVERLAP: Duration = Duration::from_millis(100);
+
 /// The echo's answer to one datagram: the loss probe with `echo` set (and `busy` when this
-/// node's link carries a train), or a [`TrainAck`]; `None` for anything else.
-fn answer(datagram: &[u8], recv_us: u64, busy: bool) -> Option<Vec<u8>> {
+/// node's link carries a train), or a [`TrainAck`] (`shared` when another train overlapped);
+/// `None` for anything else.
+fn answer(datagram: &[u8], recv_us: u64, busy: bool, shared: bool) -> Option<Vec<u8>> {
     match peek(datagram).ok()?.kind {
         Kind::LossProbe => {
             let mut probe = decode::<LossProbe>(datagram).ok()?;
@@ -285,6 +317,7 @@ fn answer(datagram: &[u8], recv_us: u64, busy: bool) -> Option<Vec<u8>> {
                 seq: probe.seq,
                 bytes: u32::try_from(datagram.len()).ok()?,
                 recv_us,
+                shared,
             })
             .ok()?;
             // Never answer with more than was sent (no amplification towards a spoofed source).
@@ -296,6 +329,15 @@ fn answer(datagram: &[u8], recv_us: u64, busy: bool) -> Option<Vec<u8>> {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What a train measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Train {
+    /// `(receiver clock in µs, datagram bytes)` per datagram that arrived, in no order.
+    pub arrivals: Vec<(u64, u32)>,
+    /// The receiver saw another train at the same time (the sample says little).
+    pub shared: bool,
 }
 
 /// Size of each train datagram, bytes (below any path's MTU with IPv6 and UDP headers).
@@ -316,7 +358,7 @@ pub async fn measure_train(
     bytes: usize,
     pace_bps: Option<f64>,
     activity: &TrainActivity,
-) -> Result<Vec<(u64, u32)>, ProbeError> {
+) -> Result<Train, ProbeError> {
     let bind: SocketAddr = if to.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -374,6 +416,7 @@ pub async fn measure_train(
         let _ = socket.send(&frame).await;
     }
     let mut arrivals = Vec::with_capacity(count as usize);
+    let mut shared = false;
     let mut seen = std::collections::HashSet::new();
     let mut buf = [0u8; MAX_TRAIN_ACK_BYTES];
     while arrivals.len() < count as usize && started.elapsed() < TRAIN_DEADLINE {
@@ -389,6 +432,7 @@ pub async fn measure_train(
         };
         if ack.nonce == nonce && ack.train == train && ack.seq < count && seen.insert(ack.seq) {
             arrivals.push((ack.recv_us, ack.bytes));
+            shared |= ack.shared;
         }
     }
     if arrivals.is_empty() {
@@ -397,7 +441,7 @@ pub async fn measure_train(
             "no datagram of the train was acknowledged",
         )));
     }
-    Ok(arrivals)
+    Ok(Train { arrivals, shared })
 }
 
 /// One loss-probe outcome.
@@ -600,9 +644,11 @@ mod tests {
             .unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
         tokio::spawn(echo.run(cancel.clone()));
-        let arrivals = measure_train(addr, 48 * TRAIN_DATAGRAM, None, &TrainActivity::default())
+        let train = measure_train(addr, 48 * TRAIN_DATAGRAM, None, &TrainActivity::default())
             .await
             .unwrap();
+        assert!(!train.shared);
+        let arrivals = train.arrivals;
         // Paced at 20 Mbit/s after a burst of 12, 36 datagrams take about 18 ms to send.
         let t = Instant::now();
         let paced = measure_train(
@@ -612,7 +658,8 @@ mod tests {
             &TrainActivity::default(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .arrivals;
         assert_eq!(paced.len(), 48);
         assert!(
             t.elapsed() >= Duration::from_millis(15),
@@ -645,11 +692,11 @@ mod tests {
             })
             .unwrap()
         };
-        assert!(answer(&frame(0), u64::MAX, false).is_none());
-        let ack = answer(&frame(64), u64::MAX, false).unwrap();
+        assert!(answer(&frame(0), u64::MAX, false, false).is_none());
+        let ack = answer(&frame(64), u64::MAX, false, false).unwrap();
         assert!(ack.len() <= frame(64).len());
         // Echoes and acks are never answered (no loops between two echoes).
-        assert!(answer(&ack, 0, false).is_none());
+        assert!(answer(&ack, 0, false, false).is_none());
         let echoed = answer(
             &encode(&LossProbe {
                 nonce: 1,
@@ -661,11 +708,12 @@ mod tests {
             .unwrap(),
             0,
             true,
+            false,
         )
         .unwrap();
         // The echo says whether its node's link carried a train.
         assert!(decode::<LossProbe>(&echoed).unwrap().busy);
-        assert!(answer(&echoed, 0, false).is_none());
+        assert!(answer(&echoed, 0, false, false).is_none());
         cancel.cancel();
     }
 
@@ -713,6 +761,20 @@ mod tests {
             }
         }
         cancel.cancel();
+    }
+
+    #[test]
+    fn overlapping_trains_are_told_apart_from_one() {
+        let mut r = RecentTrains::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(!r.arrived(1, t0));
+        assert!(!r.arrived(1, t0 + ms(2)));
+        // A second prober's train while the first still arrives.
+        assert!(r.arrived(2, t0 + ms(3)));
+        assert!(r.arrived(1, t0 + ms(4)));
+        // Long after both: a lone train again.
+        assert!(!r.arrived(3, t0 + ms(500)));
     }
 
     #[tokio::test]

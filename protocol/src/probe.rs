@@ -166,6 +166,10 @@ pub struct TrainAck {
     /// Receiver's clock at arrival, microseconds since an origin of its own (only differences
     /// between acks of one train mean anything).
     pub recv_us: u64,
+    /// Another train (another prober's nonce) reached the receiver at nearly the same time:
+    /// the two shared its link, and each measured only part of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 impl Message for TrainAck {

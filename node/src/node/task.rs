@@ -36,8 +36,9 @@ const RESULT_CAPACITY: usize = 16;
 /// Largest `/shoal/generate/1` frame, bytes.
 const GENERATE_MAX: usize = 8 << 20;
 
-/// How long a paced train keeps the probed link busy.
-const TRAIN_BUSY: Duration = Duration::from_millis(300);
+/// How long a paced train keeps the probed link busy (at 300 ms, single trains on a jittery
+/// 5 Mbit/s link were off by up to 25%).
+const TRAIN_BUSY: Duration = Duration::from_millis(500);
 
 /// A bandwidth measurement of one peer.
 pub(super) type BandwidthResult = (NodeId, BandwidthProbeOutcome);
@@ -55,6 +56,9 @@ pub(super) enum BandwidthProbeOutcome {
     /// The timed transfers (when no train could measure: no echo, trains off, or a link too
     /// fast for one), `(bytes, seconds)` of the small and the large.
     Transfers(Result<probe::TransferPair, probe::ProbeError>),
+    /// The train met another train at the peer (each measures a share of the link): no
+    /// sample this round.
+    Shared,
 }
 
 /// The node task's state.
@@ -444,6 +448,9 @@ impl NodeTask {
             BandwidthProbeOutcome::Transfers(Err(e)) => {
                 tracing::debug!(peer = %peer.short(), error = %e, "bandwidth probe failed");
             }
+            BandwidthProbeOutcome::Shared => {
+                tracing::debug!(peer = %peer.short(), "train met another train; no sample");
+            }
         }
     }
 
@@ -525,8 +532,13 @@ impl NodeTask {
         let Some((&peer, _)) = self.bw_due.iter().find(|(_, due)| **due <= now) else {
             return;
         };
-        self.bw_due
-            .insert(peer, now + ms(self.cfg.probe.bandwidth_interval_ms));
+        // Spread over 0.5-1.5 intervals: nodes that started together would otherwise probe
+        // in step, and trains that share a link measure half of it each.
+        let spread = rand::Rng::random_range(&mut rand::rng(), 0.5..1.5);
+        self.bw_due.insert(
+            peer,
+            now + ms(self.cfg.probe.bandwidth_interval_ms).mul_f64(spread),
+        );
         self.bw_busy = true;
         let net = self.net.clone();
         let tx = self.bw_tx.clone();
@@ -550,15 +562,21 @@ impl NodeTask {
                 Some(addr) if train_bytes > 0 => {
                     probe::measure_train(addr, train_bytes, pace, &activity).await
                 }
-                _ => Ok(Vec::new()),
+                _ => Ok(probe::Train {
+                    arrivals: Vec::new(),
+                    shared: false,
+                }),
             };
             let outcome = match train {
-                Ok(arrivals) => crate::links::train_rate(&arrivals).map(|rate_bps| {
-                    BandwidthProbeOutcome::Train {
-                        rate_bps,
-                        arrivals: arrivals.len(),
-                    }
-                }),
+                Ok(t) if t.shared => Some(BandwidthProbeOutcome::Shared),
+                Ok(probe::Train { arrivals, .. }) => {
+                    crate::links::train_rate(&arrivals).map(|rate_bps| {
+                        BandwidthProbeOutcome::Train {
+                            rate_bps,
+                            arrivals: arrivals.len(),
+                        }
+                    })
+                }
                 Err(e) => {
                     tracing::debug!(peer = %peer.short(), error = %e, "train probe failed");
                     None

@@ -410,12 +410,14 @@ pub(crate) fn train_ack() -> impl Strategy<Value = TrainAck> {
         any::<u32>(),
         any::<u32>(),
         any::<u64>(),
+        any::<bool>(),
     )
-        .prop_map(|(nonce, train, seq, bytes, recv_us)| TrainAck {
+        .prop_map(|(nonce, train, seq, bytes, recv_us, shared)| TrainAck {
             nonce,
             train,
             seq,
             bytes,
             recv_us,
+            shared,
         })
 }
