@@ -183,7 +183,7 @@ impl LinkEstimator {
         self.trains
             .iter()
             .copied()
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+            .reduce(f64::max)
             .map(|m| TRAIN_PACE * m)
     }
 

@@ -193,14 +193,12 @@ impl UdpEcho {
             // The kernel's stamp and the fallback are both wall-clock time, so the acks of
             // one train stay comparable should the kernel ever leave one out.
             let recv_us = stamp.unwrap_or_else(wall_us);
-            let mut shared = false;
-            if matches!(peek(&buf[..n]).map(|h| h.kind), Ok(Kind::TrainProbe)) {
+            let busy = self.activity.busy();
+            let on_train = |nonce| {
                 self.activity.mark(TRAIN_AFTERGLOW);
-                if let Ok(p) = decode::<TrainProbe>(&buf[..n]) {
-                    shared = trains.arrived(p.nonce, Instant::now());
-                }
-            }
-            let Some(answer) = answer(&buf[..n], recv_us, self.activity.busy(), shared) else {
+                trains.arrived(nonce, Instant::now())
+            };
+            let Some(answer) = answer(&buf[..n], recv_us, busy, on_train) else {
                 continue;
             };
             let _ = self.socket.send_to(&answer, from).await;
@@ -296,9 +294,14 @@ impl RecentTrains {
 const TRAIN_OVERLAP: Duration = Duration::from_millis(100);
 
 /// The echo's answer to one datagram: the loss probe with `echo` set (and `busy` when this
-/// node's link carries a train), or a [`TrainAck`] (`shared` when another train overlapped);
-/// `None` for anything else.
-fn answer(datagram: &[u8], recv_us: u64, busy: bool, shared: bool) -> Option<Vec<u8>> {
+/// node's link carries a train), or a [`TrainAck`]; `on_train` is told the train's nonce and
+/// says whether another train overlapped it (`shared`). `None` for anything else.
+fn answer(
+    datagram: &[u8],
+    recv_us: u64,
+    busy: bool,
+    on_train: impl FnOnce(u64) -> bool,
+) -> Option<Vec<u8>> {
     match peek(datagram).ok()?.kind {
         Kind::LossProbe => {
             let mut probe = decode::<LossProbe>(datagram).ok()?;
@@ -311,6 +314,7 @@ fn answer(datagram: &[u8], recv_us: u64, busy: bool, shared: bool) -> Option<Vec
         }
         Kind::TrainProbe => {
             let probe = decode::<TrainProbe>(datagram).ok()?;
+            let shared = on_train(probe.nonce);
             let ack = encode(&TrainAck {
                 nonce: probe.nonce,
                 train: probe.train,
@@ -595,14 +599,22 @@ mod tests {
     use super::*;
     use shoal_keys::Identity;
 
+    /// A running echo on loopback that records trains in `activity`; stops with `cancel`.
+    async fn loopback_echo(activity: TrainActivity, cancel: &CancellationToken) -> SocketAddr {
+        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), activity)
+            .await
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
+        tokio::spawn(echo.run(cancel.clone()));
+        addr
+    }
+
     #[tokio::test]
     async fn echo_answers_and_silence_counts_as_loss() {
         let cancel = CancellationToken::new();
-        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), TrainActivity::default())
+        let port = loopback_echo(TrainActivity::default(), &cancel)
             .await
-            .unwrap();
-        let port = echo.port().unwrap();
-        tokio::spawn(echo.run(cancel.clone()));
+            .port();
         // A bound socket that never answers stands in for a link that loses everything.
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let good = Identity::from_secret_bytes([1; 32]).node_id();
@@ -643,11 +655,7 @@ mod tests {
     #[tokio::test]
     async fn the_echo_acknowledges_every_train_datagram_with_less() {
         let cancel = CancellationToken::new();
-        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), TrainActivity::default())
-            .await
-            .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
-        tokio::spawn(echo.run(cancel.clone()));
+        let addr = loopback_echo(TrainActivity::default(), &cancel).await;
         let train = measure_train(addr, 48 * TRAIN_DATAGRAM, None, &TrainActivity::default())
             .await
             .unwrap();
@@ -696,11 +704,11 @@ mod tests {
             })
             .unwrap()
         };
-        assert!(answer(&frame(0), u64::MAX, false, false).is_none());
-        let ack = answer(&frame(64), u64::MAX, false, false).unwrap();
+        assert!(answer(&frame(0), u64::MAX, false, |_| false).is_none());
+        let ack = answer(&frame(64), u64::MAX, false, |_| false).unwrap();
         assert!(ack.len() <= frame(64).len());
         // Echoes and acks are never answered (no loops between two echoes).
-        assert!(answer(&ack, 0, false, false).is_none());
+        assert!(answer(&ack, 0, false, |_| false).is_none());
         let echoed = answer(
             &encode(&LossProbe {
                 nonce: 1,
@@ -712,12 +720,12 @@ mod tests {
             .unwrap(),
             0,
             true,
-            false,
+            |_| false,
         )
         .unwrap();
         // The echo says whether its node's link carried a train.
         assert!(decode::<LossProbe>(&echoed).unwrap().busy);
-        assert!(answer(&echoed, 0, false, false).is_none());
+        assert!(answer(&echoed, 0, false, |_| false).is_none());
         cancel.cancel();
     }
 
@@ -727,11 +735,7 @@ mod tests {
     async fn probes_across_a_link_carrying_a_train_are_disturbed() {
         let cancel = CancellationToken::new();
         let peer_link = TrainActivity::default();
-        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), peer_link.clone())
-            .await
-            .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
-        tokio::spawn(echo.run(cancel.clone()));
+        let addr = loopback_echo(peer_link.clone(), &cancel).await;
         let peer = Identity::from_secret_bytes([3; 32]).node_id();
         let (_tx, targets_rx) = watch::channel(BTreeMap::from([(peer, addr)]));
         let (out, mut rx) = mpsc::channel(1024);
@@ -833,11 +837,7 @@ mod tests {
     #[tokio::test]
     async fn real_datagrams_tell_five_from_ten_percent_loss() {
         let cancel = CancellationToken::new();
-        let echo = UdpEcho::bind("127.0.0.1:0".parse().unwrap(), TrainActivity::default())
-            .await
-            .unwrap();
-        let echo_addr = SocketAddr::from(([127, 0, 0, 1], echo.port().unwrap()));
-        tokio::spawn(echo.run(cancel.clone()));
+        let echo_addr = loopback_echo(TrainActivity::default(), &cancel).await;
         let five = Identity::from_secret_bytes([5; 32]).node_id();
         let ten = Identity::from_secret_bytes([10; 32]).node_id();
         let targets = BTreeMap::from([

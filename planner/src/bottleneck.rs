@@ -20,7 +20,7 @@
 use std::time::Instant;
 
 use crate::bound::Prune;
-use crate::cost::{IdxStage, Instance};
+use crate::cost::{IdxStage, Instance, prefix_sums};
 use crate::error::PlanError;
 use crate::milp::Solved;
 use crate::plan::Objective;
@@ -155,22 +155,8 @@ fn candidates(inst: &Instance, upper: f64, prune: &Prune) -> Vec<f64> {
 /// whatever the order and links.
 fn capacity_floor(inst: &Instance, cands: &[f64]) -> usize {
     let (d, l) = (inst.devices(), inst.layers());
-    let prefix: Vec<Vec<f64>> = (0..d)
-        .map(|i| {
-            std::iter::once(0.0)
-                .chain(inst.compute[i].iter().scan(0.0, |acc, x| {
-                    *acc += x;
-                    Some(*acc)
-                }))
-                .collect()
-        })
-        .collect();
-    let mem: Vec<f64> = std::iter::once(0.0)
-        .chain(inst.mem.iter().scan(0.0, |acc, x| {
-            *acc += x;
-            Some(*acc)
-        }))
-        .collect();
+    let prefix: Vec<Vec<f64>> = (0..d).map(|i| prefix_sums(&inst.compute[i])).collect();
+    let mem = prefix_sums(&inst.mem);
     // Slightly permissive comparisons keep this a true lower bound despite rounding.
     let ok = |i: usize, a: usize, b: usize, t: f64| {
         prefix[i][b] - prefix[i][a] + inst.overhead[i] <= t * (1.0 + 1e-9)

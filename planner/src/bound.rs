@@ -5,7 +5,7 @@
 //! such a column cannot remove a placement that costs `U` or less, so the MILP stays exact;
 //! it only gets smaller.
 
-use crate::cost::{IdxStage, Instance};
+use crate::cost::{IdxStage, Instance, prefix_sums};
 use crate::plan::Objective;
 use crate::relax::Relaxation;
 
@@ -37,19 +37,10 @@ fn one_and_two_device(inst: &Instance, pairs: bool) -> Vec<Vec<IdxStage>> {
     if !pairs {
         return out;
     }
-    let mem = prefix(&inst.mem);
+    let mem = prefix_sums(&inst.mem);
     // Approximate (prefix sums); every candidate is re-scored exactly by `incumbent`.
     let fits = |i: usize, a: usize, b: usize| mem[b] - mem[a] <= inst.cap[i];
-    let prefix: Vec<Vec<f64>> = (0..d)
-        .map(|i| {
-            std::iter::once(0.0)
-                .chain(inst.compute[i].iter().scan(0.0, |acc, x| {
-                    *acc += x;
-                    Some(*acc)
-                }))
-                .collect()
-        })
-        .collect();
+    let prefix: Vec<Vec<f64>> = (0..d).map(|i| prefix_sums(&inst.compute[i])).collect();
     for i in (0..d).filter(|&i| inst.hop_in(i).is_some()) {
         for j in (0..d).filter(|&j| j != i && inst.hop_back(j).is_some()) {
             let best = (1..l)
@@ -118,10 +109,10 @@ pub(crate) fn chain_within(inst: &Instance, target: f64) -> Option<Vec<IdxStage>
 /// `target` and memory (prefix sums, two pointers; the search validates what it returns).
 fn reach_table(inst: &Instance, target: f64) -> Vec<Vec<usize>> {
     let (d, l) = (inst.devices(), inst.layers());
-    let mem = prefix(&inst.mem);
+    let mem = prefix_sums(&inst.mem);
     (0..d)
         .map(|j| {
-            let cost = prefix(&inst.compute[j]);
+            let cost = prefix_sums(&inst.compute[j]);
             let mut b = 0;
             (0..l)
                 .map(|a| {
@@ -136,15 +127,6 @@ fn reach_table(inst: &Instance, target: f64) -> Vec<Vec<usize>> {
                 })
                 .collect()
         })
-        .collect()
-}
-
-fn prefix(xs: &[f64]) -> Vec<f64> {
-    std::iter::once(0.0)
-        .chain(xs.iter().scan(0.0, |acc, x| {
-            *acc += x;
-            Some(*acc)
-        }))
         .collect()
 }
 

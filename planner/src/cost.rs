@@ -141,6 +141,16 @@ pub struct HopDetail {
     pub penalty_s: f64,
 }
 
+/// `[0, x0, x0 + x1, ...]`: the sum of any run `a..b` of `xs` is `p[b] - p[a]`.
+pub(crate) fn prefix_sums(xs: &[f64]) -> Vec<f64> {
+    std::iter::once(0.0)
+        .chain(xs.iter().scan(0.0, |acc, x| {
+            *acc += x;
+            Some(*acc)
+        }))
+        .collect()
+}
+
 impl Instance {
     /// Resolves a validated scenario.
     pub(crate) fn new(s: &Scenario) -> Result<Self, PlanError> {

@@ -11,7 +11,7 @@
 //! dropped without losing the optimum; when the relaxation's own optimum uses distinct
 //! devices it is the optimum of the real problem.
 
-use crate::cost::{IdxStage, Instance};
+use crate::cost::{IdxStage, Instance, prefix_sums};
 use crate::plan::Objective;
 
 /// Forward and backward values of the relaxation.
@@ -243,15 +243,4 @@ impl Relaxation {
             .all(|&(i, _, _)| !std::mem::replace(&mut seen[i], true));
         (distinct && inst.score(&out, self.obj).is_ok()).then_some(out)
     }
-}
-
-fn prefix_sums(xs: &[f64]) -> Vec<f64> {
-    let mut out = Vec::with_capacity(xs.len() + 1);
-    let mut acc = 0.0;
-    out.push(0.0);
-    for x in xs {
-        acc += x;
-        out.push(acc);
-    }
-    out
 }

@@ -81,33 +81,21 @@ async fn three_processes_match_single_process_and_serve_openai_clients() {
         .collect::<Vec<_>>()
         .join(",");
     let max = MAX_TOKENS.to_string();
-    let local = cli_json(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt-ids",
-        &ids,
-        "--max-tokens",
-        &max,
-        "--greedy",
-        "--json",
-    ]);
+    let from_model = ["--model", model.to_str().unwrap()];
+    let generate = |source: &[&str], sampling: &[&str]| {
+        let mut args = vec!["generate"];
+        args.extend_from_slice(source);
+        args.extend_from_slice(&["--prompt-ids", &ids, "--max-tokens", &max, "--json"]);
+        args.extend_from_slice(sampling);
+        cli_json(&args)
+    };
+    let local = generate(&from_model, &["--greedy"]);
     assert_eq!(
         ids_of(&local["token_ids"]),
         reference,
         "single-process shoal generate"
     );
-    let remote = cli_json(&[
-        "generate",
-        "--api",
-        &swarm.nodes[2].api,
-        "--prompt-ids",
-        &ids,
-        "--max-tokens",
-        &max,
-        "--greedy",
-        "--json",
-    ]);
+    let remote = generate(&["--api", &swarm.nodes[2].api], &["--greedy"]);
     assert_eq!(
         ids_of(&remote["token_ids"]),
         reference,
@@ -117,22 +105,10 @@ async fn three_processes_match_single_process_and_serve_openai_clients() {
 
     // Seeded sampling: the origin samples the returned logits with the same stream as the
     // single-process CLI, so the ids match it too, from any origin.
-    let local = cli_json(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt-ids",
-        &ids,
-        "--max-tokens",
-        &max,
-        "--temperature",
-        "0.9",
-        "--top-p",
-        "0.95",
-        "--seed",
-        "3",
-        "--json",
-    ]);
+    let local = generate(
+        &from_model,
+        &["--temperature", "0.9", "--top-p", "0.95", "--seed", "3"],
+    );
     let sampled = json!({"prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0.9, "top_p": 0.95, "seed": 3});
     for origin in [0, 2] {
         let (status, answer) = swarm

@@ -25,7 +25,7 @@ use shoal_keys::{Identity, NodeId};
 use shoal_model::{Sampler, SamplingConfig};
 use shoal_protocol::{
     Activation, ErrorCode, FinishReason, PipelineMessage, Plan, Sampled, Sampling, SessionEnd,
-    Signed,
+    Signed, TokenReturn,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -326,12 +326,12 @@ impl Origin {
                 }
                 d = &mut direct, if direct_open => {
                     direct_open = false;
-                    let Ok(frame) = d else { continue };
-                    match self.check_reply(gate, session, step, &frame) {
+                    let Ok(token) = d else { continue };
+                    match self.check_token(gate, session, step, &token) {
                         Ok(next) => break Ok(next),
                         // Not from the plan's last stage (or not for this step): ignore it
                         // and wait for the answer through the stages.
-                        Err(e) => self.refused_direct(plan, &frame, &e).await,
+                        Err(e) => self.refused_direct(plan, &token, &e).await,
                     }
                 }
                 // A newer plan (a member left, or the links moved) ends the step at once: the
@@ -354,12 +354,9 @@ impl Origin {
 
     /// A token sent straight here that did not pass the checks: its signer (who sent it, as
     /// the stage side made sure) loses score unless it is the plan's last stage.
-    async fn refused_direct(&self, plan: &Plan, frame: &[u8], why: &AttemptError) {
+    async fn refused_direct(&self, plan: &Plan, token: &Signed<TokenReturn>, why: &AttemptError) {
         tracing::info!(node = %self.me().short(), "token sent straight here refused: {why:?}");
-        let Ok(PipelineMessage::Token(t)) = PipelineMessage::decode(frame) else {
-            return;
-        };
-        let signer = *t.signer();
+        let signer = *token.signer();
         if plan.stages.last().is_some_and(|s| s.node != signer) {
             let _ = self.net.report_misbehaviour(signer, "wrong_sender").await;
         }
@@ -428,6 +425,17 @@ impl Origin {
                 return Err(AttemptError::Transient(format!("undecodable answer: {e}")));
             }
         };
+        self.check_token(gate, session, step, &token)
+    }
+
+    /// Checks the last stage's token for this step and returns what it carries.
+    fn check_token(
+        &self,
+        gate: &mut Gate<u64>,
+        session: u64,
+        step: u64,
+        token: &Signed<TokenReturn>,
+    ) -> Result<Next, AttemptError> {
         let body = token.unverified();
         let verdict = if body.session != session || body.step != step {
             Err(Refusal::OutOfOrder)

@@ -81,7 +81,7 @@ struct State {
 
 /// Where each waiting step of this node's own generations, by (session, step), wants its
 /// token frame.
-type Returns = HashMap<(u64, u64), tokio::sync::oneshot::Sender<Vec<u8>>>;
+type Returns = HashMap<(u64, u64), tokio::sync::oneshot::Sender<Signed<TokenReturn>>>;
 
 /// Everything a stage needs to serve activations; shared by the server task, its request
 /// tasks and the local origin.
@@ -131,14 +131,14 @@ impl StageCtx {
         }
     }
 
-    /// Registers a step of one of this node's generations: the token frame the last stage
-    /// sends straight here arrives on the returned receiver. Call [`StageCtx::forget_return`]
+    /// Registers a step of one of this node's generations: the token the last stage sends
+    /// straight here arrives on the returned receiver. Call [`StageCtx::forget_return`]
     /// when the step is over either way.
     pub(crate) fn expect_return(
         &self,
         session: u64,
         step: u64,
-    ) -> tokio::sync::oneshot::Receiver<Vec<u8>> {
+    ) -> tokio::sync::oneshot::Receiver<Signed<TokenReturn>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.returns_lock().insert((session, step), tx);
         rx
@@ -163,12 +163,11 @@ impl StageCtx {
         if s.signer() != &peer {
             return self.refuse(peer, Some(t.session), Refusal::WrongSender);
         }
-        let waiting = self.returns_lock().remove(&(t.session, t.step));
-        match (waiting, PipelineMessage::Token(s.clone()).encode()) {
-            (Some(tx), Ok(frame)) => {
-                let _ = tx.send(frame);
+        match self.returns_lock().remove(&(t.session, t.step)) {
+            Some(tx) => {
+                let _ = tx.send(s.clone());
             }
-            _ => {
+            None => {
                 tracing::debug!(node = %self.me.short(), peer = %peer.short(), session = t.session, step = t.step, "token nobody waits for")
             }
         }
@@ -343,11 +342,15 @@ impl StageCtx {
                     seq,
                     "token step done"
                 );
-                let frame = match sign_frame(&self.identity, body, PipelineMessage::Token) {
-                    Ok(f) => f,
-                    Err(e) => return error_frame(session, ErrorCode::Internal, e),
+                let signed = match Signed::sign(&self.identity, body) {
+                    Ok(t) => t,
+                    Err(e) => return error_frame(session, ErrorCode::Internal, e.to_string()),
                 };
-                self.send_return(peer, act.reply_to, &frame);
+                let frame = match PipelineMessage::Token(signed.clone()).encode() {
+                    Ok(f) => f,
+                    Err(e) => return error_frame(session, ErrorCode::Internal, e.to_string()),
+                };
+                self.send_return(peer, act.reply_to, &signed, &frame);
                 frame
             }
             _ => error_frame(
@@ -361,18 +364,22 @@ impl StageCtx {
         }
     }
 
-    /// Sends the last stage's token `frame` straight to the session's origin, unless the
-    /// answer to the request from `prev` reaches it as soon (the origin asked this stage
-    /// itself) or there is no origin named.
-    fn send_return(&self, prev: NodeId, origin: Option<NodeId>, frame: &[u8]) {
+    /// Sends the last stage's token (`frame` is its encoding) straight to the session's
+    /// origin, unless the answer to the request from `prev` reaches it as soon (the origin
+    /// asked this stage itself) or there is no origin named.
+    fn send_return(
+        &self,
+        prev: NodeId,
+        origin: Option<NodeId>,
+        token: &Signed<TokenReturn>,
+        frame: &[u8],
+    ) {
         let Some(origin) = origin.filter(|o| *o != prev) else {
             return;
         };
         if origin == self.me {
             // The origin is this node: hand it over in-process.
-            if let Ok(PipelineMessage::Token(s)) = PipelineMessage::decode(frame) {
-                self.on_token(self.me, &s);
-            }
+            self.on_token(self.me, token);
             return;
         }
         let (net, frame) = (self.net.clone(), frame.to_vec());
