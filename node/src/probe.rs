@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use shoal_keys::NodeId;
 use shoal_protocol::{
-    BandwidthProbe, BandwidthProbeReply, Kind, LossProbe, MAX_LOSS_PROBE_BYTES,
+    BandwidthProbe, BandwidthProbeReply, Kind, LossProbe, MAX_ACK_EARLIER, MAX_LOSS_PROBE_BYTES,
     MAX_TRAIN_ACK_BYTES, MAX_TRAIN_DATAGRAM, TrainAck, TrainProbe, decode, encode, peek,
 };
 use tokio::net::UdpSocket;
@@ -119,28 +119,49 @@ pub async fn measure_bandwidth(
 /// (its queue drains).
 const TRAIN_AFTERGLOW: Duration = Duration::from_millis(300);
 
-/// When this node's own link last carried a bandwidth train (sent or received). Round trips
+/// When this node's own link carried a bandwidth train lately (sent or received). Round trips
 /// measured meanwhile include the train's queue, not the link's delay, so the loss probe
 /// leaves them out, and the echo tells the prober so in its answers. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct TrainActivity {
-    busy_until: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    /// The latest busy spans, oldest first (a few are kept).
+    spans: std::sync::Arc<std::sync::Mutex<VecDeque<(Instant, Instant)>>>,
 }
+
+/// Busy spans a [`TrainActivity`] remembers (a loss probe's flight is far shorter than the
+/// time these cover).
+const ACTIVITY_SPANS: usize = 16;
 
 impl TrainActivity {
     /// Marks the link busy for `for_` from now (never shortens an earlier mark).
     pub fn mark(&self, for_: Duration) {
-        let until = Instant::now() + for_;
-        let mut b = self.busy_until.lock().unwrap_or_else(|e| e.into_inner());
-        *b = Some(b.map_or(until, |t| t.max(until)));
+        let now = Instant::now();
+        let until = now + for_;
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        match spans.back_mut() {
+            Some((_, end)) if now <= *end => *end = (*end).max(until),
+            _ => {
+                spans.push_back((now, until));
+                while spans.len() > ACTIVITY_SPANS {
+                    spans.pop_front();
+                }
+            }
+        }
     }
 
     /// Whether the link carries (or just carried) a train.
     pub fn busy(&self) -> bool {
-        self.busy_until
+        let now = Instant::now();
+        self.busy_during(now, now)
+    }
+
+    /// Whether the link was busy at any time from `from` to `to`.
+    pub fn busy_during(&self, from: Instant, to: Instant) -> bool {
+        self.spans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| Instant::now() < t)
+            .iter()
+            .any(|&(a, b)| a <= to && from < b)
     }
 }
 
@@ -180,6 +201,14 @@ impl UdpEcho {
             &true,
         )
         .is_ok();
+        // A receive buffer as large as the system allows: a train arrives faster than a busy
+        // machine may schedule this task, and a datagram dropped here would read as the
+        // link's loss and thin the train's rate.
+        let _ = nix::sys::socket::setsockopt(
+            &self.socket,
+            nix::sys::socket::sockopt::RcvBuf,
+            &(8 << 20),
+        );
         let mut buf = [0u8; MAX_TRAIN_DATAGRAM];
         let mut trains = RecentTrains::default();
         loop {
@@ -194,9 +223,9 @@ impl UdpEcho {
             // one train stay comparable should the kernel ever leave one out.
             let recv_us = stamp.unwrap_or_else(wall_us);
             let busy = self.activity.busy();
-            let on_train = |nonce| {
+            let on_train = |train, arrival| {
                 self.activity.mark(TRAIN_AFTERGLOW);
-                trains.arrived(nonce, Instant::now())
+                trains.arrived(train, arrival, Instant::now())
             };
             let Some(answer) = answer(&buf[..n], recv_us, busy, on_train) else {
                 continue;
@@ -267,26 +296,64 @@ async fn recv_stamped(
     }
 }
 
-/// The trains an echo saw lately: enough to tell when two overlap.
+/// One arrival of a train datagram at an echo: `(seq, bytes, recv_us)`, as
+/// [`TrainAck::earlier`] carries it.
+type Arrival = (u32, u32, u64);
+
+/// A train an echo saw lately: the prober's nonce, the train, when its latest datagram came
+/// and its latest arrivals (newest first).
+#[derive(Debug)]
+struct RecentTrain {
+    nonce: u64,
+    train: u32,
+    at: Instant,
+    arrivals: VecDeque<Arrival>,
+}
+
+/// The trains an echo saw lately: enough to tell when two overlap, and to repeat each one's
+/// latest arrivals in the next ack.
 #[derive(Debug, Default)]
 struct RecentTrains {
-    /// Last arrival per prober nonce (a handful at most; old ones are dropped).
-    last: Vec<(u64, Instant)>,
+    /// A handful at most; old ones are dropped.
+    recent: Vec<RecentTrain>,
 }
 
 impl RecentTrains {
-    /// Records a datagram of the train `nonce`; true when another train's datagram arrived
-    /// within [`TRAIN_OVERLAP`].
-    fn arrived(&mut self, nonce: u64, now: Instant) -> bool {
-        self.last
-            .retain(|(_, t)| now.saturating_duration_since(*t) < TRAIN_OVERLAP);
-        let shared = self.last.iter().any(|(n, _)| *n != nonce);
-        if let Some(e) = self.last.iter_mut().find(|(n, _)| *n == nonce) {
-            e.1 = now;
-        } else if self.last.len() < 16 {
-            self.last.push((nonce, now));
+    /// Records a datagram of the train `(nonce, train)` that arrived as `arrival`. Returns
+    /// whether another train's datagram arrived within [`TRAIN_OVERLAP`], and the train's
+    /// arrivals before this one (newest first, at most [`MAX_ACK_EARLIER`]).
+    fn arrived(
+        &mut self,
+        (nonce, train): (u64, u32),
+        arrival: Arrival,
+        now: Instant,
+    ) -> (bool, Vec<Arrival>) {
+        self.recent
+            .retain(|r| now.saturating_duration_since(r.at) < TRAIN_OVERLAP);
+        let shared = self.recent.iter().any(|r| r.nonce != nonce);
+        let i = match self.recent.iter().position(|r| r.nonce == nonce) {
+            Some(i) => i,
+            None if self.recent.len() < 16 => {
+                self.recent.push(RecentTrain {
+                    nonce,
+                    train,
+                    at: now,
+                    arrivals: VecDeque::new(),
+                });
+                self.recent.len() - 1
+            }
+            None => return (shared, Vec::new()),
+        };
+        let r = &mut self.recent[i];
+        if r.train != train {
+            r.train = train;
+            r.arrivals.clear();
         }
-        shared
+        r.at = now;
+        let earlier = r.arrivals.iter().copied().collect();
+        r.arrivals.push_front(arrival);
+        r.arrivals.truncate(MAX_ACK_EARLIER);
+        (shared, earlier)
     }
 }
 
@@ -294,13 +361,14 @@ impl RecentTrains {
 const TRAIN_OVERLAP: Duration = Duration::from_millis(100);
 
 /// The echo's answer to one datagram: the loss probe with `echo` set (and `busy` when this
-/// node's link carries a train), or a [`TrainAck`]; `on_train` is told the train's nonce and
-/// says whether another train overlapped it (`shared`). `None` for anything else.
+/// node's link carries a train), or a [`TrainAck`]; `on_train` is told the train and the
+/// datagram's arrival, and says whether another train overlapped it (`shared`) and which
+/// arrivals of the train the ack repeats. `None` for anything else.
 fn answer(
     datagram: &[u8],
     recv_us: u64,
     busy: bool,
-    on_train: impl FnOnce(u64) -> bool,
+    on_train: impl FnOnce((u64, u32), Arrival) -> (bool, Vec<Arrival>),
 ) -> Option<Vec<u8>> {
     match peek(datagram).ok()?.kind {
         Kind::LossProbe => {
@@ -310,18 +378,22 @@ fn answer(
             }
             probe.echo = true;
             probe.busy = busy;
+            probe.held_us = u32::try_from(wall_us().saturating_sub(recv_us)).unwrap_or(u32::MAX);
             encode(&probe).ok()
         }
         Kind::TrainProbe => {
             let probe = decode::<TrainProbe>(datagram).ok()?;
-            let shared = on_train(probe.nonce);
+            let bytes = u32::try_from(datagram.len()).ok()?;
+            let (shared, earlier) =
+                on_train((probe.nonce, probe.train), (probe.seq, bytes, recv_us));
             let ack = encode(&TrainAck {
                 nonce: probe.nonce,
                 train: probe.train,
                 seq: probe.seq,
-                bytes: u32::try_from(datagram.len()).ok()?,
+                bytes,
                 recv_us,
                 shared,
+                earlier,
             })
             .ok()?;
             // Never answer with more than was sent (no amplification towards a spoofed source).
@@ -438,9 +510,19 @@ pub async fn measure_train(
         let Ok(ack) = decode::<TrainAck>(&buf[..n]) else {
             continue;
         };
-        if ack.nonce == nonce && ack.train == train && ack.seq < count && seen.insert(ack.seq) {
-            arrivals.push((ack.recv_us, ack.bytes));
-            shared |= ack.shared;
+        if ack.nonce != nonce || ack.train != train {
+            continue;
+        }
+        // The train is still crossing (or queued on) this node's link until its last ack
+        // is back: a sender's mark alone ends while the narrowest link's queue still holds
+        // the train's tail, and probes then would read that queue as the link's delay.
+        activity.mark(TRAIN_AFTERGLOW);
+        shared |= ack.shared;
+        let own = (ack.seq, ack.bytes, ack.recv_us);
+        for (seq, bytes, recv_us) in std::iter::once(own).chain(ack.earlier) {
+            if seq < count && seen.insert(seq) {
+                arrivals.push((recv_us, bytes));
+            }
         }
     }
     if arrivals.is_empty() {
@@ -478,9 +560,22 @@ pub struct LossProber {
     activity: TrainActivity,
 }
 
-/// A probe awaiting its echo: the peer, when it was sent, and whether this node's link was
-/// busy with a train then.
-type Pending = HashMap<u32, (NodeId, Instant, bool)>;
+/// A probe awaiting its echo.
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    peer: NodeId,
+    /// When it was sent, for the timeout.
+    at: Instant,
+    /// When it was sent, on the wall clock the kernel stamps arrivals with (µs).
+    sent_us: u64,
+}
+
+type Pending = HashMap<u32, Outstanding>;
+
+/// An echo that held a probe longer than this (its machine was busy) says little about the
+/// link: the sample is left out. It also bounds how much closer than it is a lying echo can
+/// make itself look.
+const MAX_HELD: Duration = Duration::from_millis(20);
 
 impl LossProber {
     /// A prober on a fresh UDP socket bound to `bind` (port 0 is fine); `activity` is this
@@ -505,44 +600,58 @@ impl LossProber {
     /// Probes until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
         let nonce: u64 = rand::rng().random();
-        let origin = Instant::now();
         let mut seq = 0u32;
+        // Echoes are stamped by the kernel on arrival, so that the round trip does not
+        // include how late this busy machine runs this task.
+        let stamped = nix::sys::socket::setsockopt(
+            &self.socket,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        )
+        .is_ok();
         let mut pending = Pending::new();
-        // Per peer: the send times of probes its echoes said crossed a train, as intervals.
+        // Per peer: the send times of probes its echoes said crossed a train, as intervals,
+        // and the latest round trip (how long a lost probe would have been in flight).
         let mut peer_busy: HashMap<NodeId, VecDeque<(Instant, Instant)>> = HashMap::new();
+        let mut flight: HashMap<NodeId, Duration> = HashMap::new();
         let mut tick = tokio::time::interval(self.interval);
         let mut buf = [0u8; MAX_LOSS_PROBE_BYTES];
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {
-                    self.expire(&mut pending, &peer_busy);
+                    self.expire(&mut pending, &peer_busy, &flight);
                     let targets = self.targets.borrow().clone();
-                    let busy = self.activity.busy();
                     for (peer, addr) in targets {
                         seq = seq.wrapping_add(1);
-                        let sent_us = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        let probe = LossProbe { nonce, seq, sent_us, echo: false, busy: false };
+                        let sent_us = wall_us();
+                        let probe = LossProbe { nonce, seq, sent_us, echo: false, busy: false, held_us: 0 };
+                        let at = Instant::now();
                         if let Ok(bytes) = encode(&probe)
                             && self.socket.send_to(&bytes, addr).await.is_ok()
                         {
-                            pending.insert(seq, (peer, Instant::now(), busy));
+                            pending.insert(seq, Outstanding { peer, at, sent_us });
                         }
                     }
                 }
-                r = self.socket.recv_from(&mut buf) => {
-                    let Ok((n, _)) = r else { continue };
+                r = recv_stamped(&self.socket, &mut buf, stamped) => {
+                    let Ok((n, _, stamp)) = r else { continue };
                     let Ok(echo) = decode::<LossProbe>(&buf[..n]) else { continue };
                     if !echo.echo || echo.nonce != nonce {
                         continue;
                     }
-                    if let Some((peer, at, busy_then)) = pending.remove(&echo.seq) {
+                    if let Some(o) = pending.remove(&echo.seq) {
                         if echo.busy {
-                            note_busy(peer_busy.entry(peer).or_default(), at);
+                            note_busy(peer_busy.entry(o.peer).or_default(), o.at);
                         }
-                        let disturbed = echo.busy || busy_then;
-                        let rtt = Some(at.elapsed());
-                        let _ = self.out.try_send(LossSample { peer, lost: false, rtt, disturbed });
+                        let held = Duration::from_micros(u64::from(echo.held_us));
+                        // A train that started crossing this node's link while the probe was
+                        // out delays its echo as much as one under way when it left.
+                        let own_busy = self.activity.busy_during(o.at, Instant::now());
+                        let disturbed = echo.busy || own_busy || held > MAX_HELD;
+                        let rtt = echo_rtt(&o, stamp.unwrap_or_else(wall_us), held);
+                        flight.insert(o.peer, rtt);
+                        let _ = self.out.try_send(LossSample { peer: o.peer, lost: false, rtt: Some(rtt), disturbed });
                     }
                 }
             }
@@ -551,33 +660,50 @@ impl LossProber {
 
     /// Reports the probes unanswered within the timeout as lost. One is disturbed by the same
     /// rule as an answered one, so that leaving both out does not bias the loss: this node's
-    /// link was busy when it was sent, or it was sent while the peer's echoes said the peer's
-    /// link was busy (those echoes come later, hence the check at expiry).
+    /// link was busy while it would have been in flight (the peer's latest round trip), or it
+    /// was sent while the peer's echoes said the peer's link was busy (those echoes come
+    /// later, hence the check at expiry).
     fn expire(
         &self,
         pending: &mut Pending,
         peer_busy: &HashMap<NodeId, VecDeque<(Instant, Instant)>>,
+        flight: &HashMap<NodeId, Duration>,
     ) {
         let timeout = self.timeout;
         let lost: Vec<u32> = pending
             .iter()
-            .filter(|(_, (_, at, _))| at.elapsed() > timeout)
+            .filter(|(_, o)| o.at.elapsed() > timeout)
             .map(|(s, _)| *s)
             .collect();
         for s in lost {
-            if let Some((peer, at, busy_then)) = pending.remove(&s) {
+            if let Some(o) = pending.remove(&s) {
                 let peer_was_busy = peer_busy
-                    .get(&peer)
-                    .is_some_and(|spans| spans.iter().any(|(a, b)| *a <= at && at <= *b));
+                    .get(&o.peer)
+                    .is_some_and(|spans| spans.iter().any(|(a, b)| *a <= o.at && o.at <= *b));
+                let back = o.at + flight.get(&o.peer).copied().unwrap_or(timeout);
+                let own_busy = self.activity.busy_during(o.at, back);
                 let _ = self.out.try_send(LossSample {
-                    peer,
+                    peer: o.peer,
                     lost: true,
                     rtt: None,
-                    disturbed: busy_then || peer_was_busy,
+                    disturbed: own_busy || peer_was_busy,
                 });
             }
         }
     }
+}
+
+/// The round trip of the probe `o` whose echo arrived at `arrived_us` (wall clock, µs) after
+/// the echo held it for `held`. Should the wall clock have stepped back meanwhile, the
+/// monotonic clock (less exact: it includes this task's scheduling) stands in.
+fn echo_rtt(o: &Outstanding, arrived_us: u64, held: Duration) -> Duration {
+    let rtt = match arrived_us.checked_sub(o.sent_us) {
+        Some(us) if Duration::from_micros(us) <= o.at.elapsed() + MAX_HELD => {
+            Duration::from_micros(us)
+        }
+        _ => o.at.elapsed(),
+    };
+    rtt.saturating_sub(held.min(MAX_HELD))
 }
 
 /// Records that the probe sent at `at` crossed the peer's busy link: it extends the latest
@@ -704,11 +830,11 @@ mod tests {
             })
             .unwrap()
         };
-        assert!(answer(&frame(0), u64::MAX, false, |_| false).is_none());
-        let ack = answer(&frame(64), u64::MAX, false, |_| false).unwrap();
+        assert!(answer(&frame(0), u64::MAX, false, |_, _| (false, Vec::new())).is_none());
+        let ack = answer(&frame(64), u64::MAX, false, |_, _| (false, Vec::new())).unwrap();
         assert!(ack.len() <= frame(64).len());
         // Echoes and acks are never answered (no loops between two echoes).
-        assert!(answer(&ack, 0, false, |_| false).is_none());
+        assert!(answer(&ack, 0, false, |_, _| (false, Vec::new())).is_none());
         let echoed = answer(
             &encode(&LossProbe {
                 nonce: 1,
@@ -716,16 +842,17 @@ mod tests {
                 sent_us: 1,
                 echo: false,
                 busy: false,
+                held_us: 0,
             })
             .unwrap(),
             0,
             true,
-            |_| false,
+            |_, _| (false, Vec::new()),
         )
         .unwrap();
         // The echo says whether its node's link carried a train.
         assert!(decode::<LossProbe>(&echoed).unwrap().busy);
-        assert!(answer(&echoed, 0, false, |_| false).is_none());
+        assert!(answer(&echoed, 0, false, |_, _| (false, Vec::new())).is_none());
         cancel.cancel();
     }
 
@@ -772,17 +899,94 @@ mod tests {
     }
 
     #[test]
+    fn activity_remembers_when_the_link_was_busy() {
+        let a = TrainActivity::default();
+        let before = Instant::now();
+        assert!(!a.busy() && !a.busy_during(before, before + Duration::from_secs(9)));
+        a.mark(Duration::from_secs(60));
+        assert!(a.busy());
+        // A probe sent before the train started, still out when it began, is disturbed.
+        assert!(a.busy_during(before, Instant::now()));
+        // One back before the mark is not.
+        assert!(!a.busy_during(before - Duration::from_secs(2), before));
+    }
+
+    /// The echo's holding time comes off the round trip, but no more than MAX_HELD of it: a
+    /// lying echo cannot make itself look arbitrarily close.
+    #[test]
+    fn the_echos_holding_time_comes_off_the_round_trip_within_a_bound() {
+        let o = Outstanding {
+            peer: Identity::from_secret_bytes([4; 32]).node_id(),
+            at: Instant::now() - Duration::from_millis(500),
+            sent_us: 1_000_000,
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(echo_rtt(&o, 1_080_000, ms(0)), ms(80));
+        assert_eq!(echo_rtt(&o, 1_080_000, ms(5)), ms(75));
+        assert_eq!(echo_rtt(&o, 1_080_000, ms(500)), ms(80) - MAX_HELD);
+        // A wall clock that stepped back: the monotonic clock stands in.
+        assert!(echo_rtt(&o, 900_000, ms(0)) >= ms(500));
+    }
+
+    #[test]
     fn overlapping_trains_are_told_apart_from_one() {
         let mut r = RecentTrains::default();
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        assert!(!r.arrived(1, t0));
-        assert!(!r.arrived(1, t0 + ms(2)));
+        let shared = |r: &mut RecentTrains, nonce, at| r.arrived((nonce, 0), (0, 0, 0), at).0;
+        assert!(!shared(&mut r, 1, t0));
+        assert!(!shared(&mut r, 1, t0 + ms(2)));
         // A second prober's train while the first still arrives.
-        assert!(r.arrived(2, t0 + ms(3)));
-        assert!(r.arrived(1, t0 + ms(4)));
+        assert!(shared(&mut r, 2, t0 + ms(3)));
+        assert!(shared(&mut r, 1, t0 + ms(4)));
         // Long after both: a lone train again.
-        assert!(!r.arrived(3, t0 + ms(500)));
+        assert!(!shared(&mut r, 3, t0 + ms(500)));
+    }
+
+    #[test]
+    fn acks_repeat_the_trains_latest_arrivals() {
+        let mut r = RecentTrains::default();
+        let t0 = Instant::now();
+        let mut earlier = |key, seq: u32| r.arrived(key, (seq, 1200, u64::from(seq) * 10), t0).1;
+        assert!(earlier((1, 7), 0).is_empty());
+        assert_eq!(earlier((1, 7), 1), [(0, 1200, 0)]);
+        assert_eq!(earlier((1, 7), 2), [(1, 1200, 10), (0, 1200, 0)]);
+        assert_eq!(earlier((1, 7), 3).len(), MAX_ACK_EARLIER);
+        assert_eq!(earlier((1, 7), 4)[0], (3, 1200, 30));
+        assert_eq!(earlier((1, 7), 4).len(), MAX_ACK_EARLIER);
+        // Another prober's train, and the next train of the same prober, start afresh.
+        assert!(earlier((2, 7), 9).is_empty());
+        assert!(earlier((1, 8), 0).is_empty());
+    }
+
+    /// An arrival whose own ack is lost still reaches the prober through a later ack.
+    #[test]
+    fn a_lost_ack_loses_no_arrival() {
+        let mut r = RecentTrains::default();
+        let t0 = Instant::now();
+        let frame = |seq| {
+            encode(&TrainProbe {
+                nonce: 5,
+                train: 6,
+                seq,
+                pad: vec![0; 1000],
+            })
+            .unwrap()
+        };
+        let acks: Vec<TrainAck> = (0..4)
+            .map(|seq| {
+                let bytes = answer(&frame(seq), 100 + u64::from(seq), false, |k, a| {
+                    r.arrived(k, a, t0)
+                })
+                .unwrap();
+                decode::<TrainAck>(&bytes).unwrap()
+            })
+            .collect();
+        // Acks 1 and 2 are lost: ack 3 still tells when datagrams 1 and 2 arrived.
+        assert_eq!(
+            acks[3].earlier[..2],
+            [(2, acks[2].bytes, 102), (1, acks[1].bytes, 101)]
+        );
     }
 
     #[tokio::test]

@@ -76,8 +76,8 @@ pub use pipeline::{
 };
 pub use plan::{MAX_LAYERS, Objective, Plan, PlanStrategy, Stage};
 pub use probe::{
-    BandwidthProbe, BandwidthProbeReply, LossProbe, MAX_LOSS_PROBE_BYTES, MAX_PROBE_PAYLOAD,
-    MAX_TRAIN_ACK_BYTES, MAX_TRAIN_DATAGRAM, TrainAck, TrainProbe,
+    BandwidthProbe, BandwidthProbeReply, LossProbe, MAX_ACK_EARLIER, MAX_LOSS_PROBE_BYTES,
+    MAX_PROBE_PAYLOAD, MAX_TRAIN_ACK_BYTES, MAX_TRAIN_DATAGRAM, TrainAck, TrainProbe,
 };
 pub use signed::{SIGNED_OVERHEAD, Signed};
 pub use tensor::{DType, MAX_RANK, Tensor};

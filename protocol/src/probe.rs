@@ -26,8 +26,10 @@ pub const MAX_PROBE_PAYLOAD: usize = 8 * 1024 * 1024;
 pub const MAX_LOSS_PROBE_BYTES: usize = 128;
 /// Largest train datagram, bytes (fits a 1500-byte MTU with IPv6 and UDP headers).
 pub const MAX_TRAIN_DATAGRAM: usize = 1400;
-/// Largest train ack, bytes.
-pub const MAX_TRAIN_ACK_BYTES: usize = 96;
+/// Largest train ack, bytes (its own arrival and [`MAX_ACK_EARLIER`] earlier ones).
+pub const MAX_TRAIN_ACK_BYTES: usize = 192;
+/// Earlier arrivals one [`TrainAck`] repeats at most.
+pub const MAX_ACK_EARLIER: usize = 3;
 
 /// A timed transfer request.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +116,15 @@ pub struct LossProbe {
     /// prober leaves the sample out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub busy: bool,
+    /// Set in an echo: microseconds from the datagram's arrival (the echo's kernel receive
+    /// time) to the echo's reply. The prober subtracts it, so that the round trip describes
+    /// the link and not how soon a busy machine scheduled the echo.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_us: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Message for LossProbe {
@@ -151,8 +162,11 @@ impl Message for TrainProbe {
     }
 }
 
-/// The answer to one [`TrainProbe`]: when it arrived, on the receiver's clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to one [`TrainProbe`]: when it arrived, on the receiver's clock, and the same for
+/// the few datagrams of the train that arrived just before it. The acks cross the reverse
+/// path, which loses some: an arrival whose own ack is lost still reaches the prober through
+/// a later one, so the train's rate is thinned only by the losses it really met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainAck {
     /// The probe's nonce.
@@ -170,6 +184,10 @@ pub struct TrainAck {
     /// the two shared its link, and each measured only part of it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// Up to [`MAX_ACK_EARLIER`] earlier arrivals of the same train, newest first, each as
+    /// `(seq, bytes, recv_us)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<(u32, u32, u64)>,
 }
 
 impl Message for TrainAck {
@@ -178,6 +196,15 @@ impl Message for TrainAck {
     const MAX_BYTES: usize = MAX_TRAIN_ACK_BYTES;
 
     fn validate(&self) -> Result<(), ProtocolError> {
+        if self.earlier.len() > MAX_ACK_EARLIER {
+            return Err(ProtocolError::invalid(
+                Kind::TrainAck,
+                format!(
+                    "repeats {} earlier arrivals, at most {MAX_ACK_EARLIER}",
+                    self.earlier.len()
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -14,12 +14,12 @@ use shoal_tests::netns::swarm::{self, NodeSpec};
 use shoal_tests::netns::{self, LinkProfile, Testbed, measure};
 
 /// Probe settings that converge within the test's time: pings every 250 ms, a loss window of
-/// 500 echoes at 50/s, a datagram train (up to 512 KiB, about half a second of the link) to
+/// 1000 echoes at 50/s, a datagram train (up to 512 KiB, about half a second of the link) to
 /// each peer every 5-15 s, so five or so per pair in the 55 s the test lets the estimates
 /// settle (the probes that cross a link while a train fills its queue are left out of RTT,
 /// jitter and loss), slow smoothing.
 const PROBE: &str = "[probe]\nping_interval_ms = 250\nbandwidth_interval_ms = 10000\ntrain_bytes = 524288\n\
-                     bandwidth_bytes = 262144\nloss_rate_hz = 50\nloss_window = 500\newma_alpha = 0.1\n";
+                     bandwidth_bytes = 262144\nloss_rate_hz = 50\nloss_window = 1000\newma_alpha = 0.1\n";
 
 /// Readings of node 0's link reports whose median is judged.
 const SNAPSHOTS: usize = 3;

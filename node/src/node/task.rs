@@ -422,6 +422,7 @@ impl NodeTask {
     }
 
     fn on_loss(&mut self, s: LossSample) {
+        tracing::trace!(peer = %s.peer.short(), lost = s.lost, rtt_us = ?s.rtt.map(|r| r.as_micros()), disturbed = s.disturbed, "echo");
         if s.disturbed {
             return;
         }

@@ -43,6 +43,7 @@ fn probe_frame() -> Vec<u8> {
         sent_us: 3,
         echo: false,
         busy: false,
+        held_us: 0,
     })
     .unwrap()
 }

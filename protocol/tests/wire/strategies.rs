@@ -376,13 +376,15 @@ pub(crate) fn loss_probe() -> impl Strategy<Value = LossProbe> {
         any::<u64>(),
         any::<bool>(),
         any::<bool>(),
+        any::<u32>(),
     )
-        .prop_map(|(nonce, seq, sent_us, echo, busy)| LossProbe {
+        .prop_map(|(nonce, seq, sent_us, echo, busy, held_us)| LossProbe {
             nonce,
             seq,
             sent_us,
             echo,
             busy,
+            held_us,
         })
 }
 
@@ -411,13 +413,17 @@ pub(crate) fn train_ack() -> impl Strategy<Value = TrainAck> {
         any::<u32>(),
         any::<u64>(),
         any::<bool>(),
+        vec(any::<(u32, u32, u64)>(), 0..=MAX_ACK_EARLIER),
     )
-        .prop_map(|(nonce, train, seq, bytes, recv_us, shared)| TrainAck {
-            nonce,
-            train,
-            seq,
-            bytes,
-            recv_us,
-            shared,
-        })
+        .prop_map(
+            |(nonce, train, seq, bytes, recv_us, shared, earlier)| TrainAck {
+                nonce,
+                train,
+                seq,
+                bytes,
+                recv_us,
+                shared,
+                earlier,
+            },
+        )
 }

@@ -350,3 +350,21 @@ fn largest_gossip_messages_fit_gossipsub() {
         bytes.len()
     );
 }
+
+#[test]
+fn a_train_ack_repeats_at_most_three_earlier_arrivals() {
+    let ack = |n: usize| TrainAck {
+        nonce: u64::MAX,
+        train: u32::MAX,
+        seq: u32::MAX,
+        bytes: u32::MAX,
+        recv_us: u64::MAX,
+        shared: true,
+        earlier: vec![(u32::MAX, u32::MAX, u64::MAX); n],
+    };
+    let full = encode(&ack(MAX_ACK_EARLIER)).unwrap();
+    assert!(full.len() <= MAX_TRAIN_ACK_BYTES, "{} bytes", full.len());
+    assert_eq!(decode::<TrainAck>(&full).unwrap(), ack(MAX_ACK_EARLIER));
+    let reason = refused(ack(MAX_ACK_EARLIER + 1));
+    assert!(reason.contains("earlier arrivals"), "{reason}");
+}
