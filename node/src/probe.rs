@@ -568,6 +568,9 @@ struct Outstanding {
     at: Instant,
     /// When it was sent, on the wall clock the kernel stamps arrivals with (µs).
     sent_us: u64,
+    /// Once the echo is back: the round trip, and whether the probe is already known to be
+    /// disturbed (this node's link was busy meanwhile, or the echo held it too long).
+    answer: Option<(Duration, bool)>,
 }
 
 type Pending = HashMap<u32, Outstanding>;
@@ -576,6 +579,11 @@ type Pending = HashMap<u32, Outstanding>;
 /// link: the sample is left out. It also bounds how much closer than it is a lying echo can
 /// make itself look.
 const MAX_HELD: Duration = Duration::from_millis(20);
+
+/// A probe sent this long before the first one whose echo said the peer's link was busy may
+/// have met the train's queue too (the train had reached the queue; the echo that says so
+/// came through later): such probes are left out as well.
+const PEER_BUSY_LEAD: Duration = Duration::from_millis(100);
 
 impl LossProber {
     /// A prober on a fresh UDP socket bound to `bind` (port 0 is fine); `activity` is this
@@ -620,7 +628,7 @@ impl LossProber {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {
-                    self.expire(&mut pending, &peer_busy, &flight);
+                    self.settle(&mut pending, &peer_busy, &flight);
                     let targets = self.targets.borrow().clone();
                     for (peer, addr) in targets {
                         seq = seq.wrapping_add(1);
@@ -630,7 +638,7 @@ impl LossProber {
                         if let Ok(bytes) = encode(&probe)
                             && self.socket.send_to(&bytes, addr).await.is_ok()
                         {
-                            pending.insert(seq, Outstanding { peer, at, sent_us });
+                            pending.insert(seq, Outstanding { peer, at, sent_us, answer: None });
                         }
                     }
                 }
@@ -640,7 +648,7 @@ impl LossProber {
                     if !echo.echo || echo.nonce != nonce {
                         continue;
                     }
-                    if let Some(o) = pending.remove(&echo.seq) {
+                    if let Some(o) = pending.get_mut(&echo.seq).filter(|o| o.answer.is_none()) {
                         if echo.busy {
                             note_busy(peer_busy.entry(o.peer).or_default(), o.at);
                         }
@@ -648,49 +656,67 @@ impl LossProber {
                         // A train that started crossing this node's link while the probe was
                         // out delays its echo as much as one under way when it left.
                         let own_busy = self.activity.busy_during(o.at, Instant::now());
-                        let disturbed = echo.busy || own_busy || held > MAX_HELD;
-                        let rtt = echo_rtt(&o, stamp.unwrap_or_else(wall_us), held);
+                        let rtt = echo_rtt(o, stamp.unwrap_or_else(wall_us), held);
                         flight.insert(o.peer, rtt);
-                        let _ = self.out.try_send(LossSample { peer: o.peer, lost: false, rtt: Some(rtt), disturbed });
+                        o.answer = Some((rtt, own_busy || held > MAX_HELD));
                     }
                 }
             }
         }
     }
 
-    /// Reports the probes unanswered within the timeout as lost. One is disturbed by the same
-    /// rule as an answered one, so that leaving both out does not bias the loss: this node's
-    /// link was busy while it would have been in flight (the peer's latest round trip), or it
-    /// was sent while the peer's echoes said the peer's link was busy (those echoes come
-    /// later, hence the check at expiry).
-    fn expire(
+    /// Reports every probe sent more than the timeout ago: answered, or lost. Both are judged
+    /// disturbed by the same rule, so that leaving them out does not bias the loss: this
+    /// node's link was busy while the probe was out (for a lost one: within the peer's latest
+    /// round trip), or it was sent while the peer's echoes said the peer's link was busy, or
+    /// shortly before (those echoes come later, hence the wait).
+    fn settle(
         &self,
         pending: &mut Pending,
         peer_busy: &HashMap<NodeId, VecDeque<(Instant, Instant)>>,
         flight: &HashMap<NodeId, Duration>,
     ) {
         let timeout = self.timeout;
-        let lost: Vec<u32> = pending
+        let due: Vec<u32> = pending
             .iter()
             .filter(|(_, o)| o.at.elapsed() > timeout)
             .map(|(s, _)| *s)
             .collect();
-        for s in lost {
-            if let Some(o) = pending.remove(&s) {
-                let peer_was_busy = peer_busy
-                    .get(&o.peer)
-                    .is_some_and(|spans| spans.iter().any(|(a, b)| *a <= o.at && o.at <= *b));
-                let back = o.at + flight.get(&o.peer).copied().unwrap_or(timeout);
-                let own_busy = self.activity.busy_during(o.at, back);
-                let _ = self.out.try_send(LossSample {
+        for s in due {
+            let Some(o) = pending.remove(&s) else {
+                continue;
+            };
+            let peer_was_busy = peer_busy
+                .get(&o.peer)
+                .is_some_and(|spans| in_busy_span(spans, o.at));
+            let sample = match o.answer {
+                Some((rtt, own)) => LossSample {
                     peer: o.peer,
-                    lost: true,
-                    rtt: None,
-                    disturbed: own_busy || peer_was_busy,
-                });
-            }
+                    lost: false,
+                    rtt: Some(rtt),
+                    disturbed: own || peer_was_busy,
+                },
+                None => {
+                    let back = o.at + flight.get(&o.peer).copied().unwrap_or(timeout);
+                    LossSample {
+                        peer: o.peer,
+                        lost: true,
+                        rtt: None,
+                        disturbed: self.activity.busy_during(o.at, back) || peer_was_busy,
+                    }
+                }
+            };
+            let _ = self.out.try_send(sample);
         }
     }
+}
+
+/// Whether a probe sent at `at` falls in one of the peer's busy spans (send times of probes
+/// whose echoes said so), or up to [`PEER_BUSY_LEAD`] before one.
+fn in_busy_span(spans: &VecDeque<(Instant, Instant)>, at: Instant) -> bool {
+    spans
+        .iter()
+        .any(|&(a, b)| a.checked_sub(PEER_BUSY_LEAD).is_none_or(|a| a <= at) && at <= b)
 }
 
 /// The round trip of the probe `o` whose echo arrived at `arrived_us` (wall clock, µs) after
@@ -919,6 +945,7 @@ mod tests {
             peer: Identity::from_secret_bytes([4; 32]).node_id(),
             at: Instant::now() - Duration::from_millis(500),
             sent_us: 1_000_000,
+            answer: None,
         };
         let ms = Duration::from_millis;
         assert_eq!(echo_rtt(&o, 1_080_000, ms(0)), ms(80));
@@ -926,6 +953,20 @@ mod tests {
         assert_eq!(echo_rtt(&o, 1_080_000, ms(500)), ms(80) - MAX_HELD);
         // A wall clock that stepped back: the monotonic clock stands in.
         assert!(echo_rtt(&o, 900_000, ms(0)) >= ms(500));
+    }
+
+    #[test]
+    fn probes_just_before_a_peers_busy_span_count_as_disturbed() {
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let ms = Duration::from_millis;
+        let mut spans = VecDeque::new();
+        note_busy(&mut spans, t0);
+        note_busy(&mut spans, t0 + ms(40));
+        assert!(in_busy_span(&spans, t0 + ms(20)));
+        // Met the train's queue before any echo could say so.
+        assert!(in_busy_span(&spans, t0 - ms(60)));
+        assert!(!in_busy_span(&spans, t0 - PEER_BUSY_LEAD - ms(1)));
+        assert!(!in_busy_span(&spans, t0 + ms(41)));
     }
 
     #[test]

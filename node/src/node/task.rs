@@ -52,6 +52,8 @@ pub(super) enum BandwidthProbeOutcome {
         rate_bps: f64,
         /// Datagrams that arrived.
         arrivals: usize,
+        /// Paced at a rate seen before; false for the first train (the scout).
+        paced: bool,
     },
     /// The timed transfers (when no train could measure: no echo, trains off, or a link too
     /// fast for one), `(bytes, seconds)` of the small and the large.
@@ -436,10 +438,19 @@ impl NodeTask {
     fn on_bandwidth(&mut self, (peer, outcome): BandwidthResult) {
         self.bw_busy = false;
         match outcome {
-            BandwidthProbeOutcome::Train { rate_bps, arrivals } => {
-                self.estimator(peer).on_train(rate_bps);
+            BandwidthProbeOutcome::Train {
+                rate_bps,
+                arrivals,
+                paced,
+            } => {
+                let e = self.estimator(peer);
+                if paced {
+                    e.on_train(rate_bps);
+                } else {
+                    e.on_scout_train(rate_bps);
+                }
                 let bps = self.estimators.get(&peer).and_then(|e| e.bandwidth());
-                tracing::debug!(node = %self.me.short(), peer = %peer.short(), arrivals, train_bps = rate_bps, bandwidth_bps = ?bps, "train probe");
+                tracing::debug!(node = %self.me.short(), peer = %peer.short(), arrivals, paced, train_bps = rate_bps, bandwidth_bps = ?bps, "train probe");
             }
             BandwidthProbeOutcome::Transfers(Ok((small, large))) => {
                 self.estimator(peer).on_transfers(small, large);
@@ -575,6 +586,7 @@ impl NodeTask {
                         BandwidthProbeOutcome::Train {
                             rate_bps,
                             arrivals: arrivals.len(),
+                            paced: pace.is_some(),
                         }
                     })
                 }
