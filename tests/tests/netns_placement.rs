@@ -39,6 +39,7 @@ fn milp_placement_beats_memory_and_even_over_a_weak_link() -> Result<()> {
         model: &model,
         memory: &[budget; 3],
         secrets: Some(&secrets),
+        probe: runs::PROBE_TOML,
     };
     let mut rows: Vec<(&str, Run)> = Vec::new();
     for strategy in ["milp", "memory", "even"] {

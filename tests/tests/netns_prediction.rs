@@ -2,29 +2,37 @@
 //!
 //! For three link profiles, a two-node swarm (node 0 clean, node 1 behind the profile) whose
 //! memory budgets force the model across both nodes, so every token crosses the link twice.
-//! For each, the table shows the plan's own prediction (`cost_s`, from shoal's measured
-//! links, including the `risk_kappa` penalty), DESIGN.md's latency objective evaluated with
-//! the imposed link figures (mean, and with the penalty), and the measured decode latency per
-//! token at node 0.
+//! For each, the table shows the plan's objective when it was made, DESIGN.md's mean latency
+//! for the plan with the links shoal measured by the end of the run and with the links the
+//! bed imposes, and the measured decode latency per token at node 0.
 //!
-//! The issue's target is "within 20%". It is reported, not asserted: after the protocol fixes
-//! (one round trip per request, the token straight back to the origin) the loss-free profiles
-//! come within 0-30% and the lossy one within 30-90%, the rest being the transport's loss
-//! recovery (a retransmission timeout, not the model's one round trip) and in-order delivery
-//! on the link (a step's packets wait for the slowest of them); see README-netbed.md, "What
-//! the bed found". What the test asserts is what must hold whatever the protocol and the
-//! compute calibration: the model's network part with the imposed links is a lower bound of
-//! the measured latency.
+//! The issue's target is "within 20%". It is reported, not asserted: shoal's own links now
+//! give the same mean as the imposed ones (within 5%), but a message on the link costs more
+//! than one packet's delay. With trace logs of both nodes (same clock), each crossing of a
+//! 20 ms +- 8 ms one-way link took 26-29 ms on average when the origin held stage 0 and 33
+//! ms when the far node did (every step then opens two request streams across the link, and
+//! each message waits in its in-order flow for the packets sent just before it: stream
+//! set-up, protocol negotiation, the previous step's answer). On the lossy profile the
+//! transport's loss recovery (a retransmission timeout, not the model's one round trip)
+//! adds more. See README-netbed.md, "What the bed found". What the test asserts is what must
+//! hold whatever the protocol and the compute calibration: the model's network part with the
+//! imposed links is a lower bound of the measured latency.
 //! Prints the table (`--nocapture`). Needs root.
 
 use anyhow::{Context, Result, ensure};
-use shoal_tests::netns::predict::predict;
+use shoal_tests::netns::predict::{Links, predict};
 use shoal_tests::netns::runs::{self, Setup};
 use shoal_tests::netns::swarm;
 use shoal_tests::netns::{self, LinkProfile, Testbed};
 
 /// Epochs for which node 0 is made the coordinator.
 const MAX_EPOCH: u64 = 10;
+
+/// Probe settings: a train every 5-15 s and echoes at 50 Hz, so that shoal's link estimates
+/// have settled by the time the generations end (the default runs' trains come once a
+/// minute, and the scout train alone reads -40..+60%).
+const PROBE: &str = "[probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 10000\n\
+                     bandwidth_bytes = 131072\nloss_rate_hz = 50\nloss_window = 1000\n";
 
 #[test]
 fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
@@ -49,6 +57,7 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
             model: &model,
             memory: &[budget, budget],
             secrets: Some(&secrets),
+            probe: PROBE,
         };
         let run = runs::measure(&mut bed, "pred", &setup, "milp", 2, 16)
             .with_context(|| format!("profile {}", p.label()))?;
@@ -62,28 +71,44 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
             "plan does not span both nodes: {:?}",
             run.devices
         );
-        let model_pred = predict(&bed, &run.nodes, &run.status, &model, 0, 1.0)?;
-        rows.push((*p, run, model_pred));
+        let bed_pred = predict(
+            &bed,
+            &run.nodes,
+            (&run.status, Links::Imposed),
+            &model,
+            0,
+            1.0,
+        )?;
+        let own_pred = predict(
+            &bed,
+            &run.nodes,
+            (&run.after, Links::Measured(&run.after)),
+            &model,
+            0,
+            1.0,
+        )?;
+        rows.push((*p, run, bed_pred, own_pred));
     }
     println!(
         "\nnetns_prediction: per-token latency, ms (2 nodes, the model split across the link)"
     );
     println!(
-        "{:<22} {:>7} {:>12} {:>13} {:>9} {:>13} {:>10} {:>10} {:>9}",
+        "{:<22} {:>6} {:>11} {:>11} {:>8} {:>11} {:>9} {:>7} {:>9} {:>9}",
         "link profile",
         "stages",
         "plan cost_s",
-        "model(bed)",
+        "shoal mean",
         "compute",
-        "model+risk",
+        "bed mean",
         "measured",
         "median",
-        "error"
+        "vs shoal",
+        "vs bed"
     );
-    for (p, run, m) in &rows {
-        let err = (run.mean_s() - m.mean_s) / m.mean_s;
+    for (p, run, bed_pred, own) in &rows {
+        let err = |m: f64| (run.mean_s() - m) / m * 100.0;
         println!(
-            "{:<22} {:>7} {:>12.1} {:>13.1} {:>9.1} {:>13.1} {:>10.1} {:>10.1} {:>8.0}%",
+            "{:<22} {:>6} {:>11.1} {:>11.1} {:>8.1} {:>11.1} {:>9.1} {:>7.1} {:>8.0}% {:>8.0}%",
             p.label(),
             run.devices
                 .iter()
@@ -91,22 +116,24 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
                 .collect::<Vec<String>>()
                 .join(","),
             run.predicted_s * 1e3,
-            m.mean_s * 1e3,
-            m.compute_s * 1e3,
-            m.cost_s * 1e3,
+            own.mean_s * 1e3,
+            own.compute_s * 1e3,
+            bed_pred.mean_s * 1e3,
             run.mean_s() * 1e3,
             run.median_s() * 1e3,
-            err * 100.0
+            err(own.mean_s),
+            err(bed_pred.mean_s)
         );
     }
     println!(
-        "(plan cost_s: shoal's own prediction from its measured links; model(bed): DESIGN.md's \
-         mean with the imposed links, of which compute from the gossiped capabilities; error: \
-         measured mean vs model(bed); target 20%)"
+        "(plan cost_s: the plan's objective when it was made, from shoal's links then, with the \
+         risk penalty; shoal mean: DESIGN.md's mean for the plan with shoal's links after the \
+         run, of which compute from the gossiped capabilities; bed mean: the same with the \
+         imposed links; vs: measured mean against each; target 20%)"
     );
     // The network part of the model (its hops' mean times with the true links) is a floor no
     // protocol can beat; the compute part rests on calibration figures and is not a floor.
-    for (p, run, m) in &rows {
+    for (p, run, m, _) in &rows {
         let network = m.mean_s - m.compute_s;
         ensure!(
             run.mean_s() >= network * 0.9,

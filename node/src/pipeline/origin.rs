@@ -346,6 +346,13 @@ impl Origin {
             }
         };
         self.stage.forget_return(session, step);
+        tracing::trace!(
+            session,
+            step,
+            ok = outcome.is_ok(),
+            elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
+            "step done"
+        );
         if outcome.is_ok() {
             self.metrics.step(t.elapsed());
         }

@@ -278,6 +278,7 @@ impl StageCtx {
     async fn on_activation(&self, peer: NodeId, s: &Signed<Activation>) -> Vec<u8> {
         let act = s.unverified();
         let session = Some(act.session);
+        tracing::trace!(from = %peer.short(), session = act.session, step = act.step, stage = act.stage, "activation in");
         let asg = match self.admit(peer, s) {
             Ok(a) => a,
             Err(r) => return self.refuse(peer, session, r),
@@ -398,6 +399,7 @@ impl StageCtx {
             Err(e) => return error_frame(session, ErrorCode::Internal, e),
         };
         let t = Instant::now();
+        tracing::trace!(to = %next.short(), session = ?session, "activation out");
         let sent =
             tokio::time::timeout(self.hop_timeout, self.net.send_activation(next, frame)).await;
         self.metrics.downstream(&next.short(), t.elapsed());

@@ -63,8 +63,13 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
     let len = u32::try_from(data.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(data).await?;
+    // One write for prefix and body: each write becomes a multiplexer frame of its own, and
+    // every extra packet of a message on a jittery in-order link makes the message as late
+    // as the slowest of them.
+    let mut frame = Vec::with_capacity(4 + data.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(data);
+    io.write_all(&frame).await?;
     io.flush().await?;
     io.close().await
 }

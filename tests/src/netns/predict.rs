@@ -1,7 +1,7 @@
 //! DESIGN.md's latency objective evaluated for a plan that a bed's swarm settled on, with the
-//! link figures the bed imposes instead of the ones shoal measured. Comparing it with the
-//! plan's own `cost_s` and with the measured per-token latency separates errors of the cost
-//! model from errors of shoal's link measurements.
+//! link figures the bed imposes ([`Links::Imposed`]) or the ones shoal measured
+//! ([`Links::Measured`]). Comparing both with the measured per-token latency separates errors
+//! of the cost model from errors of shoal's link measurements.
 
 use std::path::Path;
 
@@ -38,17 +38,59 @@ pub fn imposed_link(bed: &Testbed, a: usize, b: usize) -> Link {
     }
 }
 
+/// Where the link figures of a prediction come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Links<'a> {
+    /// What the bed imposes.
+    Imposed,
+    /// What shoal reports in this `/v1/status` document (`links`).
+    Measured(&'a Value),
+}
+
+/// A planner link from the `links` shoal reports in `status` for bed nodes `a -> b`.
+pub fn measured_link(status: &Value, nodes: &[BedNode], a: usize, b: usize) -> Result<Link> {
+    let id = |i: usize| {
+        nodes
+            .iter()
+            .find(|n| n.index == i)
+            .map(|n| n.id.as_str())
+            .with_context(|| format!("no bed node {i}"))
+    };
+    let (from, to) = (id(a)?, id(b)?);
+    let l = status["links"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["from"] == from && l["to"] == to))
+        .with_context(|| format!("shoal reports no link {a} -> {b}"))?;
+    let f = |k: &str| {
+        l[k].as_f64()
+            .with_context(|| format!("link {a} -> {b} without {k}"))
+    };
+    Ok(Link {
+        from: a.to_string(),
+        to: b.to_string(),
+        rtt_s: f("rtt_s")?,
+        jitter_s: f("jitter_s")?,
+        bandwidth_bps: f("bandwidth_bps")?,
+        loss: f("loss")?,
+        symmetric: false,
+    })
+}
+
 /// Evaluates the plan in `status` (a `/v1/status` document) for requests entering at bed node
 /// `origin`, with compute figures from the members' gossiped capabilities, layer figures
-/// from the model at `model_dir` and links from the bed.
+/// from the model at `model_dir` and links from `links`.
 pub fn predict(
     bed: &Testbed,
     nodes: &[BedNode],
-    status: &Value,
+    (status, links): (&Value, Links<'_>),
     model_dir: &Path,
     origin: usize,
     risk_kappa: f64,
 ) -> Result<Prediction> {
+    let link = |a: usize, b: usize| match links {
+        Links::Imposed => Ok(imposed_link(bed, a, b)),
+        Links::Measured(doc) => measured_link(doc, nodes, a, b),
+    };
     let info =
         shoal_node::node::model::ModelInfo::load(model_dir).context("loading the model figures")?;
     let net = Net {
@@ -83,7 +125,7 @@ pub fn predict(
         mean += t;
         cost += t;
         if node.index != at {
-            let h = hop_cost(&imposed_link(bed, at, node.index), bytes, &net);
+            let h = hop_cost(&link(at, node.index)?, bytes, &net);
             mean += h.mean_s;
             cost += h.total_s;
         }
@@ -91,7 +133,7 @@ pub fn predict(
         bytes = layers.last().map_or(bytes, |l| l.out_bytes);
     }
     if at != origin {
-        let h = hop_cost(&imposed_link(bed, at, origin), info.token_bytes, &net);
+        let h = hop_cost(&link(at, origin)?, info.token_bytes, &net);
         mean += h.mean_s;
         cost += h.total_s;
     }

@@ -21,6 +21,8 @@ pub struct Run {
     pub plan: Value,
     /// Node 0's whole status document at that moment (members, links, plan).
     pub status: Value,
+    /// Node 0's status document after the generations (its link estimates by then).
+    pub after: Value,
     /// The nodes of the run (ids and bed indices).
     pub nodes: Vec<BedNode>,
     /// Bed index of each stage's device.
@@ -57,6 +59,8 @@ pub struct Setup<'a> {
     pub memory: &'a [u64],
     /// Secret key of each node, or fresh keys.
     pub secrets: Option<&'a [[u8; 32]]>,
+    /// The nodes' `[probe]` settings ([`PROBE_TOML`] unless a test needs others).
+    pub probe: &'a str,
 }
 
 /// Probe settings for runs: light enough not to load a 2 Mbit/s link much, frequent enough
@@ -79,6 +83,7 @@ pub fn measure(
         model,
         memory,
         secrets,
+        probe,
     } = *setup;
     let specs: Vec<NodeSpec> = memory
         .iter()
@@ -88,7 +93,7 @@ pub fn measure(
             model: model.to_path_buf(),
             memory: m,
             strategy: strategy.to_string(),
-            extra: PROBE_TOML.to_string(),
+            extra: probe.to_string(),
             top: String::new(),
             secret: secrets.and_then(|s| s.get(k).copied()),
         })
@@ -125,10 +130,12 @@ pub fn measure(
             }
             per_token_s.push(g.per_token_s());
         }
+        let after = swarm::status(bed, 0).context("status after the generations")?;
         Ok(Run {
             devices: swarm::plan_devices(&nodes, &doc),
             plan,
             status: doc.clone(),
+            after,
             nodes: nodes.clone(),
             predicted_s,
             per_token_s,
