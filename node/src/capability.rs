@@ -2,10 +2,12 @@
 //! offers, and its battery where the OS reports one (`/sys/class/power_supply`, which Android
 //! exposes too).
 //!
-//! Compute is timed on a matrix product shaped like a decode step of the model (a batch of
-//! token vectors of the hidden size times a hidden x hidden weight block) that fits in cache,
-//! so it measures arithmetic, not memory; memory bandwidth is timed on large copies that do not
-//! fit in cache. Both run once at start on a blocking thread.
+//! Compute is timed on a decode-shaped matrix product of the model's hidden size, run through
+//! the model runtime the stages use (`shoal_model::runtime::calibrate`) when the node holds a
+//! model, so the planner's compute term describes that engine; a node without a model (or
+//! whose runtime fails to load) times a plain Rust loop instead (a batch of token vectors
+//! times a hidden x hidden block that fits in cache). Memory bandwidth is timed on large
+//! copies that do not fit in cache. Both run once at start on a blocking thread.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,10 +42,17 @@ pub struct BatteryState {
 }
 
 /// Times compute on blocks shaped by `hidden` (the model's hidden size, or 1024 without one)
-/// and memory bandwidth on 64 MiB copies.
-pub fn measure(hidden: usize) -> Speeds {
+/// and memory bandwidth on 64 MiB copies. With `runtime` (the settings the node's stages run
+/// with), compute is timed through that model runtime; should it fail to load, through a
+/// plain Rust loop, with a warning.
+pub fn measure(hidden: usize, runtime: Option<&shoal_model::RuntimeConfig>) -> Speeds {
+    let through_runtime = runtime.and_then(|c| {
+        shoal_model::runtime::calibrate::matmul_flops(c, hidden, MIN_MEASURE)
+            .map_err(|e| tracing::warn!("timing compute through the model runtime: {e}"))
+            .ok()
+    });
     Speeds {
-        flops: measure_flops(hidden.clamp(16, MAX_BLOCK)),
+        flops: through_runtime.unwrap_or_else(|| measure_flops(hidden.clamp(16, MAX_BLOCK))),
         mem_bw: measure_mem_bw(),
     }
 }
@@ -128,7 +137,7 @@ mod tests {
 
     #[test]
     fn speeds_are_positive_and_finite() {
-        let s = measure(64);
+        let s = measure(64, None);
         assert!(s.flops.is_finite() && s.flops > 1e6, "{s:?}");
         assert!(s.mem_bw.is_finite() && s.mem_bw > 1e7, "{s:?}");
     }

@@ -120,7 +120,12 @@ pub(super) async fn start(
     }
     let store = Store::open(&cfg.data_dir)?;
     let hidden = model.as_ref().map_or(1024, |m| m.hidden);
-    let speeds = tokio::task::spawn_blocking(move || capability::measure(hidden))
+    // Compute is timed through the runtime the stages will use, with the same settings.
+    let runtime = model.as_ref().map(|_| shoal_model::RuntimeConfig {
+        ort_dylib_path: cfg.ort_dylib.clone(),
+        ..shoal_model::RuntimeConfig::default()
+    });
+    let speeds = tokio::task::spawn_blocking(move || capability::measure(hidden, runtime.as_ref()))
         .await
         .map_err(|e| NodeError::Config(format!("calibration thread: {e}")))?;
     tracing::info!(node = %me.short(), flops = speeds.flops, mem_bw = speeds.mem_bw, "measured capability");
