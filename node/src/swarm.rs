@@ -13,6 +13,7 @@
 
 mod behaviour;
 pub(crate) mod codec;
+mod lanes;
 mod score;
 mod task;
 mod transport;
@@ -212,11 +213,16 @@ pub struct PeerScoreInfo {
 pub struct NetworkHandle {
     local: NodeId,
     tx: mpsc::Sender<Command>,
+    lanes: std::sync::Arc<lanes::Lanes>,
 }
 
 impl NetworkHandle {
-    pub(crate) fn new(local: NodeId, tx: mpsc::Sender<Command>) -> Self {
-        NetworkHandle { local, tx }
+    pub(crate) fn new(
+        local: NodeId,
+        tx: mpsc::Sender<Command>,
+        lanes: std::sync::Arc<lanes::Lanes>,
+    ) -> Self {
+        NetworkHandle { local, tx, lanes }
     }
 
     /// This node's id.
@@ -278,10 +284,19 @@ impl NetworkHandle {
         .await?
     }
 
-    /// Sends an activation-protocol frame (e.g. an encoded `Signed<Activation>`) to `peer`.
+    /// Sends an activation-protocol frame (e.g. an encoded `Signed<Activation>`) to `peer` on
+    /// its activation lane (one long-lived stream, see `swarm/lanes.rs`), or as a
+    /// request/response exchange when the peer has no lane to offer.
     pub async fn send_activation(&self, peer: NodeId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
-        self.request(peer.to_peer_id(), Proto::Activation, data)
-            .await
+        let peer = peer.to_peer_id();
+        match self.lanes.request(peer, data).await {
+            Ok(answer) => Ok(answer),
+            Err(lanes::LaneError::Failed(e)) => Err(e),
+            Err(lanes::LaneError::Unavailable(why, data)) => {
+                tracing::debug!(peer = %peer, %why, "no activation lane; request/response instead");
+                self.request(peer, Proto::Activation, data).await
+            }
+        }
     }
 
     /// Sends a generate-protocol frame (an encoded `GenerateRequest`) to `peer`.

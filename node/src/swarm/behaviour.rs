@@ -1,6 +1,6 @@
 //! The composed libp2p behaviour: identify, ping, Kademlia, mDNS (optional), gossipsub with
-//! explicit validation and peer scoring, relay client + DCUtR, a block list, and one
-//! request/response behaviour per shoal protocol.
+//! explicit validation and peer scoring, relay client + DCUtR, a block list, one
+//! request/response behaviour per shoal protocol, and the streams of the activation lanes.
 
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ pub(crate) struct Behaviour {
     pub(crate) probe: request_response::Behaviour<FrameCodec>,
     pub(crate) activation: request_response::Behaviour<FrameCodec>,
     pub(crate) generate: request_response::Behaviour<FrameCodec>,
+    pub(crate) lanes: libp2p_stream::Behaviour,
 }
 
 /// Knobs of the behaviour that come from the node's config.
@@ -111,6 +112,7 @@ impl Behaviour {
             probe: rr(PROBE_MAX, Proto::Probe),
             activation: rr(opts.activation_max, Proto::Activation),
             generate: rr(opts.generate_max, Proto::Generate),
+            lanes: libp2p_stream::Behaviour::new(),
         })
     }
 }

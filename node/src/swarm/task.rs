@@ -114,6 +114,21 @@ pub(crate) fn spawn(
         (Proto::Activation, act_tx),
         (Proto::Generate, gen_tx),
     ]);
+    // Activation lanes: served into the activation queue, opened through the same behaviour.
+    let max = parts.options.activation_max;
+    let mut control = swarm.behaviour().lanes.new_control();
+    let incoming = control
+        .accept(super::lanes::LANE_PROTOCOL)
+        .map_err(|e| SwarmError::Behaviour(e.to_string()))?;
+    if let Some(act_tx) = inbound.get(&Proto::Activation) {
+        tokio::spawn(super::lanes::serve(
+            incoming,
+            act_tx.clone(),
+            cmd_tx.clone(),
+            max,
+        ));
+    }
+    let lanes = std::sync::Arc::new(super::lanes::Lanes::new(control, max));
     let task = SwarmTask {
         swarm,
         commands,
@@ -127,7 +142,7 @@ pub(crate) fn spawn(
     };
     let span = tracing::info_span!("swarm", id = %identity.node_id().short());
     tokio::spawn(task.run(cancel).instrument(span));
-    let handle = NetworkHandle::new(identity.node_id(), cmd_tx);
+    let handle = NetworkHandle::new(identity.node_id(), cmd_tx, lanes);
     Ok((
         handle,
         ev_rx,
@@ -340,7 +355,10 @@ impl SwarmTask {
             BehaviourEvent::Probe(e) => self.on_rr(Proto::Probe, e),
             BehaviourEvent::Activation(e) => self.on_rr(Proto::Activation, e),
             BehaviourEvent::Generate(e) => self.on_rr(Proto::Generate, e),
-            BehaviourEvent::Block(_) | BehaviourEvent::Relay(_) | BehaviourEvent::Dcutr(_) => {}
+            BehaviourEvent::Block(_)
+            | BehaviourEvent::Relay(_)
+            | BehaviourEvent::Dcutr(_)
+            | BehaviourEvent::Lanes(()) => {}
         }
     }
 
