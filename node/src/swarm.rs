@@ -268,13 +268,17 @@ impl NetworkHandle {
         .await
     }
 
-    /// Sends one request frame on `proto` and waits for the response frame.
+    /// Sends one request frame on `proto` and waits for the response frame (activations go
+    /// over the peer's activation lane).
     pub async fn request(
         &self,
         peer: PeerId,
         proto: Proto,
         data: Vec<u8>,
     ) -> Result<Vec<u8>, NetError> {
+        if proto == Proto::Activation {
+            return self.lanes.request(peer, data).await;
+        }
         self.ask(|reply| Command::Request {
             peer,
             proto,
@@ -285,18 +289,10 @@ impl NetworkHandle {
     }
 
     /// Sends an activation-protocol frame (e.g. an encoded `Signed<Activation>`) to `peer` on
-    /// its activation lane (one long-lived stream, see `swarm/lanes.rs`), or as a
-    /// request/response exchange when the peer has no lane to offer.
+    /// its activation lane (one long-lived stream, see `swarm/lanes.rs`).
     pub async fn send_activation(&self, peer: NodeId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
         let peer = peer.to_peer_id();
-        match self.lanes.request(peer, data).await {
-            Ok(answer) => Ok(answer),
-            Err(lanes::LaneError::Failed(e)) => Err(e),
-            Err(lanes::LaneError::Unavailable(why, data)) => {
-                tracing::debug!(peer = %peer, %why, "no activation lane; request/response instead");
-                self.request(peer, Proto::Activation, data).await
-            }
-        }
+        self.lanes.request(peer, data).await
     }
 
     /// Sends a generate-protocol frame (an encoded `GenerateRequest`) to `peer`.

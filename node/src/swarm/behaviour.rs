@@ -1,6 +1,7 @@
 //! The composed libp2p behaviour: identify, ping, Kademlia, mDNS (optional), gossipsub with
-//! explicit validation and peer scoring, relay client + DCUtR, a block list, one
-//! request/response behaviour per shoal protocol, and the streams of the activation lanes.
+//! explicit validation and peer scoring, relay client + DCUtR, a block list, a
+//! request/response behaviour for probes and for client requests, and the streams of the
+//! activation lanes (`lanes.rs`).
 
 use std::time::Duration;
 
@@ -42,7 +43,6 @@ pub(crate) struct Behaviour {
     pub(crate) relay: relay::client::Behaviour,
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) probe: request_response::Behaviour<FrameCodec>,
-    pub(crate) activation: request_response::Behaviour<FrameCodec>,
     pub(crate) generate: request_response::Behaviour<FrameCodec>,
     pub(crate) lanes: libp2p_stream::Behaviour,
 }
@@ -52,7 +52,7 @@ pub(crate) struct Behaviour {
 pub(crate) struct BehaviourOptions {
     pub(crate) mdns: bool,
     pub(crate) ping_interval: Duration,
-    /// Largest activation-protocol frame (request or response).
+    /// Largest activation-protocol frame (request or answer, on the activation lanes).
     pub(crate) activation_max: usize,
     /// Largest generate-protocol frame.
     pub(crate) generate_max: usize,
@@ -110,7 +110,6 @@ impl Behaviour {
             relay,
             dcutr: dcutr::Behaviour::new(id),
             probe: rr(PROBE_MAX, Proto::Probe),
-            activation: rr(opts.activation_max, Proto::Activation),
             generate: rr(opts.generate_max, Proto::Generate),
             lanes: libp2p_stream::Behaviour::new(),
         })

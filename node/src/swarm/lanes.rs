@@ -1,6 +1,6 @@
-//! Activation lanes: one long-lived stream per peer (`/shoal/lane/1`) that carries activation
-//! requests and their answers, each a single frame, instead of one request/response stream per
-//! message.
+//! Activation lanes: the activation protocol (`/shoal/activation/1`, run as a stream protocol,
+//! which DESIGN.md allows) on one long-lived stream per peer that carries activation requests
+//! and their answers, each a single frame, instead of one request/response stream per message.
 //!
 //! A new request/response stream puts three packets on the link before its message has
 //! arrived (the stream's opening with the protocol proposal, the message, the close: yamux
@@ -9,15 +9,16 @@
 //! on the connection: on the bed's 20 ms +- 8 ms link each crossing took 26-33 ms on average
 //! instead of 20. A lane sends each message as one write.
 //!
-//! Frame: a big-endian `u32` length of what follows, a big-endian `u64` request id, the
-//! payload (a shoal-protocol frame, at most the activation limit). An answer carries its
-//! request's id; an empty answer means the peer dropped the request (its queue was full), so
-//! the sender fails at once. Requests on one lane are served concurrently and answered in any
-//! order.
+//! Frame: a big-endian `u32` length of what follows, a big-endian `u64` request id, a status
+//! byte, the payload (a shoal-protocol frame, at most the activation limit). An answer carries
+//! its request's id; status [`DROPPED`] means the peer dropped the request unanswered (its
+//! queue was full, or it had no answer for it), so the sender fails at once, as a dropped
+//! request/response channel made it fail. Requests on one lane are served concurrently and
+//! answered in any order.
 //!
-//! Lanes are opened on first use and reopened after any failure; when a peer does not speak
-//! the protocol, the caller falls back to the request/response protocol. A peer that sends an
-//! oversized or truncated frame loses its lane and is reported.
+//! Lanes are opened on first use and reopened after any failure (a request on a lane that
+//! fails gets the failure at once, as a closed connection made request/response fail). A peer
+//! that sends an oversized or truncated frame loses its lane and is reported.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,29 +31,24 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, InboundRequest, NetError};
 
-/// The lane protocol.
-pub(crate) const LANE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/lane/1");
+/// The lane protocol: the activation protocol's name.
+pub(crate) const LANE_PROTOCOL: StreamProtocol =
+    StreamProtocol::new(shoal_protocol::ACTIVATION_PROTOCOL);
 /// Frames waiting for a lane's writer.
 const WRITE_QUEUE: usize = 64;
-/// Bytes of a frame's header after the length: the request id.
-const ID_BYTES: usize = 8;
-
-/// Why a lane could not carry a request.
-#[derive(Debug)]
-pub(crate) enum LaneError {
-    /// The peer does not speak the lane protocol (or cannot be reached for it): use the
-    /// request/response protocol. The request is handed back, unsent.
-    Unavailable(String, Vec<u8>),
-    /// The request went out on a lane that then failed, or the peer dropped it.
-    Failed(NetError),
-}
+/// Bytes of a frame's header after the length: the request id and the status.
+const HEADER_BYTES: usize = 9;
+/// Status of a request, or of an answer.
+const OK: u8 = 0;
+/// Status of an answer to a request the peer dropped.
+const DROPPED: u8 = 1;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, NetError>>>>>;
 
 /// One open outbound lane.
 #[derive(Clone)]
 struct Lane {
-    tx: mpsc::Sender<(u64, Vec<u8>)>,
+    tx: mpsc::Sender<Outgoing>,
     pending: Pending,
     closed: Arc<AtomicBool>,
 }
@@ -83,22 +79,20 @@ impl Lanes {
     }
 
     /// Sends `data` to `peer` on its lane (opening one if needed) and waits for the answer.
-    pub(crate) async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, LaneError> {
-        let lane = match self.lane(peer).await {
-            Ok(l) => l,
-            Err(why) => return Err(LaneError::Unavailable(why, data)),
-        };
+    pub(crate) async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let lane = self
+            .lane(peer)
+            .await
+            .map_err(|why| lane_failed(peer, &format!("no activation lane: {why}")))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&lane.pending).insert(id, tx);
-        if lane.closed.load(Ordering::Acquire) || lane.tx.send((id, data)).await.is_err() {
+        if lane.closed.load(Ordering::Acquire) || lane.tx.send((id, OK, data)).await.is_err() {
             lock(&lane.pending).remove(&id);
-            return Err(LaneError::Failed(lane_failed(peer, "the lane closed")));
+            return Err(lane_failed(peer, "the lane closed"));
         }
-        match rx.await {
-            Ok(r) => r.map_err(LaneError::Failed),
-            Err(_) => Err(LaneError::Failed(lane_failed(peer, "the lane closed"))),
-        }
+        rx.await
+            .unwrap_or_else(|_| Err(lane_failed(peer, "the lane closed")))
     }
 
     /// The open lane to `peer`, or a new one.
@@ -145,13 +139,16 @@ fn lane_failed(peer: PeerId, reason: &str) -> NetError {
     }
 }
 
-/// A task that writes `(id, payload)` frames to `w` in the order given; it ends (dropping the
+/// A frame to write: request id, status, payload.
+type Outgoing = (u64, u8, Vec<u8>);
+
+/// A task that writes `(id, status, payload)` frames to `w` in the order given; it ends (dropping the
 /// receiver, so senders see the lane closed) at the first write error.
-fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut w: W) -> mpsc::Sender<(u64, Vec<u8>)> {
-    let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(WRITE_QUEUE);
+fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut w: W) -> mpsc::Sender<Outgoing> {
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(WRITE_QUEUE);
     tokio::spawn(async move {
-        while let Some((id, payload)) = rx.recv().await {
-            let frame = encode_frame(id, &payload);
+        while let Some((id, status, payload)) = rx.recv().await {
+            let frame = encode_frame(id, status, &payload);
             if w.write_all(&frame).await.is_err() || w.flush().await.is_err() {
                 break;
             }
@@ -165,13 +162,13 @@ fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut w: W) -> mpsc::Sende
 async fn read_answers<R: AsyncRead + Unpin>(peer: PeerId, mut r: R, lane: Lane, max: usize) {
     let why = loop {
         match read_frame(&mut r, max).await {
-            Ok((id, payload)) => {
+            Ok((id, status, payload)) => {
                 let waiting = lock(&lane.pending).remove(&id);
                 if let Some(tx) = waiting {
-                    let answer = if payload.is_empty() {
-                        Err(lane_failed(peer, "the peer dropped the request"))
-                    } else {
+                    let answer = if status == OK {
                         Ok(payload)
+                    } else {
+                        Err(lane_failed(peer, "the peer dropped the request"))
                     };
                     let _ = tx.send(answer);
                 }
@@ -215,7 +212,7 @@ async fn serve_lane(
     let (mut r, w) = stream.split();
     let answers = spawn_writer(w);
     loop {
-        let (id, data) = match read_frame(&mut r, max).await {
+        let (id, _, data) = match read_frame(&mut r, max).await {
             Ok(f) => f,
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::InvalidData {
@@ -234,47 +231,54 @@ async fn serve_lane(
         let req = InboundRequest { peer, data, reply };
         if inbound.try_send(req).is_err() {
             // Full or nobody serving: the sender fails at once rather than timing out.
-            let _ = answers.send((id, Vec::new())).await;
+            let _ = answers.send((id, DROPPED, Vec::new())).await;
             continue;
         }
         let answers = answers.clone();
         tokio::spawn(async move {
-            let answer = rx.await.unwrap_or_default();
-            let _ = answers.send((id, answer)).await;
+            // No answer from the pipeline (it dropped the request): say so.
+            let frame = match rx.await {
+                Ok(answer) => (id, OK, answer),
+                Err(_) => (id, DROPPED, Vec::new()),
+            };
+            let _ = answers.send(frame).await;
         });
     }
 }
 
-/// A frame: length, id, payload.
-fn encode_frame(id: u64, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(ID_BYTES + payload.len()).unwrap_or(u32::MAX);
-    let mut f = Vec::with_capacity(4 + ID_BYTES + payload.len());
+/// A frame: length, id, status, payload.
+fn encode_frame(id: u64, status: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(HEADER_BYTES + payload.len()).unwrap_or(u32::MAX);
+    let mut f = Vec::with_capacity(4 + HEADER_BYTES + payload.len());
     f.extend_from_slice(&len.to_be_bytes());
     f.extend_from_slice(&id.to_be_bytes());
+    f.push(status);
     f.extend_from_slice(payload);
     f
 }
 
-/// Reads one frame; a length beyond `max` payload bytes, or shorter than the id, is
-/// `InvalidData` and nothing beyond the header is read.
+/// Reads one frame as `(id, status, payload)`; a length beyond `max` payload bytes, or
+/// shorter than the header, is `InvalidData` and nothing beyond the length is read.
 async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
-) -> std::io::Result<(u64, Vec<u8>)> {
+) -> std::io::Result<(u64, u8, Vec<u8>)> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len < ID_BYTES || len - ID_BYTES > max {
+    if len < HEADER_BYTES || len - HEADER_BYTES > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("lane frame of {len} bytes (limit {max} + {ID_BYTES})"),
+            format!("lane frame of {len} bytes (limit {max} + {HEADER_BYTES})"),
         ));
     }
-    let mut id = [0u8; ID_BYTES];
+    let mut id = [0u8; 8];
     r.read_exact(&mut id).await?;
-    let mut payload = vec![0u8; len - ID_BYTES];
+    let mut status = [0u8; 1];
+    r.read_exact(&mut status).await?;
+    let mut payload = vec![0u8; len - HEADER_BYTES];
     r.read_exact(&mut payload).await?;
-    Ok((u64::from_be_bytes(id), payload))
+    Ok((u64::from_be_bytes(id), status[0], payload))
 }
 
 #[cfg(test)]
@@ -283,34 +287,27 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_and_bad_lengths_are_refused_before_reading_more() {
-        let mut bytes = encode_frame(7, b"hello");
-        bytes.extend(encode_frame(u64::MAX, b""));
+        let mut bytes = encode_frame(7, OK, b"hello");
+        bytes.extend(encode_frame(u64::MAX, DROPPED, b""));
         let mut r = futures::io::Cursor::new(bytes);
-        assert_eq!(
-            read_frame(&mut r, 16).await.unwrap(),
-            (7, b"hello".to_vec())
-        );
-        assert_eq!(
-            read_frame(&mut r, 16).await.unwrap(),
-            (u64::MAX, Vec::new())
-        );
-        // Over the limit: refused from the header alone (no 4 GiB allocation).
+        let first = read_frame(&mut r, 16).await.unwrap();
+        assert_eq!(first, (7, OK, b"hello".to_vec()));
+        let second = read_frame(&mut r, 16).await.unwrap();
+        assert_eq!(second, (u64::MAX, DROPPED, Vec::new()));
+        // Over the limit: refused from the length alone (no 4 GiB allocation).
         let mut huge = futures::io::Cursor::new(u32::MAX.to_be_bytes().to_vec());
         let e = read_frame(&mut huge, 16).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
-        // Shorter than its id.
-        let mut short = futures::io::Cursor::new(3u32.to_be_bytes().to_vec());
-        assert_eq!(
-            read_frame(&mut short, 16).await.unwrap_err().kind(),
-            std::io::ErrorKind::InvalidData
-        );
+        // Shorter than its header.
+        let mut short = futures::io::Cursor::new(8u32.to_be_bytes().to_vec());
+        let e = read_frame(&mut short, 16).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
         // Truncated.
-        let mut cut = encode_frame(1, b"abcdef");
-        cut.truncate(10);
-        let mut cut = futures::io::Cursor::new(cut);
-        assert_eq!(
-            read_frame(&mut cut, 16).await.unwrap_err().kind(),
-            std::io::ErrorKind::UnexpectedEof
-        );
+        let mut cut = encode_frame(1, OK, b"abcdef");
+        cut.truncate(15);
+        let e = read_frame(&mut futures::io::Cursor::new(cut), 16)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

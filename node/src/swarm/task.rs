@@ -235,8 +235,13 @@ impl SwarmTask {
                 let b = self.swarm.behaviour_mut();
                 let id = match proto {
                     Proto::Probe => b.probe.send_request(&peer, Frame::Data(data)),
-                    Proto::Activation => b.activation.send_request(&peer, Frame::Data(data)),
                     Proto::Generate => b.generate.send_request(&peer, Frame::Data(data)),
+                    // The handle sends activations on lanes; never here.
+                    Proto::Activation => {
+                        let reason = "activations go over the activation lanes".to_string();
+                        let _ = reply.send(Err(NetError::Request { peer, reason }));
+                        return;
+                    }
                 };
                 self.pending.insert((proto, id), (peer, reply));
             }
@@ -286,8 +291,9 @@ impl SwarmTask {
         let b = self.swarm.behaviour_mut();
         let res = match proto {
             Proto::Probe => b.probe.send_response(channel, data),
-            Proto::Activation => b.activation.send_response(channel, data),
             Proto::Generate => b.generate.send_response(channel, data),
+            // Inbound activations arrive on lanes, which answer on their own streams.
+            Proto::Activation => return,
         };
         if res.is_err() {
             tracing::debug!(?proto, "response not sent: the connection closed");
@@ -353,7 +359,6 @@ impl SwarmTask {
             BehaviourEvent::Kad(e) => self.on_kad(e),
             BehaviourEvent::Mdns(e) => self.on_mdns(e),
             BehaviourEvent::Probe(e) => self.on_rr(Proto::Probe, e),
-            BehaviourEvent::Activation(e) => self.on_rr(Proto::Activation, e),
             BehaviourEvent::Generate(e) => self.on_rr(Proto::Generate, e),
             BehaviourEvent::Block(_)
             | BehaviourEvent::Relay(_)
