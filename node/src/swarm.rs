@@ -4,7 +4,8 @@
 //! [`NetworkHandle`] that sends a [`Command`] on a bounded channel and awaits a `oneshot`
 //! reply. What the swarm hears flows out on bounded channels: [`NetEvent`]s (gossip, pings,
 //! peer addresses) to the node, and [`InboundRequest`]s per protocol (probe, activation,
-//! generate) to whoever serves them. The swarm task never waits on a consumer: a full channel
+//! generate) to whoever serves them. Activations travel on long-lived per-peer streams
+//! (`lanes.rs`), probes and client requests on request/response exchanges. The swarm task never waits on a consumer: a full channel
 //! drops the item and counts it, so a slow consumer cannot stall the network or deadlock with a
 //! command it is waiting on.
 //!
@@ -38,7 +39,7 @@ pub(crate) const EVENT_CAPACITY: usize = 1024;
 /// Capacity of each inbound-request channel (per protocol).
 pub const INBOUND_CAPACITY: usize = 64;
 
-/// A request/response protocol of shoal.
+/// A request protocol of shoal (activations on lanes, the others request/response).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
     /// `/shoal/probe/1`: timed transfers for bandwidth.
@@ -124,7 +125,7 @@ pub enum NetEvent {
     Disconnected(PeerId),
 }
 
-/// A request that arrived on one of the request/response protocols.
+/// A request that arrived on one of shoal's request protocols.
 #[derive(Debug)]
 pub struct InboundRequest {
     /// Who sent it.

@@ -183,8 +183,8 @@ async fn read_answers<R: AsyncRead + Unpin>(peer: PeerId, mut r: R, lane: Lane, 
     }
 }
 
-/// Accepts inbound lanes and serves their requests through `inbound` (the activation
-/// protocol's queue, so the pipeline serves both transports alike) until `incoming` ends.
+/// Accepts inbound lanes and hands their requests to `inbound` (the activation queue the
+/// pipeline serves) until `incoming` ends.
 pub(crate) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     inbound: mpsc::Sender<InboundRequest>,
