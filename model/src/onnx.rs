@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb;
 
-pub use write::{ExternalIndex, WrittenGraph, write_graph};
+pub use write::{ExternalIndex, WrittenGraph, encode_inline, write_graph};
 
 /// ONNX opset the graphs declare. 17 keeps `ReduceMean` axes an attribute, which both runtimes
 /// accept, and is the first opset with `LayerNormalization`.

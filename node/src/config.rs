@@ -238,6 +238,16 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
     }
+
+    /// The model runtime's settings: the stages run with them, and the node times its compute
+    /// with them at start.
+    pub fn runtime(&self) -> shoal_model::RuntimeConfig {
+        shoal_model::RuntimeConfig {
+            ort_dylib_path: self.ort_dylib.clone(),
+            idle_timeout: Duration::from_secs(120),
+            ..shoal_model::RuntimeConfig::default()
+        }
+    }
 }
 
 /// Milliseconds to a [`Duration`].

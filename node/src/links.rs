@@ -25,18 +25,18 @@
 //!   bed imposes it reads 2-4% low, where the interquartile range scaled to an sd is unbiased
 //!   only for the one shape its factor assumes (+4% on a path of four jittered legs) and
 //!   spreads wider (a single 256-echo reading ranged -12..+20% in simulation, the fenced sd
-//!   -9..+10%). libp2p pings
-//!   ride the swarm's TCP/QUIC connection, where a lost segment waits for a retransmission
-//!   timeout and a ping waits behind other traffic; their EWMA (mean and spread) is the
-//!   fallback while there are too few echoes (e.g. a peer without an echo port).
+//!   -9..+10%). libp2p pings ride the swarm's TCP/QUIC connection, where a lost segment
+//!   waits for a retransmission timeout and a ping waits behind other traffic; their EWMA
+//!   (mean and spread) is the fallback while there are too few echoes (e.g. a peer without
+//!   an echo port).
 //! - **bandwidth** is the link's rate, as DESIGN.md's `t_ser` needs it (loss is charged
 //!   separately): a UDP datagram train ([`train_rate`]) queues at the narrowest link and
 //!   arrives spaced at its rate; the arrivals are thinned by the loss behind that link, so the
 //!   rate is divided by `1 - loss` (the acks that report them cross the reverse path, and
-//!   each repeats the last few arrivals, so lost acks thin nothing). Timed TCP transfers measure goodput instead, which loss
-//!   and a long round trip keep far below the rate (TCP's window halves at every loss); they
-//!   are the fallback while no train has come back (a peer without an echo port, or a link
-//!   so fast the train arrives within a millisecond).
+//!   each repeats the last few arrivals, so lost acks thin nothing). Timed TCP transfers
+//!   measure goodput instead, which loss and a long round trip keep far below the rate (TCP's
+//!   window halves at every loss); they are the fallback while no train has come back (a
+//!   peer without an echo port, or a link so fast the train arrives within a millisecond).
 
 use std::collections::VecDeque;
 
@@ -178,11 +178,10 @@ impl LinkEstimator {
     /// the last [`TRAIN_WINDOW`] samples: a delay spike at one end of a train can throw one
     /// sample far off, and a median ignores it where an average would not.
     pub fn on_train(&mut self, rate_bps: f64) {
-        if !rate_bps.is_finite() || rate_bps <= 0.0 {
+        let Some(rate) = self.behind_loss(rate_bps) else {
             return;
-        }
-        self.trains
-            .push_back(rate_bps / (1.0 - self.loss()).max(0.5));
+        };
+        self.trains.push_back(rate);
         while self.trains.len() > TRAIN_WINDOW {
             self.trains.pop_front();
         }
@@ -194,9 +193,15 @@ impl LinkEstimator {
     /// paces the next train and stands in as the rate until one comes back, but is not one of
     /// the samples the rate is the median of.
     pub fn on_scout_train(&mut self, rate_bps: f64) {
-        if rate_bps.is_finite() && rate_bps > 0.0 {
-            self.scout = Some(rate_bps / (1.0 - self.loss()).max(0.5));
+        if let Some(rate) = self.behind_loss(rate_bps) {
+            self.scout = Some(rate);
         }
+    }
+
+    /// The link rate behind a train's arrival rate: the arrivals are thinned by the loss
+    /// behind the narrowest link. `None` for a rate that is not positive and finite.
+    fn behind_loss(&self, rate_bps: f64) -> Option<f64> {
+        (rate_bps.is_finite() && rate_bps > 0.0).then(|| rate_bps / (1.0 - self.loss()).max(0.5))
     }
 
     /// The rate to pace the next train at (bits per second): [`TRAIN_PACE`] times the highest
@@ -204,8 +209,8 @@ impl LinkEstimator {
     /// machine pauses the sender, and an estimate that came out low is not confirmed by
     /// pacing at it. Faster pacing overflows a short queue sooner: at 2.5x, a 5 Mbit/s link
     /// with 0.1 s of queue delivered under half of a train, and single trains spread -25..+60%
-    /// (a low reading at 1.5x once blamed on pauses was lost acks, which
-    /// `TrainAck::earlier` now covers). The queue it builds delays the link's other traffic for a moment; the
+    /// (a low reading at 1.5x once blamed on pauses was lost acks, which `TrainAck::earlier`
+    /// now covers). The queue it builds delays the link's other traffic for a moment; the
     /// loss probe leaves out the samples that cross it (`probe::TrainActivity`). The scout's
     /// rate before the first paced sample; `None` before the scout: send at full speed.
     pub fn train_pace(&self) -> Option<f64> {

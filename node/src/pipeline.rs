@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use shoal_model::{Manifest, RuntimeConfig, SamplingConfig, Tokenizer};
+use shoal_model::{Manifest, SamplingConfig, Tokenizer};
 use shoal_protocol::{ErrorCode, GenerateRequest, GenerateResponse, GenerateResult, Sampling};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -232,12 +232,7 @@ fn load_model(
 ) -> Result<(LoadedModel, runtime::RuntimeHandle), PipelineError> {
     let manifest = Manifest::load(&dir)?;
     let tokenizer = Tokenizer::load(&dir, &manifest)?;
-    let config = RuntimeConfig {
-        ort_dylib_path: node.config().ort_dylib.clone(),
-        idle_timeout: Duration::from_secs(120),
-        ..RuntimeConfig::default()
-    };
-    let runtime = runtime::RuntimeHandle::spawn(dir, manifest.clone(), config)?;
+    let runtime = runtime::RuntimeHandle::spawn(dir, manifest.clone(), node.config().runtime())?;
     Ok((
         LoadedModel {
             manifest,

@@ -119,34 +119,52 @@ pub async fn measure_bandwidth(
 /// (its queue drains).
 const TRAIN_AFTERGLOW: Duration = Duration::from_millis(300);
 
+/// Times a link was busy with a bandwidth train, as intervals, oldest first; the latest
+/// [`BUSY_SPANS`] are kept (a loss probe's flight is far shorter than the time they cover).
+#[derive(Debug, Clone, Default)]
+struct BusySpans(VecDeque<(Instant, Instant)>);
+
+/// Busy intervals a [`BusySpans`] remembers.
+const BUSY_SPANS: usize = 16;
+
+impl BusySpans {
+    /// Records the link busy from `start` to `end`: the latest interval grows when `start` is
+    /// at most `gap` past its end, else a new one begins.
+    fn add(&mut self, start: Instant, end: Instant, gap: Duration) {
+        match self.0.back_mut() {
+            Some((_, e)) if start <= *e + gap => *e = (*e).max(end),
+            _ => {
+                self.0.push_back((start, end));
+                while self.0.len() > BUSY_SPANS {
+                    self.0.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Whether the link was busy at any time from `from` to `to`.
+    fn meets(&self, from: Instant, to: Instant) -> bool {
+        self.0.iter().any(|&(a, b)| a <= to && from <= b)
+    }
+}
+
 /// When this node's own link carried a bandwidth train lately (sent or received). Round trips
 /// measured meanwhile include the train's queue, not the link's delay, so the loss probe
 /// leaves them out, and the echo tells the prober so in its answers. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct TrainActivity {
-    /// The latest busy spans, oldest first (a few are kept).
-    spans: std::sync::Arc<std::sync::Mutex<VecDeque<(Instant, Instant)>>>,
+    spans: std::sync::Arc<std::sync::Mutex<BusySpans>>,
 }
 
-/// Busy spans a [`TrainActivity`] remembers (a loss probe's flight is far shorter than the
-/// time these cover).
-const ACTIVITY_SPANS: usize = 16;
-
 impl TrainActivity {
+    fn spans(&self) -> std::sync::MutexGuard<'_, BusySpans> {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Marks the link busy for `for_` from now (never shortens an earlier mark).
     pub fn mark(&self, for_: Duration) {
         let now = Instant::now();
-        let until = now + for_;
-        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        match spans.back_mut() {
-            Some((_, end)) if now <= *end => *end = (*end).max(until),
-            _ => {
-                spans.push_back((now, until));
-                while spans.len() > ACTIVITY_SPANS {
-                    spans.pop_front();
-                }
-            }
-        }
+        self.spans().add(now, now + for_, Duration::ZERO);
     }
 
     /// Whether the link carries (or just carried) a train.
@@ -157,11 +175,7 @@ impl TrainActivity {
 
     /// Whether the link was busy at any time from `from` to `to`.
     pub fn busy_during(&self, from: Instant, to: Instant) -> bool {
-        self.spans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|&(a, b)| a <= to && from < b)
+        self.spans().meets(from, to)
     }
 }
 
@@ -195,12 +209,7 @@ impl UdpEcho {
     /// milliseconds after it arrived, and a batch read late would look like a burst the link
     /// never carried.
     pub async fn run(self, cancel: CancellationToken) {
-        let stamped = nix::sys::socket::setsockopt(
-            &self.socket,
-            nix::sys::socket::sockopt::ReceiveTimestampns,
-            &true,
-        )
-        .is_ok();
+        let stamped = stamp_arrivals(&self.socket);
         // A receive buffer as large as the system allows: a train arrives faster than a busy
         // machine may schedule this task, and a datagram dropped here would read as the
         // link's loss and thin the train's rate.
@@ -240,6 +249,13 @@ fn wall_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, micros)
+}
+
+/// Asks the kernel to stamp each datagram `socket` receives (`SO_TIMESTAMPNS`), for
+/// [`recv_stamped`]; false where the system does not.
+fn stamp_arrivals(socket: &UdpSocket) -> bool {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .is_ok()
 }
 
 /// Receives one datagram: its length, its sender and, when `stamped`, the kernel's receive
@@ -611,16 +627,11 @@ impl LossProber {
         let mut seq = 0u32;
         // Echoes are stamped by the kernel on arrival, so that the round trip does not
         // include how late this busy machine runs this task.
-        let stamped = nix::sys::socket::setsockopt(
-            &self.socket,
-            nix::sys::socket::sockopt::ReceiveTimestampns,
-            &true,
-        )
-        .is_ok();
+        let stamped = stamp_arrivals(&self.socket);
         let mut pending = Pending::new();
         // Per peer: the send times of probes its echoes said crossed a train, as intervals,
         // and the latest round trip (how long a lost probe would have been in flight).
-        let mut peer_busy: HashMap<NodeId, VecDeque<(Instant, Instant)>> = HashMap::new();
+        let mut peer_busy: HashMap<NodeId, BusySpans> = HashMap::new();
         let mut flight: HashMap<NodeId, Duration> = HashMap::new();
         let mut tick = tokio::time::interval(self.interval);
         let mut buf = [0u8; MAX_LOSS_PROBE_BYTES];
@@ -673,7 +684,7 @@ impl LossProber {
     fn settle(
         &self,
         pending: &mut Pending,
-        peer_busy: &HashMap<NodeId, VecDeque<(Instant, Instant)>>,
+        peer_busy: &HashMap<NodeId, BusySpans>,
         flight: &HashMap<NodeId, Duration>,
     ) {
         let timeout = self.timeout;
@@ -713,10 +724,8 @@ impl LossProber {
 
 /// Whether a probe sent at `at` falls in one of the peer's busy spans (send times of probes
 /// whose echoes said so), or up to [`PEER_BUSY_LEAD`] before one.
-fn in_busy_span(spans: &VecDeque<(Instant, Instant)>, at: Instant) -> bool {
-    spans
-        .iter()
-        .any(|&(a, b)| a.checked_sub(PEER_BUSY_LEAD).is_none_or(|a| a <= at) && at <= b)
+fn in_busy_span(spans: &BusySpans, at: Instant) -> bool {
+    spans.meets(at, at + PEER_BUSY_LEAD)
 }
 
 /// The round trip of the probe `o` whose echo arrived at `arrived_us` (wall clock, µs) after
@@ -733,17 +742,9 @@ fn echo_rtt(o: &Outstanding, arrived_us: u64, held: Duration) -> Duration {
 }
 
 /// Records that the probe sent at `at` crossed the peer's busy link: it extends the latest
-/// interval when close to it, else starts one (a few recent intervals are kept).
-fn note_busy(spans: &mut VecDeque<(Instant, Instant)>, at: Instant) {
-    match spans.back_mut() {
-        Some((_, end)) if at <= *end + TRAIN_AFTERGLOW => *end = (*end).max(at),
-        _ => {
-            spans.push_back((at, at));
-            while spans.len() > 8 {
-                spans.pop_front();
-            }
-        }
-    }
+/// interval when within [`TRAIN_AFTERGLOW`] of it, else starts one.
+fn note_busy(spans: &mut BusySpans, at: Instant) {
+    spans.add(at, at, TRAIN_AFTERGLOW);
 }
 
 #[cfg(test)]
@@ -959,7 +960,7 @@ mod tests {
     fn probes_just_before_a_peers_busy_span_count_as_disturbed() {
         let t0 = Instant::now() + Duration::from_secs(10);
         let ms = Duration::from_millis;
-        let mut spans = VecDeque::new();
+        let mut spans = BusySpans::default();
         note_busy(&mut spans, t0);
         note_busy(&mut spans, t0 + ms(40));
         assert!(in_busy_span(&spans, t0 + ms(20)));

@@ -5,9 +5,9 @@
 //! reply. What the swarm hears flows out on bounded channels: [`NetEvent`]s (gossip, pings,
 //! peer addresses) to the node, and [`InboundRequest`]s per protocol (probe, activation,
 //! generate) to whoever serves them. Activations travel on long-lived per-peer streams
-//! (`lanes.rs`), probes and client requests on request/response exchanges. The swarm task never waits on a consumer: a full channel
-//! drops the item and counts it, so a slow consumer cannot stall the network or deadlock with a
-//! command it is waiting on.
+//! (`lanes.rs`), probes and client requests on request/response exchanges. The swarm task
+//! never waits on a consumer: a full channel drops the item and counts it, so a slow consumer
+//! cannot stall the network or deadlock with a command it is waiting on.
 //!
 //! Gossip is published signed (gossipsub `MessageAuthenticity::Signed`) and forwarded only
 //! after the node has decoded and checked it and called [`NetworkHandle::report_validation`].

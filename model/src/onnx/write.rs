@@ -83,7 +83,27 @@ pub fn write_graph(
         proto.initializer.push(tensor);
     }
     weights.finish()?;
-    let model = pb::ModelProto {
+    let path = dir.join(onnx_file);
+    std::fs::write(&path, model(proto).encode_to_vec()).map_err(Error::io(&path))?;
+    let mut all = vec![onnx_file.to_owned()];
+    all.extend(files);
+    Ok(WrittenGraph {
+        files: all,
+        param_bytes,
+    })
+}
+
+/// `graph` as one serialised ONNX model with every initializer inline (for small graphs
+/// built and run in memory, such as the runtime's calibration product).
+pub fn encode_inline(graph: GraphBuilder) -> Vec<u8> {
+    let (mut proto, inits) = graph.into_parts();
+    proto.initializer = inits.into_iter().map(inline_tensor).collect();
+    model(proto).encode_to_vec()
+}
+
+/// The model around `graph`, at shoal's IR version and opset.
+fn model(graph: pb::GraphProto) -> pb::ModelProto {
+    pb::ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![pb::OperatorSetIdProto {
             domain: String::new(),
@@ -91,17 +111,9 @@ pub fn write_graph(
         }],
         producer_name: "shoal".to_owned(),
         producer_version: env!("CARGO_PKG_VERSION").to_owned(),
-        graph: Some(proto),
+        graph: Some(graph),
         ..Default::default()
-    };
-    let path = dir.join(onnx_file);
-    std::fs::write(&path, model.encode_to_vec()).map_err(Error::io(&path))?;
-    let mut all = vec![onnx_file.to_owned()];
-    all.extend(files);
-    Ok(WrittenGraph {
-        files: all,
-        param_bytes,
-    })
+    }
 }
 
 fn inline_tensor(init: Initializer) -> pb::TensorProto {

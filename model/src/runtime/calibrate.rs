@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use prost::Message;
-use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use super::{Backend, RuntimeConfig, ort_lib};
 use crate::error::{Error, Result};
-use crate::onnx::{IR_VERSION, OPSET};
+use crate::onnx::{DType, Dim, GraphBuilder, encode_inline};
 
 /// Runs untimed before the measurement (first-run allocations, kernel selection).
 const WARM_UP: usize = 5;
@@ -75,60 +73,17 @@ pub fn matmul_flops(config: &RuntimeConfig, n: usize, min_time: Duration) -> Res
 
 /// An ONNX model `y = x @ w` with input `x: [1, n]` and a constant `w: [n, n]`, serialised.
 fn matmul_model(n: usize) -> Vec<u8> {
-    let w: Vec<u8> = (0..n * n)
-        .flat_map(|i| ((i % 7) as f32 * 0.01).to_le_bytes())
-        .collect();
-    let f32_code = pb::tensor_proto::DataType::Float as i32;
-    let value = |name: &str, dims: [usize; 2]| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: f32_code,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
-                                d as i64,
-                            )),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let graph = pb::GraphProto {
-        name: "calibrate".into(),
-        node: vec![pb::NodeProto {
-            input: vec!["x".into(), "w".into()],
-            output: vec!["y".into()],
-            op_type: "MatMul".into(),
-            ..Default::default()
-        }],
-        initializer: vec![pb::TensorProto {
-            name: "w".into(),
-            dims: vec![n as i64, n as i64],
-            data_type: f32_code,
-            raw_data: w,
-            ..Default::default()
-        }],
-        input: vec![value("x", [1, n])],
-        output: vec![value("y", [1, n])],
-        ..Default::default()
-    };
-    pb::ModelProto {
-        ir_version: IR_VERSION,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    let mut g = GraphBuilder::new("calibrate");
+    let dims = [Dim::Fixed(1), Dim::Fixed(n)];
+    let x = g.input("x", DType::F32, &dims);
+    let w = g.const_f32(
+        "w",
+        vec![n, n],
+        (0..n * n).map(|i| (i % 7) as f32 * 0.01).collect(),
+    );
+    let y = g.matmul(&x, &w);
+    g.output(&y, "y", DType::F32, &dims);
+    encode_inline(g)
 }
 
 #[cfg(test)]

@@ -121,10 +121,7 @@ pub(super) async fn start(
     let store = Store::open(&cfg.data_dir)?;
     let hidden = model.as_ref().map_or(1024, |m| m.hidden);
     // Compute is timed through the runtime the stages will use, with the same settings.
-    let runtime = model.as_ref().map(|_| shoal_model::RuntimeConfig {
-        ort_dylib_path: cfg.ort_dylib.clone(),
-        ..shoal_model::RuntimeConfig::default()
-    });
+    let runtime = model.as_ref().map(|_| cfg.runtime());
     let speeds = tokio::task::spawn_blocking(move || capability::measure(hidden, runtime.as_ref()))
         .await
         .map_err(|e| NodeError::Config(format!("calibration thread: {e}")))?;

@@ -95,21 +95,23 @@ impl Lanes {
             .unwrap_or_else(|_| Err(lane_failed(peer, "the lane closed")))
     }
 
-    /// The open lane to `peer`, or a new one.
-    async fn lane(&self, peer: PeerId) -> Result<Lane, String> {
-        if let Some(l) = lock(&self.open)
+    /// The lane to `peer`, if one is open and has not failed.
+    fn live(&self, peer: PeerId) -> Option<Lane> {
+        lock(&self.open)
             .get(&peer)
             .filter(|l| !l.closed.load(Ordering::Acquire))
-        {
-            return Ok(l.clone());
+            .cloned()
+    }
+
+    /// The open lane to `peer`, or a new one.
+    async fn lane(&self, peer: PeerId) -> Result<Lane, String> {
+        if let Some(l) = self.live(peer) {
+            return Ok(l);
         }
         // One opener at a time; a lane another caller opened meanwhile is used.
         let mut control = self.control.lock().await;
-        if let Some(l) = lock(&self.open)
-            .get(&peer)
-            .filter(|l| !l.closed.load(Ordering::Acquire))
-        {
-            return Ok(l.clone());
+        if let Some(l) = self.live(peer) {
+            return Ok(l);
         }
         let stream = control
             .open_stream(peer, LANE_PROTOCOL)

@@ -109,25 +109,15 @@ pub(crate) fn spawn(
     let (probe_tx, probe) = mpsc::channel(INBOUND_CAPACITY);
     let (act_tx, activation) = mpsc::channel(INBOUND_CAPACITY);
     let (gen_tx, generate) = mpsc::channel(INBOUND_CAPACITY);
-    let inbound = HashMap::from([
-        (Proto::Probe, probe_tx),
-        (Proto::Activation, act_tx),
-        (Proto::Generate, gen_tx),
-    ]);
-    // Activation lanes: served into the activation queue, opened through the same behaviour.
+    // The request/response protocols' queues; activations arrive on lanes, served straight
+    // into theirs, and lanes to peers are opened through the same behaviour.
+    let inbound = HashMap::from([(Proto::Probe, probe_tx), (Proto::Generate, gen_tx)]);
     let max = parts.options.activation_max;
     let mut control = swarm.behaviour().lanes.new_control();
     let incoming = control
         .accept(super::lanes::LANE_PROTOCOL)
         .map_err(|e| SwarmError::Behaviour(e.to_string()))?;
-    if let Some(act_tx) = inbound.get(&Proto::Activation) {
-        tokio::spawn(super::lanes::serve(
-            incoming,
-            act_tx.clone(),
-            cmd_tx.clone(),
-            max,
-        ));
-    }
+    tokio::spawn(super::lanes::serve(incoming, act_tx, cmd_tx.clone(), max));
     let lanes = std::sync::Arc::new(super::lanes::Lanes::new(control, max));
     let task = SwarmTask {
         swarm,
