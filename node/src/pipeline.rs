@@ -142,9 +142,6 @@ pub enum PipelineError {
     /// The model could not be read.
     #[error("model: {0}")]
     Model(#[from] shoal_model::Error),
-    /// The runtime thread could not start.
-    #[error("runtime thread: {0}")]
-    Thread(#[from] std::io::Error),
 }
 
 /// The model as the origin uses it.
@@ -232,7 +229,12 @@ fn load_model(
 ) -> Result<(LoadedModel, runtime::RuntimeHandle), PipelineError> {
     let manifest = Manifest::load(&dir)?;
     let tokenizer = Tokenizer::load(&dir, &manifest)?;
-    let runtime = runtime::RuntimeHandle::spawn(dir, manifest.clone(), node.config().runtime())?;
+    let runtime = runtime::RuntimeHandle::spawn(
+        dir,
+        manifest.clone(),
+        node.config().runtime(),
+        node.cancel_token(),
+    );
     Ok((
         LoadedModel {
             manifest,

@@ -1,5 +1,10 @@
-//! The model runtime actor: one dedicated OS thread owns the ONNX sessions (a
+//! The model runtime actor: one dedicated thread owns the ONNX sessions (a
 //! [`StageRunner`] for this node's layer range) and works through a bounded job queue.
+//!
+//! The thread is one of tokio's blocking threads, so the tokio runtime's shutdown waits for it:
+//! it finishes the job in hand, drops its sessions and ends when the node is cancelled or
+//! every handle is gone. A detached thread could still be inside ONNX Runtime (loading a new
+//! plan's stage, say) while the process exited, and crashed there.
 //!
 //! Everything else holds a cloneable [`RuntimeHandle`] and awaits a `oneshot` reply, so the
 //! async tasks never block on inference and the queue bound is the backpressure: when
@@ -12,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use shoal_model::{Manifest, RuntimeConfig, StageInput, StageOutput, StageRunner};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Jobs that may wait for the runtime thread.
 pub const JOB_QUEUE: usize = 32;
@@ -84,13 +90,26 @@ impl std::fmt::Debug for Job {
 
 impl RuntimeHandle {
     /// Starts the runtime thread for the model in `dir` (nothing is loaded until
-    /// [`RuntimeHandle::load`]).
-    pub fn spawn(dir: PathBuf, manifest: Manifest, config: RuntimeConfig) -> std::io::Result<Self> {
+    /// [`RuntimeHandle::load`]); it stops once `stop` is cancelled and the jobs queued before
+    /// that are done. Must be called within a tokio runtime.
+    pub fn spawn(
+        dir: PathBuf,
+        manifest: Manifest,
+        config: RuntimeConfig,
+        stop: CancellationToken,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(JOB_QUEUE);
-        std::thread::Builder::new()
-            .name("shoal-runtime".into())
-            .spawn(move || run(dir, manifest, config, rx))?;
-        Ok(RuntimeHandle { tx })
+        // The handles cannot be relied on to close the queue (the pipeline and its node refer
+        // to each other), so the thread also stops when the tokio runtime shuts down with the
+        // node still running: this task, dropped then, holds the guard.
+        let stop = stop.child_token();
+        let guard = stop.clone().drop_guard();
+        tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await
+        });
+        tokio::task::spawn_blocking(move || run(dir, manifest, config, rx, stop));
+        RuntimeHandle { tx }
     }
 
     async fn ask<T>(
@@ -136,10 +155,25 @@ impl RuntimeHandle {
     }
 }
 
-/// The thread's loop: one job at a time until every handle is gone.
-fn run(dir: PathBuf, manifest: Manifest, config: RuntimeConfig, mut rx: mpsc::Receiver<Job>) {
+/// The thread's loop: one job at a time until `stop` or every handle is gone. Jobs still
+/// queued at the stop are dropped, so their senders see [`RuntimeError::Stopped`].
+fn run(
+    dir: PathBuf,
+    manifest: Manifest,
+    config: RuntimeConfig,
+    mut rx: mpsc::Receiver<Job>,
+    stop: CancellationToken,
+) {
     let mut runner: Option<StageRunner> = None;
-    while let Some(job) = rx.blocking_recv() {
+    loop {
+        let next = futures::executor::block_on(async {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                job = rx.recv() => job,
+            }
+        });
+        let Some(job) = next else { break };
         match job {
             Job::Load { layers, reply } => {
                 let loaded = runner.as_ref().map(|r| r.layers());
@@ -185,5 +219,71 @@ fn run(dir: PathBuf, manifest: Manifest, config: RuntimeConfig, mut rx: mpsc::Re
                 }
             }
         }
+    }
+    // The sessions are released here, on this thread, before the runtime's shutdown returns.
+    drop(runner);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synth(dir: &std::path::Path) -> (PathBuf, Manifest) {
+        let out = dir.join("model");
+        shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &out, false)
+            .expect("synthesise the test model");
+        let manifest = Manifest::load(&out).expect("manifest");
+        (out, manifest)
+    }
+
+    #[test]
+    fn cancelling_the_node_stops_the_thread_and_fails_later_jobs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, manifest) = synth(tmp.path());
+        let all = 0..manifest.planner_layers();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let stop = CancellationToken::new();
+            let h = RuntimeHandle::spawn(dir, manifest, RuntimeConfig::default(), stop.clone());
+            h.load(all.clone()).await.expect("loads before the stop");
+            stop.cancel();
+            let after = tokio::time::timeout(Duration::from_secs(30), h.load(all)).await;
+            assert!(
+                matches!(after, Ok(Err(RuntimeError::Stopped))),
+                "a job after the stop fails: {after:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn the_tokio_runtime_shutdown_waits_for_the_thread_even_with_a_handle_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, manifest) = synth(tmp.path());
+        let all = 0..manifest.planner_layers();
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        // Runs in its own thread so a hang fails the test instead of stalling it.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let left = rt.block_on(async {
+                let h = RuntimeHandle::spawn(
+                    dir,
+                    manifest,
+                    RuntimeConfig::default(),
+                    CancellationToken::new(),
+                );
+                h.load(all).await.expect("loads");
+                h
+            });
+            // The node was never cancelled and a handle outlives the runtime.
+            drop(rt);
+            let _ = done_tx.send(left.tx.is_closed());
+        });
+        let closed = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the runtime's shutdown returned");
+        assert!(
+            closed,
+            "the runtime thread had ended when the shutdown returned"
+        );
     }
 }
