@@ -418,27 +418,23 @@ impl StageCtx {
     /// Frees a session: drops its cache and replay memory, and tells the next stage.
     fn on_end(&self, peer: NodeId, s: &Signed<SessionEnd>) -> Vec<u8> {
         let end = s.unverified();
-        let (asg, allowed) = {
+        let verdict = if s.signer() != &peer {
+            Err(Refusal::SignerMismatch)
+        } else {
             let st = self.state();
-            let asg = st.assignment.clone();
-            let allowed = match asg.as_ref().map(|a| a.prev) {
-                Some(Some(prev)) => prev == peer,
-                Some(None) => st
-                    .origins
-                    .iter()
-                    .any(|(sess, o)| *sess == end.session && *o == peer),
-                None => false,
-            };
-            (asg, allowed)
+            end_verdict(st.assignment.as_ref(), &st.origins, peer, end)
         };
-        if !allowed || s.signer() != &peer {
-            return self.refuse(peer, Some(end.session), Refusal::WrongSender);
-        }
+        let asg = match verdict {
+            Ok(Some(a)) => a,
+            // No session of that name here: nothing to free.
+            Ok(None) => return Vec::new(),
+            Err(r) => return self.refuse(peer, Some(end.session), r),
+        };
         self.state().gate.forget(&end.session);
         if let Some(rt) = &self.runtime {
             rt.drop_session(end.session);
         }
-        if let Some(next) = asg.and_then(|a| a.next) {
+        if let Some(next) = asg.next {
             let body = SessionEnd {
                 epoch: end.epoch,
                 session: end.session,
@@ -449,6 +445,41 @@ impl StageCtx {
             }
         }
         Vec::new()
+    }
+}
+
+/// Whether `peer` may end `end`'s session here (`asg`: this node's assignment; `origins`: who
+/// started each recent session at the first stage): the previous stage, or at the first stage
+/// the session's origin, under this node's epoch. As with activations, an end under an epoch
+/// this node does not hold happens to honest peers while a plan spreads (each stage forwards
+/// the end under the plan it holds), so only a wrong sender within the epoch is misbehaviour.
+/// `Ok(None)`: the first stage never saw the session, so there is nothing to end.
+fn end_verdict(
+    asg: Option<&Assignment>,
+    origins: &VecDeque<(u64, NodeId)>,
+    peer: NodeId,
+    end: &SessionEnd,
+) -> Result<Option<Assignment>, Refusal> {
+    let Some(asg) = asg else {
+        return Err(Refusal::NotOurStage);
+    };
+    if end.epoch < asg.epoch {
+        return Err(Refusal::StaleEpoch);
+    }
+    if end.epoch > asg.epoch {
+        return Err(Refusal::FutureEpoch);
+    }
+    let sender_ok = match asg.prev {
+        Some(prev) => prev == peer,
+        None => match origins.iter().find(|(session, _)| *session == end.session) {
+            Some((_, origin)) => *origin == peer,
+            None => return Ok(None),
+        },
+    };
+    if sender_ok {
+        Ok(Some(asg.clone()))
+    } else {
+        Err(Refusal::WrongSender)
     }
 }
 
@@ -558,5 +589,44 @@ mod tests {
             .collect();
         assert_eq!(draws, again, "a replayed step draws the same token");
         assert!(draws.iter().all(|&t| t < 4));
+    }
+
+    #[test]
+    fn ends_under_another_epoch_are_refused_without_blame_and_wrong_senders_with() {
+        let (a, b, c, stranger) = (node(1), node(2), node(3), node(9));
+        let p = plan(&[a, b, c], &[0, 2, 4, 6]);
+        let first = Assignment::of(&p, &a).unwrap();
+        let middle = Assignment::of(&p, &b).unwrap();
+        let origins: VecDeque<(u64, NodeId)> = [(7, c)].into_iter().collect();
+        let end = |epoch, session| SessionEnd { epoch, session };
+        let verdict = |asg: Option<&Assignment>, peer, e: SessionEnd| {
+            end_verdict(asg, &origins, peer, &e).map(|a| a.map(|a| a.index))
+        };
+
+        assert_eq!(verdict(Some(&middle), a, end(5, 7)), Ok(Some(1)));
+        assert_eq!(verdict(Some(&first), c, end(5, 7)), Ok(Some(0)));
+        assert_eq!(
+            verdict(Some(&first), c, end(5, 8)),
+            Ok(None),
+            "unknown session"
+        );
+
+        // What an honest stage causes while a new plan spreads.
+        for (asg, e, r) in [
+            (None, end(6, 7), Refusal::NotOurStage),
+            (Some(&middle), end(6, 7), Refusal::FutureEpoch),
+            (Some(&middle), end(4, 7), Refusal::StaleEpoch),
+        ] {
+            assert_eq!(verdict(asg, a, e), Err(r));
+            assert!(!r.is_misbehaviour(), "{r:?}");
+        }
+        // Ending someone else's session within the epoch.
+        for (asg, peer) in [(&middle, stranger), (&first, stranger), (&first, b)] {
+            assert_eq!(
+                verdict(Some(asg), peer, end(5, 7)),
+                Err(Refusal::WrongSender)
+            );
+        }
+        assert!(Refusal::WrongSender.is_misbehaviour());
     }
 }

@@ -19,10 +19,17 @@
 //! Lanes are opened on first use and reopened after any failure (a request on a lane that
 //! fails gets the failure at once, as a closed connection made request/response fail). A peer
 //! that sends an oversized or truncated frame loses its lane and is reported.
+//!
+//! Each lane's stream is split between a reader and a writer task, behind [`Fused`]: libp2p's
+//! outbound stream panics on any use after its protocol negotiation failed, and the reader may
+//! see that failure (the peer refused the lane or went away) while the writer still holds work.
 
 use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -118,7 +125,7 @@ impl Lanes {
             .await
             .map_err(|e| e.to_string())?;
         drop(control);
-        let (reader, writer) = stream.split();
+        let (reader, writer) = Fused::new(stream).split();
         let lane = Lane {
             tx: spawn_writer(writer),
             pending: Arc::default(),
@@ -127,6 +134,68 @@ impl Lanes {
         tokio::spawn(read_answers(peer, reader, lane.clone(), self.max));
         lock(&self.open).insert(peer, lane.clone());
         Ok(lane)
+    }
+}
+
+/// A stream that fails every call after its first error without touching the inner stream
+/// again (multistream-select's `Negotiated` panics when used after a failed negotiation). Split
+/// halves share it, so an error either half sees stops both.
+struct Fused<S> {
+    inner: S,
+    failed: bool,
+}
+
+impl<S: Unpin> Fused<S> {
+    fn new(inner: S) -> Self {
+        Fused {
+            inner,
+            failed: false,
+        }
+    }
+
+    fn step<T>(
+        &mut self,
+        call: impl FnOnce(Pin<&mut S>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.failed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the lane failed earlier",
+            )));
+        }
+        let r = call(Pin::new(&mut self.inner));
+        if matches!(r, Poll::Ready(Err(_))) {
+            self.failed = true;
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Fused<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().step(|s| s.poll_read(cx, buf))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Fused<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().step(|s| s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().step(|s| s.poll_flush(cx))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().step(|s| s.poll_close(cx))
     }
 }
 
@@ -211,7 +280,7 @@ async fn serve_lane(
     commands: mpsc::Sender<Command>,
     max: usize,
 ) {
-    let (mut r, w) = stream.split();
+    let (mut r, w) = Fused::new(stream).split();
     let answers = spawn_writer(w);
     loop {
         let (id, _, data) = match read_frame(&mut r, max).await {
@@ -286,6 +355,55 @@ async fn read_frame<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails its first read, then panics on any use, as a stream whose negotiation failed.
+    struct Poisoned {
+        read_once: bool,
+    }
+
+    impl AsyncRead for Poisoned {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            assert!(!self.read_once, "used after it failed");
+            self.read_once = true;
+            Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+        }
+    }
+
+    impl AsyncWrite for Poisoned {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            assert!(!self.read_once, "used after it failed");
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            assert!(!self.read_once, "used after it failed");
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            assert!(!self.read_once, "used after it failed");
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn after_the_reader_fails_the_writer_gets_errors_not_the_inner_stream() {
+        let (mut r, mut w) = Fused::new(Poisoned { read_once: false }).split();
+        let mut buf = [0u8; 4];
+        assert!(r.read(&mut buf).await.is_err());
+        assert!(w.write_all(b"late").await.is_err());
+        assert!(w.flush().await.is_err());
+        assert!(w.close().await.is_err());
+        assert!(r.read(&mut buf).await.is_err());
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_bad_lengths_are_refused_before_reading_more() {
