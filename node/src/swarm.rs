@@ -39,6 +39,10 @@ pub(crate) const EVENT_CAPACITY: usize = 1024;
 /// Capacity of each inbound-request channel (per protocol).
 pub const INBOUND_CAPACITY: usize = 64;
 
+/// Largest payload of an activation frame: the largest activation with room for its envelope.
+/// A lane frame announcing more is refused from its header and costs the sender score.
+pub const ACTIVATION_FRAME_MAX: usize = shoal_protocol::MAX_ACTIVATION_BYTES + (1 << 20);
+
 /// A request protocol of shoal (activations on lanes, the others request/response).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {

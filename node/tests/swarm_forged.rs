@@ -11,7 +11,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_keys::Signature;
 use shoal_node::coordinator::coordinator;
-use shoal_node::swarm::Proto;
+use shoal_node::swarm::{ACTIVATION_FRAME_MAX, Proto};
 use shoal_protocol::{Plan, Signed, Topic, encode};
 use support::{identity, plan_key, start_swarm, synth_model, wait_all};
 
@@ -112,7 +112,8 @@ async fn forged_plans_and_garbage_are_refused() {
         );
     }
 
-    // Random bytes on every topic and every protocol, and a frame over the probe limit.
+    // Random bytes on every topic and every protocol, and frames over the probe and
+    // activation limits.
     let target = honest[0].node_id().to_peer_id();
     let before = honest[0]
         .net()
@@ -130,10 +131,13 @@ async fn forged_plans_and_garbage_are_refused() {
         (Proto::Probe, 2 << 20),
         (Proto::Probe, 300),
         (Proto::Activation, 5000),
+        (Proto::Activation, ACTIVATION_FRAME_MAX + 1),
         (Proto::Generate, 700),
     ] {
         let mut junk = vec![0u8; len];
-        rng.fill_bytes(&mut junk);
+        if len < 1 << 20 {
+            rng.fill_bytes(&mut junk);
+        }
         let net = rogue.net().clone();
         // The honest node never answers garbage; the request fails on the rogue's side.
         let r =
@@ -144,9 +148,10 @@ async fn forged_plans_and_garbage_are_refused() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let s = honest[0].net().score(rogue_peer).await.unwrap();
-        // Three topics and three protocols of garbage, and one frame over the probe limit
-        // (refused from its header, before any allocation).
-        if s.app <= before - 65.0 {
+        // Three topics and three protocols of garbage, and one frame over the probe limit and
+        // one over the activation limit (both refused from their headers, before any
+        // allocation).
+        if s.app <= before - 75.0 {
             break;
         }
         assert!(

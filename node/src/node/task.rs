@@ -306,7 +306,7 @@ fn swarm_parts(cfg: &Config) -> Result<SwarmParts, NodeError> {
         options: swarm::BehaviourOptions {
             mdns: cfg.mdns,
             ping_interval: ms(cfg.probe.ping_interval_ms),
-            activation_max: shoal_protocol::MAX_ACTIVATION_BYTES + (1 << 20),
+            activation_max: swarm::ACTIVATION_FRAME_MAX,
             generate_max: GENERATE_MAX,
         },
     })
