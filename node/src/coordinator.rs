@@ -13,6 +13,10 @@
 //! longer that epoch's coordinator in our view (views converged after a split). Everything else
 //! is refused, counted by [`Refusal`] and logged by the caller.
 //!
+//! A plan refused only because its signer is not its epoch's coordinator in our view is kept
+//! (the newest one) and judged again by [`PlanGate::recheck`] when our membership changes: our
+//! view may be the one behind, still listing a member that left and would rank first.
+//!
 //! **Re-planning** ([`replan_trigger`]): when the members differ from the plan's, or a link
 //! metric moved past its threshold and the hysteresis interval since the last plan has passed.
 //! Only the coordinator of the next epoch (`current + 1`) acts on a trigger.
@@ -87,6 +91,7 @@ pub struct Held {
 #[derive(Debug, Clone, Default)]
 pub struct PlanGate {
     held: Option<Held>,
+    deferred: Option<Held>,
     refused: BTreeMap<Refusal, u64>,
 }
 
@@ -95,6 +100,7 @@ impl PlanGate {
     pub fn new(held: Option<Held>) -> Self {
         PlanGate {
             held,
+            deferred: None,
             refused: BTreeMap::new(),
         }
     }
@@ -108,11 +114,49 @@ impl PlanGate {
     ) -> Result<Verdict, Refusal> {
         let verdict = self.judge(plan, signature_ok, members);
         match verdict {
-            Ok(Verdict::Adopt) => self.held = Some(plan),
+            Ok(Verdict::Adopt) => self.hold(plan),
             Ok(Verdict::Duplicate) => {}
-            Err(r) => *self.refused.entry(r).or_default() += 1,
+            Err(r) => {
+                *self.refused.entry(r).or_default() += 1;
+                let newest = self.deferred.is_none_or(|d| d.epoch <= plan.epoch);
+                if r == Refusal::NotCoordinator && plan.epoch > self.epoch() && newest {
+                    self.deferred = Some(plan);
+                }
+            }
         }
         verdict
+    }
+
+    /// Judges the deferred plan again under `members` (call it when they change); returns it
+    /// when it is adopted now. It stays deferred while its signer is still not the coordinator.
+    pub fn recheck(&mut self, members: &[NodeId]) -> Option<Held> {
+        let plan = self.deferred.take()?;
+        if plan.epoch <= self.epoch() {
+            return None;
+        }
+        match self.judge(plan, true, members) {
+            Ok(Verdict::Adopt) => {
+                self.hold(plan);
+                Some(plan)
+            }
+            Err(Refusal::NotCoordinator) => {
+                self.deferred = Some(plan);
+                None
+            }
+            Ok(Verdict::Duplicate) | Err(_) => None,
+        }
+    }
+
+    /// The plan [`PlanGate::recheck`] would judge again.
+    pub fn deferred(&self) -> Option<Held> {
+        self.deferred
+    }
+
+    fn hold(&mut self, plan: Held) {
+        self.held = Some(plan);
+        if self.deferred.is_some_and(|d| d.epoch <= plan.epoch) {
+            self.deferred = None;
+        }
     }
 
     fn judge(

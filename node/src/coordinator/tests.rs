@@ -217,3 +217,71 @@ fn triggers_with_hysteresis() {
         Some(Trigger::LinkDrift { metric: "rtt", .. })
     ));
 }
+
+#[test]
+fn a_plan_refused_under_a_lagging_view_is_taken_when_the_view_catches_up() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let all = ids(&mut rng, 4);
+    // The member that leaves is the coordinator of the next epoch among all four.
+    let epoch = 2;
+    let gone = coordinator(epoch, &all).unwrap();
+    let survivors: Vec<NodeId> = all.iter().copied().filter(|m| *m != gone).collect();
+    let signer = coordinator(epoch, &survivors).unwrap();
+    let mut gate = PlanGate::new(Some(held(1, coordinator(1, &all).unwrap(), 0)));
+
+    // Our view still lists the member that left: the survivors' plan is refused, and kept.
+    let plan = held(epoch, signer, 7);
+    assert_eq!(gate.check(plan, true, &all), Err(Refusal::NotCoordinator));
+    assert_eq!(gate.deferred(), Some(plan));
+    // A membership change that does not drop the member changes nothing.
+    assert_eq!(gate.recheck(&all), None);
+    assert_eq!(gate.epoch(), 1);
+    // Once it is dropped, the plan is taken.
+    assert_eq!(gate.recheck(&survivors), Some(plan));
+    assert_eq!(gate.held(), Some(plan));
+    assert_eq!(gate.deferred(), None);
+    assert_eq!(gate.recheck(&survivors), None);
+    assert_eq!(gate.refused()[&Refusal::NotCoordinator], 1);
+}
+
+#[test]
+fn only_the_newest_plan_above_the_held_one_is_deferred() {
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let members = ids(&mut rng, 4);
+    let stranger = ids(&mut rng, 1)[0];
+    let mut gate = PlanGate::new(Some(held(5, coordinator(5, &members).unwrap(), 0)));
+
+    // Not newer than the held plan: refused for good.
+    assert_eq!(
+        gate.check(held(5, stranger, 1), true, &members),
+        Err(Refusal::NotCoordinator)
+    );
+    assert_eq!(gate.deferred(), None);
+    // A bad signature is never kept.
+    let c8 = coordinator(8, &members).unwrap();
+    assert_eq!(
+        gate.check(held(8, c8, 1), false, &members),
+        Err(Refusal::BadSignature)
+    );
+    assert_eq!(gate.deferred(), None);
+    // The newest refusal wins; an older one does not replace it.
+    assert_eq!(
+        gate.check(held(9, stranger, 2), true, &members),
+        Err(Refusal::NotCoordinator)
+    );
+    assert_eq!(
+        gate.check(held(7, stranger, 3), true, &members),
+        Err(Refusal::NotCoordinator)
+    );
+    assert_eq!(gate.deferred(), Some(held(9, stranger, 2)));
+    // A stranger never becomes a coordinator: it stays deferred, harmlessly.
+    assert_eq!(gate.recheck(&members), None);
+    assert_eq!(gate.deferred(), Some(held(9, stranger, 2)));
+    // Adopting a plan of that epoch or newer forgets it.
+    let c9 = coordinator(9, &members).unwrap();
+    assert_eq!(
+        gate.check(held(9, c9, 4), true, &members),
+        Ok(Verdict::Adopt)
+    );
+    assert_eq!(gate.deferred(), None);
+}

@@ -95,12 +95,7 @@ impl NodeTask {
 
     fn on_plan(&mut self, signed: Signed<Plan>) -> MessageAcceptance {
         let members = self.membership.ids();
-        let plan = signed.unverified();
-        let held = Held {
-            epoch: plan.epoch,
-            signer: *signed.signer(),
-            digest: Sha256::digest(signed.body_bytes()).into(),
-        };
+        let held = held_of(&signed);
         match self.gate.check(held, true, &members) {
             Ok(Verdict::Adopt) => {
                 self.adopt(signed);
@@ -113,13 +108,42 @@ impl NodeTask {
                     held_epoch = self.gate.epoch(), reason = r.as_str(), "refused plan"
                 );
                 self.count(&format!("plan_{}", r.as_str()));
-                if r == Refusal::NotCoordinator && self.consistent_elsewhere(plan, held.signer) {
-                    self.saw_epoch(held.epoch);
+                if r == Refusal::NotCoordinator {
+                    if self.consistent_elsewhere(signed.unverified(), held.signer) {
+                        self.saw_epoch(held.epoch);
+                    }
+                    self.defer_plan(signed);
                 }
                 match r {
                     Refusal::BadSignature => MessageAcceptance::Reject,
                     Refusal::NotCoordinator | Refusal::Stale => MessageAcceptance::Ignore,
                 }
+            }
+        }
+    }
+
+    /// Keeps `signed` when the gate deferred it (see [`crate::coordinator::PlanGate::recheck`]).
+    /// After a member left, the next epoch's coordinator can sign before our membership has
+    /// dropped the member; waiting for the plan's next publication (`republish_interval_ms`)
+    /// would stall the pipeline on this node meanwhile.
+    fn defer_plan(&mut self, signed: Signed<Plan>) {
+        if self.gate.deferred() == Some(held_of(&signed)) {
+            self.deferred_plan = Some(signed);
+        }
+    }
+
+    /// Judges the deferred plan again under the current membership (called when it changes).
+    pub(super) fn recheck_deferred_plan(&mut self) {
+        let Some(held) = self.gate.recheck(&self.membership.ids()) else {
+            return;
+        };
+        match self.deferred_plan.take() {
+            Some(signed) if held_of(&signed) == held => {
+                tracing::info!(node = %self.me.short(), epoch = held.epoch, "a plan refused earlier passes under the new membership");
+                self.adopt(signed);
+            }
+            _ => {
+                tracing::warn!(node = %self.me.short(), epoch = held.epoch, "the deferred plan is gone")
             }
         }
     }
@@ -152,6 +176,13 @@ impl NodeTask {
         }
         self.baseline = Some((self.link_matrix(), std::time::Instant::now()));
         self.failed_view = None;
+        if self
+            .deferred_plan
+            .as_ref()
+            .is_some_and(|d| d.unverified().epoch <= plan.epoch)
+        {
+            self.deferred_plan = None;
+        }
         self.plan = Some(signed);
         self.publish_view();
     }
@@ -169,11 +200,7 @@ impl NodeTask {
         };
         match Topic::Plan.decode(&frame) {
             Ok(GossipMessage::Plan(signed)) => {
-                let held = Held {
-                    epoch: signed.unverified().epoch,
-                    signer: *signed.signer(),
-                    digest: Sha256::digest(signed.body_bytes()).into(),
-                };
+                let held = held_of(&signed);
                 tracing::info!(node = %self.me.short(), epoch = held.epoch, "restored plan from store");
                 self.gate = crate::coordinator::PlanGate::new(Some(held));
                 self.plan = Some(signed);
@@ -247,5 +274,14 @@ fn topic_label(t: Topic) -> &'static str {
         Topic::Capability => "capability",
         Topic::Links => "links",
         Topic::Plan => "plan",
+    }
+}
+
+/// What the plan gate keeps of `signed`: epoch, signer and a digest of the signed bytes.
+fn held_of(signed: &Signed<Plan>) -> Held {
+    Held {
+        epoch: signed.unverified().epoch,
+        signer: *signed.signer(),
+        digest: Sha256::digest(signed.body_bytes()).into(),
     }
 }

@@ -83,6 +83,9 @@ pub(super) struct NodeTask {
     /// Highest epoch signed by a member among the plans we refused (see `next_epoch`).
     pub(super) seen_epoch: u64,
     pub(super) plan: Option<Signed<Plan>>,
+    /// The newest plan refused only because its signer is not its epoch's coordinator in our
+    /// view; judged again whenever the membership changes (see `recheck_deferred_plan`).
+    pub(super) deferred_plan: Option<Signed<Plan>>,
     /// Link matrix and time when the held plan was adopted (the re-plan baseline).
     pub(super) baseline: Option<(LinkMatrix, Instant)>,
     pub(super) store: Store,
@@ -205,6 +208,7 @@ pub(super) async fn start(
         gate: PlanGate::default(),
         seen_epoch: 0,
         plan: None,
+        deferred_plan: None,
         baseline: None,
         store,
         clock: Instant::now(),
@@ -503,6 +507,7 @@ impl NodeTask {
             }
         }
         self.update_loss_targets();
+        self.recheck_deferred_plan();
     }
 
     /// Loss-probe targets: every member with an echo port and an IP address we can reach.
