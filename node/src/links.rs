@@ -66,6 +66,22 @@ pub struct LinkMetrics {
     pub loss: f64,
 }
 
+impl LinkMetrics {
+    /// Whether the planner can use the link for a hop: finite, non-negative delays, a positive
+    /// rate and a loss below 1. A link that lost every probe (a peer that went away, or
+    /// restarted on another echo port) carries nothing, and one such figure would make the
+    /// whole scenario invalid.
+    pub fn plannable(&self) -> bool {
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        non_negative(self.rtt_s)
+            && non_negative(self.jitter_s)
+            && self.bandwidth_bps.is_finite()
+            && self.bandwidth_bps > 0.0
+            && non_negative(self.loss)
+            && self.loss < 1.0
+    }
+}
+
 /// The running estimate of one link.
 #[derive(Debug, Clone)]
 pub struct LinkEstimator {
@@ -383,6 +399,39 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn only_links_that_carry_something_are_plannable() {
+        let ok = LinkMetrics {
+            rtt_s: 0.02,
+            jitter_s: 0.004,
+            bandwidth_bps: 2e7,
+            loss: 0.05,
+        };
+        assert!(ok.plannable());
+        for bad in [
+            LinkMetrics { loss: 1.0, ..ok },
+            LinkMetrics {
+                loss: f64::NAN,
+                ..ok
+            },
+            LinkMetrics { loss: -0.1, ..ok },
+            LinkMetrics {
+                bandwidth_bps: 0.0,
+                ..ok
+            },
+            LinkMetrics {
+                rtt_s: f64::INFINITY,
+                ..ok
+            },
+            LinkMetrics {
+                jitter_s: -1.0,
+                ..ok
+            },
+        ] {
+            assert!(!bad.plannable(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn needs_rtt_and_bandwidth() {

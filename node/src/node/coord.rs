@@ -28,6 +28,10 @@ pub(super) struct SolveOutcome {
 /// so a misbehaving member cannot push epochs towards `u64::MAX`.
 const MAX_EPOCH_JUMP: u64 = 1_000;
 
+/// A view whose solve failed is solved again after this long even if nothing countable
+/// changed.
+const FAILED_PLAN_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl NodeTask {
     /// The epoch of the next plan: one past both the held plan and any newer epoch a member
     /// has signed that we refused (a node that was away may hold an old plan while the swarm
@@ -84,7 +88,9 @@ impl NodeTask {
         };
         let trigger = trigger.or((self.seen_epoch > self.gate.epoch()).then_some(Trigger::Behind));
         let Some(trigger) = trigger else { return };
-        if self.failed_view == Some((members.clone(), links.len())) {
+        if self.failed_view.as_ref().is_some_and(|(m, n, at)| {
+            *m == members && *n == links.len() && at.elapsed() < FAILED_PLAN_RETRY
+        }) {
             return;
         }
         let entries: Vec<_> = self
@@ -161,7 +167,7 @@ impl NodeTask {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(node = %self.me.short(), epoch = out.epoch, error = %e, "planning failed");
-                self.failed_view = Some((out.members, self.link_matrix().len()));
+                self.failed_view = Some((out.members, self.link_matrix().len(), Instant::now()));
                 return;
             }
         };
@@ -200,7 +206,7 @@ impl NodeTask {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign plan");
-                self.failed_view = Some((out.members, self.link_matrix().len()));
+                self.failed_view = Some((out.members, self.link_matrix().len(), Instant::now()));
                 return;
             }
         };

@@ -50,7 +50,12 @@ pub(crate) fn build(
             if a == b {
                 continue;
             }
-            let Some(m) = links.get(&(*a, *b)).or_else(|| links.get(&(*b, *a))) else {
+            // A pair whose link the planner cannot use (e.g. every probe lost) gets no hop.
+            let Some(m) = links
+                .get(&(*a, *b))
+                .or_else(|| links.get(&(*b, *a)))
+                .filter(|m| m.plannable())
+            else {
                 continue;
             };
             link_list.push(Link {

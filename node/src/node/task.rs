@@ -91,9 +91,10 @@ pub(super) struct NodeTask {
     pub(super) store: Store,
     pub(super) clock: Instant,
     pub(super) solving: bool,
-    /// Members of the last view whose solve failed, with the number of links known then (not
-    /// retried until either changes: an early solve may have lacked some links).
-    pub(super) failed_view: Option<(Vec<NodeId>, usize)>,
+    /// Members of the last view whose solve failed, with the number of links known then and
+    /// when (not retried until either changes, or `FAILED_PLAN_RETRY` has passed: an early
+    /// solve may have lacked some links, and a link's figures may change without its count).
+    pub(super) failed_view: Option<(Vec<NodeId>, usize, Instant)>,
     pub(super) last_republish: Instant,
     pub(super) refused: BTreeMap<String, u64>,
     pub(super) view_tx: watch::Sender<Arc<View>>,
