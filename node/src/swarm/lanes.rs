@@ -20,6 +20,12 @@
 //! fails gets the failure at once, as a closed connection made request/response fail). A peer
 //! that sends an oversized or truncated frame loses its lane and is reported.
 //!
+//! The serving side greets each new lane with an empty frame of id 0 ([`GREETING`]), and the
+//! opener sends nothing before it has the greeting. A stream the peer never took (libp2p-stream
+//! drops an inbound stream when the previous one has not been picked up yet, and a closing
+//! connection takes its new streams with it) fails before the greeting, with no request
+//! on it, so it is opened again, up to [`OPEN_ATTEMPTS`] times.
+//!
 //! Each lane's stream is split between a reader and a writer task, behind [`Fused`]: libp2p's
 //! outbound stream panics on any use after its protocol negotiation failed, and the reader may
 //! see that failure (the peer refused the lane or went away) while the writer still holds work.
@@ -49,6 +55,12 @@ const HEADER_BYTES: usize = 9;
 const OK: u8 = 0;
 /// Status of an answer to a request the peer dropped.
 const DROPPED: u8 = 1;
+/// Id of the frame that greets a new lane (request ids start at 1).
+const GREETING: u64 = 0;
+/// Tries to open a lane when the stream fails before its greeting.
+const OPEN_ATTEMPTS: usize = 3;
+/// How long an opener waits for the greeting.
+const GREETING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, NetError>>>>>;
 
@@ -64,6 +76,8 @@ struct Lane {
 pub(crate) struct Lanes {
     control: tokio::sync::Mutex<libp2p_stream::Control>,
     open: Mutex<HashMap<PeerId, Lane>>,
+    /// One opener per peer at a time; others wait and use its lane.
+    openers: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     next_id: AtomicU64,
     max: usize,
 }
@@ -80,6 +94,7 @@ impl Lanes {
         Lanes {
             control: tokio::sync::Mutex::new(control),
             open: Mutex::new(HashMap::new()),
+            openers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max,
         }
@@ -115,26 +130,85 @@ impl Lanes {
         if let Some(l) = self.live(peer) {
             return Ok(l);
         }
-        // One opener at a time; a lane another caller opened meanwhile is used.
-        let mut control = self.control.lock().await;
-        if let Some(l) = self.live(peer) {
-            return Ok(l);
-        }
-        let stream = control
-            .open_stream(peer, LANE_PROTOCOL)
-            .await
-            .map_err(|e| e.to_string())?;
-        drop(control);
-        let (reader, writer) = Fused::new(stream).split();
-        let lane = Lane {
-            tx: spawn_writer(writer),
-            pending: Arc::default(),
-            closed: Arc::default(),
+        let opener = lock(&self.openers).entry(peer).or_default().clone();
+        let result = {
+            let _one = opener.lock().await;
+            match self.live(peer) {
+                Some(l) => Ok(l),
+                None => self.open_lane(peer).await,
+            }
         };
-        tokio::spawn(read_answers(peer, reader, lane.clone(), self.max));
-        lock(&self.open).insert(peer, lane.clone());
-        Ok(lane)
+        // The map's entry and ours: nobody else is opening to this peer.
+        if Arc::strong_count(&opener) == 2 {
+            lock(&self.openers).remove(&peer);
+        }
+        result
     }
+
+    /// Opens a lane to `peer` and waits for its greeting, again when the stream fails first.
+    async fn open_lane(&self, peer: PeerId) -> Result<Lane, String> {
+        let mut why = String::new();
+        for _ in 0..OPEN_ATTEMPTS {
+            let stream = self
+                .control
+                .lock()
+                .await
+                .open_stream(peer, LANE_PROTOCOL)
+                .await
+                .map_err(|e| e.to_string())?;
+            match greeted(peer, stream, self.max).await {
+                Ok(lane) => {
+                    lock(&self.open).insert(peer, lane.clone());
+                    return Ok(lane);
+                }
+                Err(Ungreeted::Failed(e)) => why = e,
+                Err(Ungreeted::Refused(e)) => return Err(e),
+            }
+        }
+        Err(why)
+    }
+}
+
+/// Why a new lane has no greeting.
+#[derive(Debug)]
+enum Ungreeted {
+    /// The stream failed first: nothing was sent on it, so another may be opened.
+    Failed(String),
+    /// The peer answered with something else, or not in time.
+    Refused(String),
+}
+
+/// Waits for the greeting on a newly opened `stream`, then starts the lane's writer and
+/// answer reader.
+async fn greeted<S>(peer: PeerId, stream: S, max: usize) -> Result<Lane, Ungreeted>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, writer) = Fused::new(stream).split();
+    match tokio::time::timeout(GREETING_TIMEOUT, read_frame(&mut reader, max)).await {
+        Ok(Ok((GREETING, OK, payload))) if payload.is_empty() => {}
+        Ok(Ok((id, status, _))) => {
+            return Err(Ungreeted::Refused(format!(
+                "the lane opened with frame {id} (status {status}), not a greeting"
+            )));
+        }
+        Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(Ungreeted::Refused(e.to_string()));
+        }
+        Ok(Err(e)) => return Err(Ungreeted::Failed(e.to_string())),
+        Err(_) => {
+            return Err(Ungreeted::Refused(format!(
+                "no lane greeting within {GREETING_TIMEOUT:?}"
+            )));
+        }
+    }
+    let lane = Lane {
+        tx: spawn_writer(writer),
+        pending: Arc::default(),
+        closed: Arc::default(),
+    };
+    tokio::spawn(read_answers(peer, reader, lane.clone(), max));
+    Ok(lane)
 }
 
 /// A stream that fails every call after its first error without touching the inner stream
@@ -282,6 +356,9 @@ async fn serve_lane(
 ) {
     let (mut r, w) = Fused::new(stream).split();
     let answers = spawn_writer(w);
+    if answers.send((GREETING, OK, Vec::new())).await.is_err() {
+        return;
+    }
     loop {
         let (id, _, data) = match read_frame(&mut r, max).await {
             Ok(f) => f,
@@ -392,6 +469,29 @@ mod tests {
             assert!(!self.read_once, "used after it failed");
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn a_lane_starts_only_after_its_greeting() {
+        let peer = PeerId::random();
+        let stream = |bytes: Vec<u8>| futures::io::Cursor::new(bytes);
+        let mut hello = encode_frame(GREETING, OK, b"");
+        hello.extend(encode_frame(5, OK, b"late answer"));
+        assert!(greeted(peer, stream(hello), 64).await.is_ok());
+        // The peer never took the stream: open another.
+        assert!(matches!(
+            greeted(peer, stream(Vec::new()), 64).await,
+            Err(Ungreeted::Failed(_))
+        ));
+        // Anything else first, or an oversized greeting: refused.
+        assert!(matches!(
+            greeted(peer, stream(encode_frame(5, OK, b"")), 64).await,
+            Err(Ungreeted::Refused(_))
+        ));
+        assert!(matches!(
+            greeted(peer, stream(encode_frame(GREETING, OK, &[0; 65])), 64).await,
+            Err(Ungreeted::Refused(_))
+        ));
     }
 
     #[tokio::test]
