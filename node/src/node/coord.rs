@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use shoal_keys::NodeId;
 use shoal_protocol::{Plan, Signed, Stage, Topic, encode};
 
@@ -14,7 +13,7 @@ use super::scenario;
 use super::task::{NodeTask, unix_ms};
 use super::view::{LinkView, MemberView, View};
 use crate::config::ms;
-use crate::coordinator::{Held, ReplanPolicy, Trigger, coordinator, replan_trigger};
+use crate::coordinator::{ReplanPolicy, Trigger, coordinator, replan_trigger};
 
 /// A finished solve.
 #[derive(Debug)]
@@ -210,13 +209,7 @@ impl NodeTask {
                 return;
             }
         };
-        let held = Held {
-            epoch: out.epoch,
-            signer: self.me,
-            digest: Sha256::digest(signed.body_bytes()).into(),
-        };
-        let members = self.membership.ids();
-        if let Err(r) = self.gate.check(held, true, &members) {
+        if let Err(r) = self.gate_check(&signed) {
             tracing::info!(
                 reason = r.as_str(),
                 "own plan no longer valid in the current view"

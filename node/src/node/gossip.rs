@@ -94,25 +94,23 @@ impl NodeTask {
     }
 
     fn on_plan(&mut self, signed: Signed<Plan>) -> MessageAcceptance {
-        let members = self.membership.ids();
-        let held = held_of(&signed);
-        match self.gate.check(held, true, &members) {
+        match self.gate_check(&signed) {
             Ok(Verdict::Adopt) => {
                 self.adopt(signed);
                 MessageAcceptance::Accept
             }
             Ok(Verdict::Duplicate) => MessageAcceptance::Accept,
             Err(r) => {
+                let (epoch, signer) = (signed.unverified().epoch, *signed.signer());
                 tracing::info!(
-                    node = %self.me.short(), epoch = held.epoch, signer = %held.signer.short(),
+                    node = %self.me.short(), epoch, signer = %signer.short(),
                     held_epoch = self.gate.epoch(), reason = r.as_str(), "refused plan"
                 );
                 self.count(&format!("plan_{}", r.as_str()));
-                if r == Refusal::NotCoordinator {
-                    if self.consistent_elsewhere(signed.unverified(), held.signer) {
-                        self.saw_epoch(held.epoch);
-                    }
-                    self.defer_plan(signed);
+                if r == Refusal::NotCoordinator
+                    && self.consistent_elsewhere(signed.unverified(), signer)
+                {
+                    self.saw_epoch(epoch);
                 }
                 match r {
                     Refusal::BadSignature => MessageAcceptance::Reject,
@@ -122,29 +120,37 @@ impl NodeTask {
         }
     }
 
-    /// Keeps `signed` when the gate deferred it (see [`crate::coordinator::PlanGate::recheck`]).
-    /// After a member left, the next epoch's coordinator can sign before our membership has
-    /// dropped the member; waiting for the plan's next publication (`republish_interval_ms`)
-    /// would stall the pipeline on this node meanwhile.
-    fn defer_plan(&mut self, signed: Signed<Plan>) {
-        if self.gate.deferred() == Some(held_of(&signed)) {
-            self.deferred_plan = Some(signed);
+    /// Passes `signed` through the plan gate under the current membership. The gate keeps
+    /// only the digest of a plan it defers (see [`crate::coordinator::PlanGate::recheck`]);
+    /// the signed plan is kept here, so every gate check goes through this. After a member
+    /// left, the next epoch's coordinator can sign before our membership has dropped the
+    /// member; waiting for the plan's next publication would stall the pipeline here.
+    pub(super) fn gate_check(&mut self, signed: &Signed<Plan>) -> Result<Verdict, Refusal> {
+        let held = held_of(signed);
+        let verdict = self.gate.check(held, true, &self.membership.ids());
+        match self.gate.deferred() {
+            Some(d) if d == held => self.deferred_plan = Some(signed.clone()),
+            Some(_) => {}
+            None => self.deferred_plan = None,
         }
+        verdict
     }
 
     /// Judges the deferred plan again under the current membership (called when it changes).
     pub(super) fn recheck_deferred_plan(&mut self) {
-        let Some(held) = self.gate.recheck(&self.membership.ids()) else {
+        let adopted = self.gate.recheck(&self.membership.ids());
+        if self.gate.deferred().is_some() {
             return;
-        };
-        match self.deferred_plan.take() {
-            Some(signed) if held_of(&signed) == held => {
+        }
+        match (adopted, self.deferred_plan.take()) {
+            (Some(held), Some(signed)) => {
                 tracing::info!(node = %self.me.short(), epoch = held.epoch, "a plan refused earlier passes under the new membership");
                 self.adopt(signed);
             }
-            _ => {
+            (Some(held), None) => {
                 tracing::warn!(node = %self.me.short(), epoch = held.epoch, "the deferred plan is gone")
             }
+            (None, _) => {}
         }
     }
 
@@ -176,13 +182,6 @@ impl NodeTask {
         }
         self.baseline = Some((self.link_matrix(), std::time::Instant::now()));
         self.failed_view = None;
-        if self
-            .deferred_plan
-            .as_ref()
-            .is_some_and(|d| d.unverified().epoch <= plan.epoch)
-        {
-            self.deferred_plan = None;
-        }
         self.plan = Some(signed);
         self.publish_view();
     }

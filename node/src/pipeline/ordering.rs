@@ -50,6 +50,16 @@ pub enum Refusal {
     Malformed,
 }
 
+/// A message of `epoch` at a node holding the plan of `held`: refused as stale or future
+/// unless the two are equal (both happen to honest peers while a plan spreads).
+pub fn same_epoch(epoch: u64, held: u64) -> Result<(), Refusal> {
+    match epoch.cmp(&held) {
+        std::cmp::Ordering::Less => Err(Refusal::StaleEpoch),
+        std::cmp::Ordering::Greater => Err(Refusal::FutureEpoch),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
 impl Refusal {
     /// Every reason, in a fixed order (metrics print all of them, zero or not).
     pub const ALL: [Refusal; 9] = [
@@ -182,12 +192,7 @@ impl<S: Eq + Hash + Clone> Gate<S> {
         let (Some(epoch), Some(expect)) = (self.epoch, self.expect.as_ref()) else {
             return Err(Refusal::NotOurStage);
         };
-        if msg.epoch < epoch {
-            return Err(Refusal::StaleEpoch);
-        }
-        if msg.epoch > epoch {
-            return Err(Refusal::FutureEpoch);
-        }
+        same_epoch(msg.epoch, epoch)?;
         if !expect.allows(&msg.peer) {
             return Err(Refusal::WrongSender);
         }

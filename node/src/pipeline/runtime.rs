@@ -164,6 +164,8 @@ fn run(
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
+    // Dropped when the loop ends: the sessions are released on this thread, before the
+    // runtime's shutdown returns.
     let mut runner: Option<StageRunner> = None;
     loop {
         let next = futures::executor::block_on(async {
@@ -220,8 +222,6 @@ fn run(
             }
         }
     }
-    // The sessions are released here, on this thread, before the runtime's shutdown returns.
-    drop(runner);
 }
 
 #[cfg(test)]

@@ -463,12 +463,7 @@ fn end_verdict(
     let Some(asg) = asg else {
         return Err(Refusal::NotOurStage);
     };
-    if end.epoch < asg.epoch {
-        return Err(Refusal::StaleEpoch);
-    }
-    if end.epoch > asg.epoch {
-        return Err(Refusal::FutureEpoch);
-    }
+    super::ordering::same_epoch(end.epoch, asg.epoch)?;
     let sender_ok = match asg.prev {
         Some(prev) => prev == peer,
         None => match origins.iter().find(|(session, _)| *session == end.session) {

@@ -138,10 +138,13 @@ impl Lanes {
                 None => self.open_lane(peer).await,
             }
         };
-        // The map's entry and ours: nobody else is opening to this peer.
+        // The map's entry and ours: nobody else is opening to this peer (checked under the
+        // map's lock, which every caller holds while it takes the entry).
+        let mut openers = lock(&self.openers);
         if Arc::strong_count(&opener) == 2 {
-            lock(&self.openers).remove(&peer);
+            openers.remove(&peer);
         }
+        drop(openers);
         result
     }
 
@@ -185,8 +188,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, writer) = Fused::new(stream).split();
-    match tokio::time::timeout(GREETING_TIMEOUT, read_frame(&mut reader, max)).await {
-        Ok(Ok((GREETING, OK, payload))) if payload.is_empty() => {}
+    // A greeting is empty: a longer frame is refused from its header.
+    match tokio::time::timeout(GREETING_TIMEOUT, read_frame(&mut reader, 0)).await {
+        Ok(Ok((GREETING, OK, _))) => {}
         Ok(Ok((id, status, _))) => {
             return Err(Ungreeted::Refused(format!(
                 "the lane opened with frame {id} (status {status}), not a greeting"
