@@ -17,17 +17,19 @@ use shoal_protocol::Plan;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{NodeHandle, View};
+use crate::node::NodeHandle;
+use crate::pipeline::PipelineHandle;
+use crate::view::View;
 
 pub mod client;
 pub mod openai;
 
-/// The full router of a node's API.
-pub fn router(node: &NodeHandle) -> Router {
+/// The full router of a node's API (the OpenAI routes and `/metrics` need the pipeline).
+pub fn router(node: &NodeHandle, pipeline: Option<PipelineHandle>) -> Router {
     let router = Router::new()
         .route("/v1/status", get(status))
         .with_state(node.clone());
-    match node.pipeline() {
+    match pipeline {
         Some(p) => router.merge(openai::router(p)),
         None => router,
     }

@@ -72,8 +72,70 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// Re-planning triggers and the plan's fixed knobs.
     pub planner: PlannerConfig,
-    /// Pipeline timeouts, failover and bounds (see [`crate::pipeline::Options`]).
-    pub pipeline: crate::pipeline::Options,
+    /// Pipeline timeouts, failover and bounds (see [`PipelineConfig`]).
+    pub pipeline: PipelineConfig,
+}
+
+/// Timeouts and bounds of the pipeline: the `[pipeline]` section of the node config. Every
+/// field has its default in [`PipelineConfig::default`]; durations are milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// How long a generation waits for a first plan, ms. Default 30000.
+    pub plan_wait_ms: u64,
+    /// How long the origin waits for one step's answer before it treats the pipeline as
+    /// failed, ms. Default 60000 (a long prefill on a slow device).
+    pub step_timeout_ms: u64,
+    /// How long a stage waits for the next stage, ms. Default 60000.
+    pub hop_timeout_ms: u64,
+    /// After a stage failure, how long the origin waits for a newer plan before retrying the
+    /// current one, ms. Default 20000 (above the default liveness timeout).
+    pub failover_wait_ms: u64,
+    /// Failovers per generation before it gives up with an error. Default 4.
+    pub max_failovers: u32,
+    /// Quick retries (a stage behind on the plan, busy) per generation. Default 40.
+    pub max_transient: u32,
+    /// Pause before a quick retry, ms. Default 250.
+    pub transient_pause_ms: u64,
+    /// Inbound activations processed at once; more are answered `busy`. Default 32.
+    pub max_inbound: usize,
+    /// Generations this node runs as origin at once; more are refused as busy. Default 16.
+    pub max_generations: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            plan_wait_ms: 30_000,
+            step_timeout_ms: 60_000,
+            hop_timeout_ms: 60_000,
+            failover_wait_ms: 20_000,
+            max_failovers: 4,
+            max_transient: 40,
+            transient_pause_ms: 250,
+            max_inbound: 32,
+            max_generations: 16,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// `plan_wait_ms` as a duration.
+    pub(crate) fn plan_wait(&self) -> Duration {
+        Duration::from_millis(self.plan_wait_ms)
+    }
+    /// `step_timeout_ms` as a duration.
+    pub(crate) fn step_timeout(&self) -> Duration {
+        Duration::from_millis(self.step_timeout_ms)
+    }
+    /// `failover_wait_ms` as a duration.
+    pub(crate) fn failover_wait(&self) -> Duration {
+        Duration::from_millis(self.failover_wait_ms)
+    }
+    /// `transient_pause_ms` as a duration.
+    pub(crate) fn transient_pause(&self) -> Duration {
+        Duration::from_millis(self.transient_pause_ms)
+    }
 }
 
 /// Membership and gossip timing.
@@ -172,7 +234,7 @@ impl Default for Config {
             membership: MembershipConfig::default(),
             probe: ProbeConfig::default(),
             planner: PlannerConfig::default(),
-            pipeline: crate::pipeline::Options::default(),
+            pipeline: PipelineConfig::default(),
         }
     }
 }

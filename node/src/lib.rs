@@ -3,17 +3,21 @@
 //!
 //! Pure logic (`membership`, `coordinator`, `links`) has no IO and is tested
 //! deterministically; `swarm` owns the libp2p swarm in one task and everything else talks to it
-//! through a cloneable [`swarm::NetworkHandle`]; `node` wires the parts together.
+//! through a cloneable [`swarm::NetworkHandle`]; `start` (the composition root) wires the parts
+//! together. The modules' layers and the one direction of their imports are drawn in
+//! `node/README.md` and checked by `node/tests/layers.rs`.
 
 pub mod api;
 pub mod capability;
 pub mod config;
 pub mod coordinator;
+pub mod launch;
 pub mod links;
 pub mod membership;
-pub mod metrics;
 pub mod node;
 pub mod pipeline;
 pub mod probe;
+pub mod start;
 pub mod store;
 pub mod swarm;
+pub mod view;

@@ -1,25 +1,25 @@
-//! `Node::start`: wires the swarm, the prober, the store, the membership table, the
-//! coordinator and the HTTP API together, and returns a [`NodeHandle`].
+//! [`start`]: starts the swarm, the prober, the store, the membership table and the
+//! coordinator, and returns a [`NodeHandle`] and the swarm's pipeline traffic
+//! ([`PipelineStreams`]) for whoever serves it. This module knows nothing of the pipeline or
+//! the HTTP API; the composition root (`start.rs`) wires them to the handle.
 //!
-//! Data flow: the swarm task emits [`NetEvent`]s to the node task (`node/task.rs`), which
-//! decodes and checks gossip (`node/gossip.rs`), feeds the membership table and the link
-//! estimators, and, when it is the coordinator of the next epoch and a trigger fires, builds a
-//! planner scenario (`node/scenario.rs`) and solves it on a blocking thread (`node/coord.rs`).
-//! Every change is published as a new [`View`] on a `watch` channel: the API, `shoal status` and
-//! the pipeline read the current plan and members from there. Everything stops when the
-//! cancellation token fires.
+//! Data flow: the swarm task emits [`crate::swarm::NetEvent`]s to the node task
+//! (`node/task.rs`), which checks gossip (`node/gossip.rs`), feeds the membership table and the
+//! link estimators, and, when it is the coordinator of the next epoch and a trigger fires,
+//! builds a planner scenario (`node/scenario.rs`) and solves it on a blocking thread
+//! (`node/coord.rs`). The task's state is `node/state.rs`. Every change is published as a new
+//! [`View`] on a `watch` channel: the API, `shoal status` and the pipeline read the current
+//! plan and members from there. Everything stops when the cancellation token fires.
 
 mod coord;
 mod gossip;
-mod inbound;
 pub mod model;
 mod scenario;
+mod state;
 mod task;
-mod view;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, multiaddr::Protocol};
@@ -28,13 +28,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use shoal_protocol::{GenerateRequest, PipelineMessage};
+use crate::swarm::{InboundRequest, NetworkHandle};
+use crate::view::View;
 
-use crate::swarm::NetworkHandle;
-
-pub use inbound::Inbound;
 pub use model::ModelInfo;
-pub use view::{LinkView, MemberView, View};
+pub use task::start;
 
 /// How long `start` waits for the swarm to report its listen addresses.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
@@ -51,9 +49,6 @@ pub enum NodeError {
     /// The model could not be read.
     #[error(transparent)]
     Model(#[from] model::ModelError),
-    /// The pipeline could not start.
-    #[error(transparent)]
-    Pipeline(#[from] crate::pipeline::PipelineError),
     /// The swarm could not start.
     #[error(transparent)]
     Swarm(#[from] crate::swarm::SwarmError),
@@ -70,13 +65,13 @@ pub enum NodeError {
     },
 }
 
-/// The inbound pipeline traffic, decoded and verified, taken once by the pipeline.
+/// The swarm's raw pipeline traffic, taken by the pipeline (which decodes and verifies it).
 #[derive(Debug)]
-pub struct PipelineInbound {
-    /// Messages on `/shoal/activation/1` (signatures already verified).
-    pub activation: mpsc::Receiver<Inbound<PipelineMessage>>,
+pub struct PipelineStreams {
+    /// Frames on `/shoal/activation/1`.
+    pub activation: mpsc::Receiver<InboundRequest>,
     /// Requests on `/shoal/generate/1`.
-    pub generate: mpsc::Receiver<Inbound<GenerateRequest>>,
+    pub generate: mpsc::Receiver<InboundRequest>,
 }
 
 /// A running node: cheap to clone, every clone controls the same node.
@@ -85,37 +80,10 @@ pub struct NodeHandle {
     identity: Arc<Identity>,
     net: NetworkHandle,
     view: watch::Receiver<Arc<View>>,
-    inbound: Arc<Mutex<Option<PipelineInbound>>>,
     listen: Vec<Multiaddr>,
-    api: Option<SocketAddr>,
     model: Option<Arc<ModelInfo>>,
     config: Arc<Config>,
     cancel: CancellationToken,
-    /// Pipeline counters (shared with the inbound decoders, which count refusals).
-    metrics: Arc<crate::metrics::Metrics>,
-    /// The pipeline, set once right after the node starts.
-    pipeline: Arc<std::sync::OnceLock<crate::pipeline::PipelineHandle>>,
-}
-
-/// Starts nodes.
-#[derive(Debug)]
-pub struct Node;
-
-impl Node {
-    /// Loads (or creates) the identity in `config.key_file` and starts the node.
-    pub async fn start(config: Config, cancel: CancellationToken) -> Result<NodeHandle, NodeError> {
-        let identity = Identity::load_or_create(&config.key_file)?;
-        Self::start_with_identity(config, identity, cancel).await
-    }
-
-    /// Starts the node with a given identity (in-process tests use fixed seeds).
-    pub async fn start_with_identity(
-        config: Config,
-        identity: Identity,
-        cancel: CancellationToken,
-    ) -> Result<NodeHandle, NodeError> {
-        task::start(config, identity, cancel).await
-    }
 }
 
 impl NodeHandle {
@@ -144,19 +112,9 @@ impl NodeHandle {
         self.view.borrow().clone()
     }
 
-    /// Takes the inbound activation and generate requests; `None` after the first call.
-    pub fn take_pipeline_inbound(&self) -> Option<PipelineInbound> {
-        self.inbound.lock().ok().and_then(|mut g| g.take())
-    }
-
     /// Listen addresses, each ending in `/p2p/<node id>` (usable as bootstrap addresses).
     pub fn listen_addrs(&self) -> &[Multiaddr] {
         &self.listen
-    }
-
-    /// The HTTP API's bound address, when the API runs.
-    pub fn api_addr(&self) -> Option<SocketAddr> {
-        self.api
     }
 
     /// The model this node holds, if any.
@@ -177,16 +135,6 @@ impl NodeHandle {
     /// The token that stops the node; child tokens of it stop with it.
     pub fn cancel_token(&self) -> CancellationToken {
         self.cancel.clone()
-    }
-
-    /// The node's pipeline (generation as origin, stage serving).
-    pub fn pipeline(&self) -> Option<crate::pipeline::PipelineHandle> {
-        self.pipeline.get().cloned()
-    }
-
-    /// The node's pipeline metrics.
-    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
-        &self.metrics
     }
 
     /// Stops the node.

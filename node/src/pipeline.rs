@@ -7,15 +7,20 @@
 //! - [`origin`]: runs a generation, samples, fails over to a new plan and replays.
 //! - [`wire`]: tensors and response frames.
 //! - [`chat`]: prompts from OpenAI-style messages with the model's chat template.
-//! - [`launch`]: a local swarm of real `shoal run` processes (demo, bench, tests).
+//! - [`net`]: what the pipeline needs of the network ([`net::Network`], defined here).
+//! - [`inbound`]: decodes and verifies inbound frames before the stage server sees them.
+//! - [`metrics`]: the pipeline's counters and their Prometheus text.
 //!
-//! [`Pipeline::start`] wires them to a running node: one server task reads the node's inbound
-//! pipeline traffic and its view (plan changes load the new layer range), request tasks are
-//! bounded by a semaphore, and [`PipelineHandle::generate`] is what the HTTP API and the
-//! `/shoal/generate/1` server call.
+//! [`Pipeline::start`] takes its parts ([`PipelineParts`]: the identity, a [`net::Net`], the
+//! node's view channel, the raw inbound frames) from the composition root (`start.rs`); it
+//! knows no node or swarm type. One server task reads the inbound traffic and the view (plan
+//! changes load the new layer range), request tasks are bounded by a semaphore, and
+//! [`PipelineHandle::generate`] is what the HTTP API and the `/shoal/generate/1` server call.
 
 pub mod chat;
-pub mod launch;
+pub mod inbound;
+pub mod metrics;
+pub mod net;
 pub mod ordering;
 pub mod origin;
 pub mod runtime;
@@ -26,74 +31,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use shoal_model::{Manifest, SamplingConfig, Tokenizer};
+use shoal_keys::Identity;
+use shoal_model::{Manifest, RuntimeConfig, SamplingConfig, Tokenizer};
 use shoal_protocol::{ErrorCode, GenerateRequest, GenerateResponse, GenerateResult, Sampling};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{HopRtt, Metrics};
-use crate::node::{Inbound, NodeHandle, PipelineInbound, View};
+pub use crate::config::PipelineConfig as Options;
+use crate::view::View;
+use inbound::Inbound;
+use metrics::{HopRtt, Metrics};
+use net::Net;
 pub use origin::{GenerateParams, Generated};
 use stage::StageCtx;
-
-/// Timeouts and bounds of the pipeline: the `[pipeline]` section of the node config. Every
-/// field has its default in [`Options::default`]; durations are milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Options {
-    /// How long a generation waits for a first plan, ms. Default 30000.
-    pub plan_wait_ms: u64,
-    /// How long the origin waits for one step's answer before it treats the pipeline as
-    /// failed, ms. Default 60000 (a long prefill on a slow device).
-    pub step_timeout_ms: u64,
-    /// How long a stage waits for the next stage, ms. Default 60000.
-    pub hop_timeout_ms: u64,
-    /// After a stage failure, how long the origin waits for a newer plan before retrying the
-    /// current one, ms. Default 20000 (above the default liveness timeout).
-    pub failover_wait_ms: u64,
-    /// Failovers per generation before it gives up with an error. Default 4.
-    pub max_failovers: u32,
-    /// Quick retries (a stage behind on the plan, busy) per generation. Default 40.
-    pub max_transient: u32,
-    /// Pause before a quick retry, ms. Default 250.
-    pub transient_pause_ms: u64,
-    /// Inbound activations processed at once; more are answered `busy`. Default 32.
-    pub max_inbound: usize,
-    /// Generations this node runs as origin at once; more are refused as busy. Default 16.
-    pub max_generations: usize,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            plan_wait_ms: 30_000,
-            step_timeout_ms: 60_000,
-            hop_timeout_ms: 60_000,
-            failover_wait_ms: 20_000,
-            max_failovers: 4,
-            max_transient: 40,
-            transient_pause_ms: 250,
-            max_inbound: 32,
-            max_generations: 16,
-        }
-    }
-}
-
-impl Options {
-    fn plan_wait(&self) -> Duration {
-        Duration::from_millis(self.plan_wait_ms)
-    }
-    fn step_timeout(&self) -> Duration {
-        Duration::from_millis(self.step_timeout_ms)
-    }
-    fn failover_wait(&self) -> Duration {
-        Duration::from_millis(self.failover_wait_ms)
-    }
-    fn transient_pause(&self) -> Duration {
-        Duration::from_millis(self.transient_pause_ms)
-    }
-}
 
 /// Why a generation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -136,9 +86,6 @@ impl GenerateError {
 /// Errors of starting the pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// The node's inbound pipeline traffic was already taken.
-    #[error("the pipeline of this node was already started")]
-    AlreadyStarted,
     /// The model could not be read.
     #[error("model: {0}")]
     Model(#[from] shoal_model::Error),
@@ -151,7 +98,8 @@ pub(crate) struct LoadedModel {
 }
 
 struct Inner {
-    node: NodeHandle,
+    me: shoal_keys::NodeId,
+    view: watch::Receiver<Arc<View>>,
     origin: origin::Origin,
     metrics: Arc<Metrics>,
     model: Option<LoadedModel>,
@@ -167,9 +115,31 @@ pub struct PipelineHandle {
 impl std::fmt::Debug for PipelineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PipelineHandle")
-            .field("node", &self.inner.node.node_id().short())
+            .field("node", &self.inner.me.short())
             .finish()
     }
+}
+
+/// Everything the pipeline is built from; `R` is the network's inbound request type.
+pub struct PipelineParts<R> {
+    /// The node's identity (activations are signed with it).
+    pub identity: Arc<Identity>,
+    /// The network.
+    pub net: Net,
+    /// The node's view: the plan in force and the members.
+    pub view: watch::Receiver<Arc<View>>,
+    /// The model directory, when the node holds one.
+    pub model_dir: Option<PathBuf>,
+    /// The model runtime's settings.
+    pub runtime: RuntimeConfig,
+    /// Timeouts and bounds.
+    pub options: Options,
+    /// Raw frames of `/shoal/activation/1`.
+    pub activation: mpsc::Receiver<R>,
+    /// Raw frames of `/shoal/generate/1`.
+    pub generate: mpsc::Receiver<R>,
+    /// Stops the pipeline (and its model thread).
+    pub cancel: CancellationToken,
 }
 
 /// Starts pipelines.
@@ -177,64 +147,98 @@ impl std::fmt::Debug for PipelineHandle {
 pub struct Pipeline;
 
 impl Pipeline {
-    /// Starts the pipeline of `node` with `options`: takes its inbound pipeline traffic,
-    /// starts the runtime thread when the node holds a model, and serves until the node stops.
-    pub fn start(
-        node: &NodeHandle,
-        metrics: Arc<Metrics>,
-        options: Options,
+    /// Starts the pipeline: decodes its inbound traffic, starts the runtime thread when the
+    /// node holds a model, and serves until `parts.cancel` fires.
+    pub fn start<R: net::Request>(
+        parts: PipelineParts<R>,
     ) -> Result<PipelineHandle, PipelineError> {
-        let inbound = node
-            .take_pipeline_inbound()
-            .ok_or(PipelineError::AlreadyStarted)?;
-        let (model, runtime) = match node.model_dir() {
+        let PipelineParts {
+            identity,
+            net,
+            view,
+            model_dir,
+            runtime,
+            options,
+            activation,
+            generate,
+            cancel,
+        } = parts;
+        let metrics = Arc::new(Metrics::default());
+        let activation = inbound::spawn_decoder(
+            activation,
+            inbound::decode_pipeline,
+            net.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        );
+        let generate = inbound::spawn_decoder(
+            generate,
+            inbound::decode_generate,
+            net.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        );
+        let (model, runtime) = match model_dir {
             Some(dir) => {
-                let (model, runtime) = load_model(dir, node)?;
+                let (model, runtime) = load_model(dir, runtime, cancel.clone())?;
                 (Some(model), Some(runtime))
             }
             None => (None, None),
         };
         let stage = Arc::new(StageCtx::new(
-            node.identity(),
-            node.net().clone(),
+            identity.clone(),
+            net.clone(),
             runtime,
             metrics.clone(),
             Duration::from_millis(options.hop_timeout_ms),
         ));
         let origin = origin::Origin {
-            identity: node.identity(),
-            net: node.net().clone(),
-            view: node.view(),
+            identity: identity.clone(),
+            net,
+            view: view.clone(),
             stage: stage.clone(),
             metrics: metrics.clone(),
             options: options.clone(),
         };
         let handle = PipelineHandle {
             inner: Arc::new(Inner {
-                node: node.clone(),
+                me: identity.node_id(),
+                view,
                 origin,
                 metrics,
                 model,
                 generations: Semaphore::new(options.max_generations),
             }),
         };
-        tokio::spawn(serve(handle.clone(), stage, inbound, options.max_inbound));
+        let inbound = Traffic {
+            activation,
+            generate,
+        };
+        tokio::spawn(serve(
+            handle.clone(),
+            stage,
+            inbound,
+            options.max_inbound,
+            cancel,
+        ));
         Ok(handle)
     }
 }
 
+/// The decoded inbound traffic the server task reads.
+struct Traffic {
+    activation: mpsc::Receiver<Inbound<shoal_protocol::PipelineMessage>>,
+    generate: mpsc::Receiver<Inbound<GenerateRequest>>,
+}
+
 fn load_model(
     dir: PathBuf,
-    node: &NodeHandle,
+    config: RuntimeConfig,
+    cancel: CancellationToken,
 ) -> Result<(LoadedModel, runtime::RuntimeHandle), PipelineError> {
     let manifest = Manifest::load(&dir)?;
     let tokenizer = Tokenizer::load(&dir, &manifest)?;
-    let runtime = runtime::RuntimeHandle::spawn(
-        dir,
-        manifest.clone(),
-        node.config().runtime(),
-        node.cancel_token(),
-    );
+    let runtime = runtime::RuntimeHandle::spawn(dir, manifest.clone(), config, cancel);
     Ok((
         LoadedModel {
             manifest,
@@ -248,14 +252,13 @@ fn load_model(
 async fn serve(
     handle: PipelineHandle,
     stage: Arc<StageCtx>,
-    inbound: PipelineInbound,
+    inbound: Traffic,
     max_inbound: usize,
+    cancel: CancellationToken,
 ) {
-    let node = handle.inner.node.clone();
-    let cancel = node.cancel_token();
-    let mut view = node.view();
+    let mut view = handle.inner.view.clone();
     let permits = Arc::new(Semaphore::new(max_inbound));
-    let PipelineInbound {
+    let Traffic {
         mut activation,
         mut generate,
     } = inbound;
@@ -341,11 +344,6 @@ impl PipelineHandle {
         self.inner.origin.generate(params, stream).await
     }
 
-    /// The node this pipeline belongs to.
-    pub fn node(&self) -> &NodeHandle {
-        &self.inner.node
-    }
-
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
@@ -398,7 +396,7 @@ impl PipelineHandle {
 
     /// The Prometheus text of this node's metrics.
     pub fn render_metrics(&self) -> String {
-        let view = self.inner.node.snapshot();
+        let view = self.inner.view.borrow().clone();
         self.inner.metrics.render(view.epoch(), &hop_rtts(&view))
     }
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use shoal_node::node::Node;
+use shoal_node::start::Node;
 use support::{fast_config, identity, synth_model, wait_all};
 use tokio_util::sync::CancellationToken;
 

@@ -25,7 +25,7 @@ fn killing_a_stage_mid_generation_over_impaired_links_still_completes() -> Resul
     let model = bed.log_dir().join("model");
     shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &model, false)
         .context("synthesising the model")?;
-    let budget = shoal_node::pipeline::launch::spanning_budget(&model, 2, 0.8)?;
+    let budget = shoal_node::launch::spanning_budget(&model, 2, 0.8)?;
     let spec = NodeSpec {
         run: "failover".into(),
         model,

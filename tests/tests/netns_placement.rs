@@ -31,7 +31,7 @@ fn milp_placement_beats_memory_and_even_over_a_weak_link() -> Result<()> {
     let model = bed.log_dir().join("model");
     shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &model, false)
         .context("synthesising the model")?;
-    let budget = shoal_node::pipeline::launch::spanning_budget(&model, 2, 0.8)?;
+    let budget = shoal_node::launch::spanning_budget(&model, 2, 0.8)?;
     // Plans are made for the coordinator as the origin; node 0 asks, so the weak node must
     // not coordinate: identities are chosen so it coordinates none of the first epochs.
     let secrets = swarm::secrets_avoiding_coordinator(3, WEAK, MAX_EPOCH)?;

@@ -49,7 +49,7 @@ fn cost_model_predicts_per_token_latency_on_three_links() -> Result<()> {
         let model = bed.log_dir().join("model");
         shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &model, false)
             .context("synthesising the model")?;
-        let budget = shoal_node::pipeline::launch::spanning_budget(&model, 2, 0.8)?;
+        let budget = shoal_node::launch::spanning_budget(&model, 2, 0.8)?;
         // Node 0 asks and must coordinate (plans are made for the coordinator as origin).
         let secrets = swarm::secrets_avoiding_coordinator(2, 1, MAX_EPOCH)?;
         let setup = Setup {

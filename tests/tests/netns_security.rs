@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use shoal_node::config::Config;
-use shoal_node::node::Node;
+use shoal_node::start::Node;
 use shoal_protocol::{Activation, PipelineMessage, Signed};
 use shoal_tests::netns::runs::{PROBE_TOML, PROMPT};
 use shoal_tests::netns::swarm::{self, NodeSpec};
@@ -215,7 +215,7 @@ fn forged_activations_are_ignored_and_lower_the_senders_score() -> Result<()> {
     let model = bed.log_dir().join("model");
     shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &model, false)
         .context("synthesising the model")?;
-    let budget = shoal_node::pipeline::launch::spanning_budget(&model, 3, 0.8)?;
+    let budget = shoal_node::launch::spanning_budget(&model, 3, 0.8)?;
     let mut honest = spec("forged", model.clone(), None);
     honest.memory = budget;
     let nodes = swarm::start_swarm(&mut bed, &vec![honest; 3])?;

@@ -16,8 +16,8 @@ use std::time::Duration;
 use common::*;
 use shoal_keys::NodeId;
 use shoal_node::config::Config;
-use shoal_node::node::{Node, NodeHandle};
 use shoal_node::pipeline::wire::{Reply, decode_reply, tokens_tensor};
+use shoal_node::start::{Node, Running};
 use shoal_protocol::{Activation, PipelineMessage, Signed};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ fn refused(metrics: &str, reason: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
-async fn rogue(dir: &std::path::Path, model: &std::path::Path, bootstrap: &[String]) -> NodeHandle {
+async fn rogue(dir: &std::path::Path, model: &std::path::Path, bootstrap: &[String]) -> Running {
     let config = Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         bootstrap: bootstrap.to_vec(),

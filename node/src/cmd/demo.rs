@@ -2,7 +2,7 @@
 //! across every node and generates text through the pipeline.
 //!
 //! It synthesises the built-in model when `--model` is absent, gives each node a memory
-//! budget that forces the plan to use every node (`pipeline::launch::spanning_budget`), waits
+//! budget that forces the plan to use every node (`launch::spanning_budget`), waits
 //! for the signed plan, prints it, generates through node 0's OpenAI endpoint, prints the text,
 //! tokens/s and per-stage compute times (from each node's `/metrics`), and stops every child:
 //! on success, on error, and on Ctrl-C or SIGTERM (children are also killed if dropped).
@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use shoal_node::pipeline::launch::{self, LaunchOptions, LocalSwarm};
+use shoal_node::launch::{self, LaunchOptions, LocalSwarm};
 
 /// How long the demo waits for the swarm to agree on a plan.
 const PLAN_TIMEOUT: Duration = Duration::from_secs(90);

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use shoal_node::config::Config;
-use shoal_node::node::{Node, NodeHandle};
+use shoal_node::start::{Node, Running};
 use tokio_util::sync::CancellationToken;
 
 /// The first word of the ready line.
@@ -106,7 +106,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Prints the ready line (format in the module docs).
-fn print_ready(node: &NodeHandle) -> anyhow::Result<()> {
+fn print_ready(node: &Running) -> anyhow::Result<()> {
     let listen: Vec<String> = node.listen_addrs().iter().map(|a| a.to_string()).collect();
     let api = node
         .api_addr()

@@ -6,22 +6,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use shoal_keys::NodeId;
 use shoal_protocol::{Plan, Signed, Stage, Topic, encode};
 
 use super::scenario;
-use super::task::{NodeTask, unix_ms};
-use super::view::{LinkView, MemberView, View};
+use super::state::{NodeTask, SolveOutcome, unix_ms};
 use crate::config::ms;
 use crate::coordinator::{ReplanPolicy, Trigger, coordinator, replan_trigger};
-
-/// A finished solve.
-#[derive(Debug)]
-pub(super) struct SolveOutcome {
-    epoch: u64,
-    members: Vec<NodeId>,
-    result: Result<shoal_planner::Plan, String>,
-}
+use crate::view::{LinkView, MemberView, View};
 
 /// A refused plan moves our idea of the swarm's epoch at most this far ahead of the held one,
 /// so a misbehaving member cannot push epochs towards `u64::MAX`.

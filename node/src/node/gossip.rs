@@ -15,7 +15,7 @@ use shoal_protocol::{
     Capability, GossipMessage, LinkEntry, LinkReport, Plan, Signed, Topic, encode,
 };
 
-use super::task::{NodeTask, unix_ms};
+use super::state::{NodeTask, unix_ms};
 use crate::coordinator::{Held, Refusal, Verdict};
 
 impl NodeTask {

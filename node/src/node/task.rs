@@ -6,20 +6,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use shoal_keys::{Identity, NodeId};
-use shoal_protocol::{Battery, Capability, Plan, Signed};
+use shoal_protocol::{Battery, Capability};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::coord::SolveOutcome;
 use super::model::ModelInfo;
-use super::view::View;
-use super::{NodeError, NodeHandle, PipelineInbound, with_peer};
+use super::state::{BandwidthProbeOutcome, BandwidthResult, NodeTask, SolveOutcome, unix_ms};
+use super::{NodeError, NodeHandle, PipelineStreams, with_peer};
 use crate::capability;
 use crate::config::{Config, ms};
 use crate::coordinator::{LinkMatrix, PlanGate};
@@ -28,6 +27,7 @@ use crate::membership::{Membership, MembershipEvent};
 use crate::probe::{self, LossProber, LossSample, UdpEcho};
 use crate::store::Store;
 use crate::swarm::{self, NetEvent, NetworkHandle, SwarmParts};
+use crate::view::View;
 
 /// Capacity of the loss-sample channel.
 const LOSS_CAPACITY: usize = 4096;
@@ -40,78 +40,13 @@ const GENERATE_MAX: usize = 8 << 20;
 /// 5 Mbit/s link were off by up to 25%).
 const TRAIN_BUSY: Duration = Duration::from_millis(500);
 
-/// A bandwidth measurement of one peer.
-pub(super) type BandwidthResult = (NodeId, BandwidthProbeOutcome);
-
-/// What one bandwidth probe of a peer measured.
-#[derive(Debug)]
-pub(super) enum BandwidthProbeOutcome {
-    /// A datagram train's link rate, bits per second.
-    Train {
-        /// The rate.
-        rate_bps: f64,
-        /// Datagrams that arrived.
-        arrivals: usize,
-        /// Paced at a rate seen before; false for the first train (the scout).
-        paced: bool,
-    },
-    /// The timed transfers (when no train could measure: no echo, trains off, or a link too
-    /// fast for one), `(bytes, seconds)` of the small and the large.
-    Transfers(Result<probe::TransferPair, probe::ProbeError>),
-    /// The train met another train at the peer (each measures a share of the link): no
-    /// sample this round.
-    Shared,
-}
-
-/// The node task's state.
-pub(super) struct NodeTask {
-    pub(super) cfg: Arc<Config>,
-    /// When this node's link last carried a bandwidth train (see `probe::TrainActivity`).
-    pub(super) train_activity: probe::TrainActivity,
-    pub(super) identity: Arc<Identity>,
-    pub(super) me: NodeId,
-    pub(super) net: NetworkHandle,
-    pub(super) model: Option<Arc<ModelInfo>>,
-    pub(super) own: Capability,
-    pub(super) membership: Membership<Capability>,
-    pub(super) link_seq: HashMap<NodeId, u64>,
-    pub(super) reports: BTreeMap<NodeId, shoal_protocol::LinkReport>,
-    pub(super) estimators: BTreeMap<NodeId, LinkEstimator>,
-    /// When each peer's estimator last got a sample.
-    pub(super) last_sample: BTreeMap<NodeId, Instant>,
-    pub(super) gate: PlanGate,
-    /// Highest epoch signed by a member among the plans we refused (see `next_epoch`).
-    pub(super) seen_epoch: u64,
-    pub(super) plan: Option<Signed<Plan>>,
-    /// The newest plan refused only because its signer is not its epoch's coordinator in our
-    /// view; judged again whenever the membership changes (see `recheck_deferred_plan`).
-    pub(super) deferred_plan: Option<Signed<Plan>>,
-    /// Link matrix and time when the held plan was adopted (the re-plan baseline).
-    pub(super) baseline: Option<(LinkMatrix, Instant)>,
-    pub(super) store: Store,
-    pub(super) clock: Instant,
-    pub(super) solving: bool,
-    /// Members of the last view whose solve failed, with the number of links known then and
-    /// when (not retried until either changes, or `FAILED_PLAN_RETRY` has passed: an early
-    /// solve may have lacked some links, and a link's figures may change without its count).
-    pub(super) failed_view: Option<(Vec<NodeId>, usize, Instant)>,
-    pub(super) last_republish: Instant,
-    pub(super) refused: BTreeMap<String, u64>,
-    pub(super) view_tx: watch::Sender<Arc<View>>,
-    pub(super) loss_targets: watch::Sender<BTreeMap<NodeId, SocketAddr>>,
-    pub(super) bw_due: BTreeMap<NodeId, Instant>,
-    pub(super) bw_busy: bool,
-    pub(super) bw_tx: mpsc::Sender<BandwidthResult>,
-    pub(super) solve_tx: mpsc::Sender<SolveOutcome>,
-    pub(super) connected: std::collections::BTreeSet<PeerId>,
-}
-
-/// Starts every part and returns the handle.
-pub(super) async fn start(
+/// Starts the swarm, the probes and the node task; returns the handle and the swarm's pipeline
+/// traffic for the pipeline to serve. Everything stops when `cancel` fires.
+pub async fn start(
     config: Config,
     identity: Identity,
     cancel: CancellationToken,
-) -> Result<NodeHandle, NodeError> {
+) -> Result<(NodeHandle, PipelineStreams), NodeError> {
     let cfg = Arc::new(config);
     let identity = Arc::new(identity);
     let me = identity.node_id();
@@ -131,7 +66,6 @@ pub(super) async fn start(
         .map_err(|e| NodeError::Config(format!("calibration thread: {e}")))?;
     tracing::info!(node = %me.short(), flops = speeds.flops, mem_bw = speeds.mem_bw, "measured capability");
 
-    let io = |what: &'static str| move |source: std::io::Error| NodeError::Io { what, source };
     let activity = probe::TrainActivity::default();
     let echo = UdpEcho::bind(cfg.probe.udp_echo, activity.clone())
         .await
@@ -191,7 +125,6 @@ pub(super) async fn start(
         loss_probe_port: Some(echo_port),
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::empty(me)));
-    let metrics = Arc::new(crate::metrics::Metrics::default());
     let (bw_tx, bw_rx) = mpsc::channel(RESULT_CAPACITY);
     let (solve_tx, solve_rx) = mpsc::channel(RESULT_CAPACITY);
     let mut task = NodeTask {
@@ -230,62 +163,25 @@ pub(super) async fn start(
     task.announce().await;
     task.publish_view();
 
-    let api = match cfg.api {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io("api listener"))?,
-        ),
-        None => None,
-    };
-    let api_addr = match &api {
-        Some(l) => Some(l.local_addr().map_err(io("api listener"))?),
-        None => None,
-    };
     let handle = NodeHandle {
         identity,
-        net: net.clone(),
+        net,
         view: view_rx,
-        inbound: Arc::new(Mutex::new(Some(PipelineInbound {
-            activation: super::inbound::spawn_decoder(
-                inbound.activation,
-                super::inbound::decode_pipeline,
-                net.clone(),
-                metrics.clone(),
-                cancel.clone(),
-            ),
-            generate: super::inbound::spawn_decoder(
-                inbound.generate,
-                super::inbound::decode_generate,
-                net.clone(),
-                metrics.clone(),
-                cancel.clone(),
-            ),
-        }))),
         listen,
-        api: api_addr,
         model,
         config: cfg,
         cancel: cancel.clone(),
-        metrics: metrics.clone(),
-        pipeline: Default::default(),
     };
-    let pipeline =
-        crate::pipeline::Pipeline::start(&handle, metrics, handle.config().pipeline.clone())?;
-    let _ = handle.pipeline.set(pipeline);
-    if let Some(listener) = api {
-        tokio::spawn(crate::api::serve(
-            listener,
-            crate::api::router(&handle),
-            cancel.clone(),
-        ));
-    }
+    let streams = PipelineStreams {
+        activation: inbound.activation,
+        generate: inbound.generate,
+    };
     let span = tracing::info_span!("node", id = %me.short());
     tokio::spawn(
         task.run(events, loss_rx, bw_rx, solve_rx, cancel)
             .instrument(span),
     );
-    Ok(handle)
+    Ok((handle, streams))
 }
 
 fn swarm_parts(cfg: &Config) -> Result<SwarmParts, NodeError> {
@@ -357,13 +253,6 @@ fn read_battery() -> Option<Battery> {
 
 /// Where Linux (and Android) report batteries.
 const POWER_SUPPLY: &str = "/sys/class/power_supply";
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(super) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 impl NodeTask {
     async fn run(

@@ -29,13 +29,13 @@ use shoal_protocol::{
 };
 use tokio::sync::{mpsc, watch};
 
+use super::metrics::Metrics;
+use super::net::Net;
 use super::ordering::{Expect, Gate, Inbound, Refusal};
 use super::stage::{StageCtx, sign_frame};
 use super::wire::{Reply, decode_reply, last_logits, tokens_tensor};
 use super::{GenerateError, Options};
-use crate::metrics::Metrics;
-use crate::node::View;
-use crate::swarm::NetworkHandle;
+use crate::view::View;
 
 /// A generation request as the origin runs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +94,7 @@ enum AttemptError {
 #[derive(Clone)]
 pub(crate) struct Origin {
     pub(crate) identity: Arc<Identity>,
-    pub(crate) net: NetworkHandle,
+    pub(crate) net: Net,
     pub(crate) view: watch::Receiver<Arc<View>>,
     pub(crate) stage: Arc<StageCtx>,
     pub(crate) metrics: Arc<Metrics>,
@@ -365,7 +365,7 @@ impl Origin {
         tracing::info!(node = %self.me().short(), "token sent straight here refused: {why:?}");
         let signer = *token.signer();
         if plan.stages.last().is_some_and(|s| s.node != signer) {
-            let _ = self.net.report_misbehaviour(signer, "wrong_sender").await;
+            self.net.report_misbehaviour(signer, "wrong_sender").await;
         }
     }
 

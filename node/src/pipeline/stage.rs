@@ -24,12 +24,12 @@ use shoal_protocol::{
     Activation, ErrorCode, PipelineMessage, Plan, Sampled, SessionEnd, Signed, TokenReturn,
 };
 
+use super::metrics::Metrics;
+use super::net::Net;
 use super::ordering::{Expect, Gate, Inbound, Refusal};
 use super::runtime::RuntimeHandle;
 use super::wire::{error_frame, float_tensor, input_len, stage_input};
-use crate::metrics::Metrics;
-use crate::node::View;
-use crate::swarm::NetworkHandle;
+use crate::view::View;
 
 /// Sessions whose replay memory a stage keeps (per epoch).
 const REPLAY_MEMORY: usize = 4096;
@@ -88,7 +88,7 @@ type Returns = HashMap<(u64, u64), tokio::sync::oneshot::Sender<Signed<TokenRetu
 pub struct StageCtx {
     me: NodeId,
     identity: Arc<Identity>,
-    net: NetworkHandle,
+    net: Net,
     runtime: Option<RuntimeHandle>,
     metrics: Arc<Metrics>,
     hop_timeout: Duration,
@@ -109,7 +109,7 @@ impl StageCtx {
     /// A stage context; `runtime` is `None` on a node without the model (it refuses all).
     pub fn new(
         identity: Arc<Identity>,
-        net: NetworkHandle,
+        net: Net,
         runtime: Option<RuntimeHandle>,
         metrics: Arc<Metrics>,
         hop_timeout: Duration,

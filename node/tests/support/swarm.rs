@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use shoal_keys::{Identity, NodeId};
 use shoal_node::config::Config;
-use shoal_node::node::{Node, NodeHandle, View};
+use shoal_node::start::{Node, Running};
+use shoal_node::view::View;
 use tokio_util::sync::CancellationToken;
 
 /// Writes the default synthesised model (6 decoder layers, hidden 128) into `dir/model`.
@@ -61,7 +62,7 @@ pub(crate) async fn start_swarm(
     root: &Path,
     n: usize,
     model: &Path,
-) -> Vec<(NodeHandle, CancellationToken)> {
+) -> Vec<(Running, CancellationToken)> {
     let mut nodes = Vec::new();
     let mut bootstrap: Option<String> = None;
     for i in 0..n {
@@ -82,7 +83,7 @@ pub(crate) async fn start_swarm(
 
 /// Waits until every node's view satisfies `pred`; panics with the views after `timeout`.
 pub(crate) async fn wait_all(
-    nodes: &[&NodeHandle],
+    nodes: &[&Running],
     timeout: Duration,
     what: &str,
     pred: impl Fn(&View) -> bool,

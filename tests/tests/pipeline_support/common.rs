@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use shoal_node::pipeline::launch::{self, LaunchOptions, LocalSwarm};
+use shoal_node::launch::{self, LaunchOptions, LocalSwarm};
 
 /// How long a test waits for a plan.
 pub(crate) const PLAN_TIMEOUT: Duration = Duration::from_secs(60);

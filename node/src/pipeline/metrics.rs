@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::pipeline::ordering::Refusal;
+use super::ordering::Refusal;
 
 /// A running sum and count of durations.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]

@@ -12,31 +12,44 @@ use shoal_protocol::{GenerateRequest, PipelineMessage, ProtocolError, decode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::swarm::{INBOUND_CAPACITY, InboundRequest, NetworkHandle};
+use super::metrics::Metrics;
+use super::net::{Net, Request};
+
+/// Decoded requests waiting for the pipeline, per protocol (beyond it the sender's request
+/// fails: the pipeline is saturated).
+pub const INBOUND_CAPACITY: usize = 64;
 
 /// A decoded, verified inbound request and the way to answer it.
-#[derive(Debug)]
 pub struct Inbound<T> {
     /// The sending node.
     pub peer: NodeId,
     /// The message.
     pub msg: T,
-    request: InboundRequest,
+    reply: Box<dyn FnOnce(Vec<u8>) + Send>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Inbound<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("peer", &self.peer.short())
+            .field("msg", &self.msg)
+            .finish()
+    }
 }
 
 impl<T> Inbound<T> {
     /// Sends the response frame (an encoded protocol message).
     pub fn respond(self, frame: Vec<u8>) {
-        self.request.respond(frame);
+        (self.reply)(frame);
     }
 }
 
 /// Spawns the decoder of one protocol; returns the typed receiver for the pipeline.
-pub(crate) fn spawn_decoder<T: Send + 'static>(
-    mut raw: mpsc::Receiver<InboundRequest>,
+pub(crate) fn spawn_decoder<T: Send + 'static, R: Request>(
+    mut raw: mpsc::Receiver<R>,
     decode_fn: fn(&[u8]) -> Result<T, ProtocolError>,
-    net: NetworkHandle,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    net: Net,
+    metrics: std::sync::Arc<Metrics>,
     cancel: CancellationToken,
 ) -> mpsc::Receiver<Inbound<T>> {
     let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -46,24 +59,21 @@ pub(crate) fn spawn_decoder<T: Send + 'static>(
                 _ = cancel.cancelled() => return,
                 r = raw.recv() => match r { Some(r) => r, None => return },
             };
-            let Ok(peer) = NodeId::from_peer_id(req.peer) else {
-                let _ = net.penalise(req.peer, "not_ed25519").await;
+            let Ok(peer) = NodeId::from_peer_id(req.peer()) else {
+                net.penalise(req.peer(), "not_ed25519").await;
                 continue;
             };
-            match decode_fn(&req.data) {
+            match decode_fn(req.data()) {
                 Ok(msg) => {
                     // Full: the pipeline is saturated; dropping fails the sender's request,
                     // which is its backpressure signal.
-                    let _ = tx.try_send(Inbound {
-                        peer,
-                        msg,
-                        request: req,
-                    });
+                    let reply = Box::new(move |frame| req.respond(frame));
+                    let _ = tx.try_send(Inbound { peer, msg, reply });
                 }
                 Err(e) => {
                     tracing::info!(peer = %peer.short(), reason = e.reason(), error = %e, "refused inbound request");
                     metrics.refuse(e.reason());
-                    let _ = net.report_misbehaviour(peer, e.reason()).await;
+                    net.report_misbehaviour(peer, e.reason()).await;
                 }
             }
         }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::node::model::ModelInfo;
+use crate::node::ModelInfo;
 
 /// How long a node may take to print its ready line (it calibrates its compute speed first).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);

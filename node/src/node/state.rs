@@ -1,0 +1,107 @@
+//! The node task's state ([`NodeTask`]) and the results its helpers send back to it. The
+//! handlers live by concern in `task.rs` (events, probing), `gossip.rs` and `coord.rs`; they
+//! all import this file, which imports none of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::PeerId;
+use shoal_keys::{Identity, NodeId};
+use shoal_protocol::{Capability, Plan, Signed};
+use tokio::sync::{mpsc, watch};
+
+use super::model::ModelInfo;
+use crate::config::Config;
+use crate::coordinator::{LinkMatrix, PlanGate};
+use crate::links::LinkEstimator;
+use crate::membership::Membership;
+use crate::probe;
+use crate::store::Store;
+use crate::swarm::NetworkHandle;
+use crate::view::View;
+
+/// A finished solve.
+#[derive(Debug)]
+pub(super) struct SolveOutcome {
+    /// The epoch the plan is for.
+    pub(super) epoch: u64,
+    /// The members it was solved over.
+    pub(super) members: Vec<NodeId>,
+    /// The plan, or why there is none.
+    pub(super) result: Result<shoal_planner::Plan, String>,
+}
+
+/// A bandwidth measurement of one peer.
+pub(super) type BandwidthResult = (NodeId, BandwidthProbeOutcome);
+
+/// What one bandwidth probe of a peer measured.
+#[derive(Debug)]
+pub(super) enum BandwidthProbeOutcome {
+    /// A datagram train's link rate, bits per second.
+    Train {
+        /// The rate.
+        rate_bps: f64,
+        /// Datagrams that arrived.
+        arrivals: usize,
+        /// Paced at a rate seen before; false for the first train (the scout).
+        paced: bool,
+    },
+    /// The timed transfers (when no train could measure: no echo, trains off, or a link too
+    /// fast for one), `(bytes, seconds)` of the small and the large.
+    Transfers(Result<probe::TransferPair, probe::ProbeError>),
+    /// The train met another train at the peer (each measures a share of the link): no
+    /// sample this round.
+    Shared,
+}
+
+/// The node task's state.
+pub(super) struct NodeTask {
+    pub(super) cfg: Arc<Config>,
+    /// When this node's link last carried a bandwidth train (see `probe::TrainActivity`).
+    pub(super) train_activity: probe::TrainActivity,
+    pub(super) identity: Arc<Identity>,
+    pub(super) me: NodeId,
+    pub(super) net: NetworkHandle,
+    pub(super) model: Option<Arc<ModelInfo>>,
+    pub(super) own: Capability,
+    pub(super) membership: Membership<Capability>,
+    pub(super) link_seq: HashMap<NodeId, u64>,
+    pub(super) reports: BTreeMap<NodeId, shoal_protocol::LinkReport>,
+    pub(super) estimators: BTreeMap<NodeId, LinkEstimator>,
+    /// When each peer's estimator last got a sample.
+    pub(super) last_sample: BTreeMap<NodeId, Instant>,
+    pub(super) gate: PlanGate,
+    /// Highest epoch signed by a member among the plans we refused (see `next_epoch`).
+    pub(super) seen_epoch: u64,
+    pub(super) plan: Option<Signed<Plan>>,
+    /// The newest plan refused only because its signer is not its epoch's coordinator in our
+    /// view; judged again whenever the membership changes (see `recheck_deferred_plan`).
+    pub(super) deferred_plan: Option<Signed<Plan>>,
+    /// Link matrix and time when the held plan was adopted (the re-plan baseline).
+    pub(super) baseline: Option<(LinkMatrix, Instant)>,
+    pub(super) store: Store,
+    pub(super) clock: Instant,
+    pub(super) solving: bool,
+    /// Members of the last view whose solve failed, with the number of links known then and
+    /// when (not retried until either changes, or `FAILED_PLAN_RETRY` has passed: an early
+    /// solve may have lacked some links, and a link's figures may change without its count).
+    pub(super) failed_view: Option<(Vec<NodeId>, usize, Instant)>,
+    pub(super) last_republish: Instant,
+    pub(super) refused: BTreeMap<String, u64>,
+    pub(super) view_tx: watch::Sender<Arc<View>>,
+    pub(super) loss_targets: watch::Sender<BTreeMap<NodeId, SocketAddr>>,
+    pub(super) bw_due: BTreeMap<NodeId, Instant>,
+    pub(super) bw_busy: bool,
+    pub(super) bw_tx: mpsc::Sender<BandwidthResult>,
+    pub(super) solve_tx: mpsc::Sender<SolveOutcome>,
+    pub(super) connected: std::collections::BTreeSet<PeerId>,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
