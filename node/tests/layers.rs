@@ -4,8 +4,14 @@
 //! edge from the file's top-level module to `<module>`, each `super::<sibling>` path an edge
 //! between siblings. The binary (`main.rs`, `cmd/`) sits on top and is not checked.
 
+// Tests fail by panicking: unwrap and expect are the assertions here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// Directed edges between module names.
+type Edges = BTreeSet<(String, String)>;
 
 /// Top-level modules by layer, lowest first; a module may import only from lower layers.
 const LAYERS: &[&[&str]] = &[
@@ -73,16 +79,11 @@ fn module_of(rel: &Path) -> Vec<String> {
 }
 
 /// The import edges of the library: top-level ones and sibling ones (keyed by parent).
-fn edges(
-    src: &Path,
-) -> (
-    BTreeSet<(String, String)>,
-    BTreeMap<String, BTreeSet<(String, String)>>,
-) {
+fn edges(src: &Path) -> (Edges, BTreeMap<String, Edges>) {
     let mut files = Vec::new();
     rust_files(src, &mut files);
     let mut top = BTreeSet::new();
-    let mut siblings: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    let mut siblings: BTreeMap<String, Edges> = BTreeMap::new();
     for file in files {
         let rel = file.strip_prefix(src).expect("under src").to_path_buf();
         let module = module_of(&rel);
@@ -113,7 +114,7 @@ fn edges(
 }
 
 /// A cycle in `edges`, if there is one (as the list of its nodes).
-fn find_cycle(edges: &BTreeSet<(String, String)>) -> Option<Vec<String>> {
+fn find_cycle(edges: &Edges) -> Option<Vec<String>> {
     let mut next: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (a, b) in edges {
         next.entry(a).or_default().push(b);
