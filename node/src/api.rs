@@ -23,6 +23,7 @@ use crate::view::View;
 
 pub mod client;
 pub mod openai;
+pub mod stop;
 
 /// The full router of a node's API (the OpenAI routes and `/metrics` need the pipeline).
 pub fn router(node: &NodeHandle, pipeline: Option<PipelineHandle>) -> Router {

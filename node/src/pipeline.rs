@@ -336,12 +336,19 @@ impl PipelineHandle {
         let Ok(_permit) = self.inner.generations.try_acquire() else {
             return Err(GenerateError::Busy);
         };
-        if params.max_tokens == 0 {
-            return Err(GenerateError::BadRequest(
-                "max_tokens must be at least 1".into(),
-            ));
-        }
-        self.inner.origin.generate(params, stream).await
+        let params = match &self.inner.model {
+            Some(m) => validate(params, m.manifest.dims.vocab, m.manifest.dims.max_position)?,
+            None => validate(params, usize::MAX, usize::MAX)?,
+        };
+        self.inner.origin.generate(&params, stream).await
+    }
+
+    /// The model's vocabulary size and context length, when this node holds the model.
+    pub fn limits(&self) -> Option<(usize, usize)> {
+        self.inner
+            .model
+            .as_ref()
+            .map(|m| (m.manifest.dims.vocab, m.manifest.dims.max_position))
     }
 
     /// The node's metrics.
@@ -420,6 +427,48 @@ fn hop_rtts(view: &View) -> Vec<HopRtt> {
         .collect()
 }
 
+/// Checks a request before it reaches the pipeline (docs/pipeline.md, "Failure classes"):
+/// a non-empty prompt of token ids below `vocab`, shorter than the `context`, at least one
+/// token to generate, sampling settings in range. `max_tokens` beyond what the context has
+/// left is clamped to it (the answer then ends with `length`).
+pub fn validate(
+    params: &GenerateParams,
+    vocab: usize,
+    context: usize,
+) -> Result<GenerateParams, GenerateError> {
+    let bad = |m: String| Err(GenerateError::BadRequest(m));
+    if params.prompt.is_empty() {
+        return bad("the prompt is empty".into());
+    }
+    if params.max_tokens == 0 {
+        return bad("max_tokens must be at least 1".into());
+    }
+    if let Some(t) = params.prompt.iter().find(|t| **t as usize >= vocab) {
+        return bad(format!(
+            "token id {t} is outside the vocabulary (0..{vocab})"
+        ));
+    }
+    if params.prompt.len() >= context {
+        return bad(format!(
+            "the prompt has {} tokens; the model's context holds {context}",
+            params.prompt.len()
+        ));
+    }
+    let s = &params.sampling;
+    if !(s.temperature.is_finite() && (0.0..=100.0).contains(&s.temperature)) {
+        return bad(format!(
+            "temperature must be in [0, 100], got {}",
+            s.temperature
+        ));
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return bad(format!("top_p must be in (0, 1], got {}", s.top_p));
+    }
+    let mut out = params.clone();
+    out.max_tokens = params.max_tokens.min(context - params.prompt.len());
+    Ok(out)
+}
+
 /// The model crate's sampling settings for the wire's.
 pub fn sampling_config(s: &Sampling) -> SamplingConfig {
     SamplingConfig {
@@ -427,5 +476,45 @@ pub fn sampling_config(s: &Sampling) -> SamplingConfig {
         top_k: s.top_k as usize,
         top_p: s.top_p,
         seed: s.seed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(prompt: Vec<u32>, max_tokens: usize) -> GenerateParams {
+        GenerateParams {
+            prompt,
+            max_tokens,
+            sampling: SamplingConfig::default(),
+            stop: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn requests_outside_the_model_are_refused_before_the_pipeline() {
+        let refused = |p: GenerateParams| match validate(&p, 100, 16) {
+            Err(GenerateError::BadRequest(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(refused(params(vec![999_999_999], 2)).contains("outside the vocabulary"));
+        assert!(refused(params(vec![], 2)).contains("empty"));
+        assert!(refused(params(vec![1], 0)).contains("max_tokens"));
+        assert!(refused(params(vec![1; 16], 1)).contains("context holds 16"));
+        let mut hot = params(vec![1], 1);
+        hot.sampling.temperature = f32::NAN;
+        assert!(refused(hot).contains("temperature"));
+        let mut p = params(vec![1], 1);
+        p.sampling.top_p = 0.0;
+        assert!(refused(p).contains("top_p"));
+    }
+
+    #[test]
+    fn max_tokens_past_the_context_is_clamped() {
+        let ok = validate(&params(vec![1, 2, 3], 1_000_000), 100, 16).unwrap();
+        assert_eq!(ok.max_tokens, 13);
+        let ok = validate(&params(vec![99], 4), 100, 16).unwrap();
+        assert_eq!(ok.max_tokens, 4);
     }
 }

@@ -5,25 +5,34 @@
 //! array of token ids), runs the generation through the pipeline and answers in OpenAI's
 //! shapes. Sampling: `temperature` (0 = greedy; default 1), `top_p` (default 1), `top_k`
 //! (extension, default off), `seed` (default 0, so a request is reproducible), `max_tokens`
-//! (default 16; `max_completion_tokens` is accepted too). Generation stops at the model's
-//! end-of-sequence tokens; `stop` strings are not supported and are refused with 400.
-//! Every non-streamed answer carries a `shoal` object (token ids, tokens/s, timings, epoch,
-//! retries); each streamed chunk's choice carries its `token_ids`.
+//! (default 16; `max_completion_tokens` is accepted too; more than the context has left is
+//! clamped to it). Generation stops at the model's end-of-sequence tokens and at `stop`
+//! sequences (a string or up to four, matched on the decoded text, also when streaming; the
+//! stop sequence itself is not returned, see `stop.rs`). `usage` is in every plain answer and,
+//! with `stream_options.include_usage`, in a last streamed chunk with no choices. `n` must be 1;
+//! `logprobs`/`top_logprobs` and non-zero `presence_penalty`/`frequency_penalty` are refused
+//! with a 400 that says so; `user` and unknown fields are ignored, as OpenAI's server does.
+//! Every error, the framework's own (bad JSON, wrong types, a body over [`BODY_LIMIT`]) included,
+//! is a 4xx in OpenAI's error shape. Every non-streamed answer carries a `shoal` object (token
+//! ids, tokens/s, timings, epoch, retries); each streamed chunk's choice carries its
+//! `token_ids`.
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use shoal_model::SamplingConfig;
 use tokio::sync::mpsc;
 
+use super::stop::{MAX_STOP_BYTES, MAX_STOPS, StopStep, StopText};
 use crate::pipeline::chat::Message;
 use crate::pipeline::{GenerateError, GenerateParams, Generated, PipelineHandle};
 
@@ -31,6 +40,8 @@ use crate::pipeline::{GenerateError, GenerateParams, Generated, PipelineHandle};
 const DEFAULT_MAX_TOKENS: usize = 16;
 /// Server-sent events buffered per streamed request.
 const EVENT_BUFFER: usize = 64;
+/// Largest request body, bytes (a prompt of token ids at the largest contexts fits).
+pub const BODY_LIMIT: usize = 4 << 20;
 
 /// The routes of this module, with the pipeline as state.
 pub fn router(pipeline: PipelineHandle) -> Router {
@@ -39,6 +50,7 @@ pub fn router(pipeline: PipelineHandle) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(pipeline)
 }
 
@@ -63,7 +75,49 @@ struct Common {
     seed: Option<u64>,
     #[serde(default)]
     stream: bool,
-    stop: Option<Value>,
+    stream_options: Option<StreamOptions>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
+}
+
+/// `stream_options` of a streamed request.
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A JSON body whose rejections (syntax, types, size, content type) answer in OpenAI's shape.
+struct ApiJson<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(r) => {
+                // OpenAI answers wrong types with 400 too; a too-large body keeps its 413.
+                let status = match r.status() {
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                    s => s,
+                };
+                Err(ApiError(status, r.body_text()))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,12 +168,44 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 impl Common {
-    fn params(&self, p: &PipelineHandle, prompt: Vec<u32>) -> Result<GenerateParams, ApiError> {
-        if self.stop.as_ref().is_some_and(|s| !s.is_null()) {
+    /// The stop sequences, checked against OpenAI's limits.
+    fn stops(&self) -> Result<Vec<String>, ApiError> {
+        let stops = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stops.len() > MAX_STOPS || stops.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(bad(format!(
+                "`stop` takes at most {MAX_STOPS} sequences of at most {MAX_STOP_BYTES} bytes"
+            )));
+        }
+        Ok(stops)
+    }
+
+    /// Refuses the fields shoal does not implement, saying so.
+    fn unsupported(&self) -> Result<(), ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(bad("only n = 1 is supported: one choice per request"));
+        }
+        let set = |v: &Option<Value>| {
+            v.as_ref()
+                .is_some_and(|v| !(v.is_null() || *v == json!(false) || *v == json!(0)))
+        };
+        if set(&self.logprobs) || set(&self.top_logprobs) {
+            return Err(bad("logprobs and top_logprobs are not supported"));
+        }
+        let nonzero = |v: Option<f32>| v.is_some_and(|v| v != 0.0);
+        if nonzero(self.presence_penalty) || nonzero(self.frequency_penalty) {
             return Err(bad(
-                "`stop` sequences are not supported; generation stops at the model's end-of-sequence tokens",
+                "presence_penalty and frequency_penalty are not supported (only 0)",
             ));
         }
+        Ok(())
+    }
+
+    fn params(&self, p: &PipelineHandle, prompt: Vec<u32>) -> Result<GenerateParams, ApiError> {
+        self.unsupported()?;
         if let (Some(want), Some(have)) = (&self.model, p.model_name())
             && *want != have
         {
@@ -139,7 +225,7 @@ impl Common {
         if max_tokens == 0 || prompt.is_empty() {
             return Err(bad("max_tokens and the prompt must not be empty"));
         }
-        Ok(GenerateParams {
+        let params = GenerateParams {
             prompt,
             max_tokens,
             sampling: SamplingConfig {
@@ -149,13 +235,18 @@ impl Common {
                 seed: self.seed.unwrap_or(0),
             },
             stop: p.eos_ids(),
-        })
+        };
+        // The origin's own checks (vocabulary, context), before anything is streamed.
+        match p.limits() {
+            Some((vocab, context)) => Ok(crate::pipeline::validate(&params, vocab, context)?),
+            None => Ok(params),
+        }
     }
 }
 
 async fn completions(
     State(p): State<PipelineHandle>,
-    Json(req): Json<CompletionRequest>,
+    ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let prompt = match req.prompt {
         Prompt::Ids(ids) => ids,
@@ -163,30 +254,99 @@ async fn completions(
         Prompt::Texts(mut v) if v.len() == 1 => p.encode(&v.remove(0))?,
         Prompt::Texts(_) => return Err(bad("exactly one prompt per request")),
     };
-    let params = req.common.params(&p, prompt)?;
-    let kind = Kind::Text;
-    if req.common.stream {
-        return Ok(stream(p, params, kind).into_response());
-    }
-    let g = p.generate(&params, None).await?;
-    Ok(Json(kind.full(&p, &params, &g)).into_response())
+    answer(p, &req.common, prompt, Kind::Text).await
 }
 
 async fn chat_completions(
     State(p): State<PipelineHandle>,
-    Json(req): Json<ChatRequest>,
+    ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     if req.messages.is_empty() {
         return Err(bad("messages must not be empty"));
     }
     let prompt = p.chat_prompt(&req.messages)?;
-    let params = req.common.params(&p, prompt)?;
-    let kind = Kind::Chat;
-    if req.common.stream {
-        return Ok(stream(p, params, kind).into_response());
+    answer(p, &req.common, prompt, Kind::Chat).await
+}
+
+/// Runs the request and answers it, streamed or whole.
+async fn answer(
+    p: PipelineHandle,
+    common: &Common,
+    prompt: Vec<u32>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let params = common.params(&p, prompt)?;
+    let stops = StopText::new(common.stops()?);
+    if common.stream {
+        let usage = common
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        return Ok(stream(p, params, kind, stops, usage).into_response());
     }
-    let g = p.generate(&params, None).await?;
-    Ok(Json(kind.full(&p, &params, &g)).into_response())
+    let (g, done) = generate_until_stop(&p, &params, stops).await?;
+    Ok(Json(kind.full(&p, &params, &g, &done)).into_response())
+}
+
+/// What a plain answer returns: the text (up to a stop sequence), its tokens and why it ended.
+struct Done {
+    text: String,
+    tokens: Vec<u32>,
+    finish: &'static str,
+}
+
+/// Runs a generation to its end or to the first stop sequence in its text.
+async fn generate_until_stop(
+    p: &PipelineHandle,
+    params: &GenerateParams,
+    mut stops: StopText,
+) -> Result<(Generated, Done), ApiError> {
+    if stops.is_empty() {
+        let g = p.generate(params, None).await?;
+        let done = Done {
+            text: p.decode(&g.tokens).unwrap_or_default(),
+            tokens: g.tokens.clone(),
+            finish: finish_label(g.finish),
+        };
+        return Ok((g, done));
+    }
+    let (tx, mut rx) = mpsc::channel::<u32>(EVENT_BUFFER);
+    let (gen_p, gen_params) = (p.clone(), params.clone());
+    let generation = tokio::spawn(async move { gen_p.generate(&gen_params, Some(&tx)).await });
+    let (mut tokens, mut text, mut stopped) = (Vec::new(), String::new(), false);
+    while let Some(tok) = rx.recv().await {
+        tokens.push(tok);
+        let full = p.decode(&tokens).unwrap_or_default();
+        match stops.feed(&full) {
+            StopStep::Emit(t) => text.push_str(&t),
+            StopStep::Stop(t) => {
+                text.push_str(&t);
+                stopped = true;
+                break;
+            }
+        }
+    }
+    // Dropping the receiver ends the generation at its next token.
+    drop(rx);
+    let g = generation
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    if !stopped {
+        text.push_str(&stops.finish(&p.decode(&tokens).unwrap_or_default()));
+    }
+    let finish = if stopped {
+        "stop"
+    } else {
+        finish_label(g.finish)
+    };
+    Ok((
+        g,
+        Done {
+            text,
+            tokens,
+            finish,
+        },
+    ))
 }
 
 async fn models(State(p): State<PipelineHandle>) -> Json<Value> {
@@ -244,15 +404,20 @@ impl Kind {
     }
 
     /// The complete (non-streamed) answer.
-    fn full(self, p: &PipelineHandle, params: &GenerateParams, g: &Generated) -> Value {
-        let text = p.decode(&g.tokens).unwrap_or_default();
-        let finish = finish_label(g.finish);
+    fn full(
+        self,
+        p: &PipelineHandle,
+        params: &GenerateParams,
+        g: &Generated,
+        done: &Done,
+    ) -> Value {
+        let (text, finish) = (&done.text, done.finish);
         let choice = match self {
             Kind::Text => {
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish, "token_ids": g.tokens})
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish, "token_ids": done.tokens})
             }
             Kind::Chat => {
-                json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "token_ids": g.tokens})
+                json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "token_ids": done.tokens})
             }
         };
         let secs = g.elapsed.as_secs_f64();
@@ -262,13 +427,9 @@ impl Kind {
             "created": now_s(),
             "model": p.model_name(),
             "choices": [choice],
-            "usage": {
-                "prompt_tokens": params.prompt.len(),
-                "completion_tokens": g.tokens.len(),
-                "total_tokens": params.prompt.len() + g.tokens.len(),
-            },
+            "usage": usage(params.prompt.len(), done.tokens.len()),
             "shoal": {
-                "token_ids": g.tokens,
+                "token_ids": done.tokens,
                 "tokens_per_s": if secs > 0.0 { g.tokens.len() as f64 / secs } else { 0.0 },
                 "elapsed_s": secs,
                 "prefill_s": g.prefill.as_secs_f64(),
@@ -307,12 +468,20 @@ impl Kind {
     }
 }
 
-/// The streamed answer: one event per token (text decoded incrementally), a final event
-/// with the finish reason (or an error object), then `[DONE]`.
+/// OpenAI's `usage` object.
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// The streamed answer: one event per token (text decoded incrementally, held back while it
+/// may still become a stop sequence), a final event with the finish reason (or an error
+/// object), the usage chunk when asked for, then `[DONE]`.
 fn stream(
     p: PipelineHandle,
     params: GenerateParams,
     kind: Kind,
+    mut stops: StopText,
+    include_usage: bool,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let (ev_tx, ev_rx) = mpsc::channel::<Event>(EVENT_BUFFER);
     tokio::spawn(async move {
@@ -323,35 +492,58 @@ fn stream(
             tokio::spawn(async move { gen_p.generate(&gen_params, Some(&tok_tx)).await });
         let id = request_id(kind);
         let model = p.model_name();
-        let (mut ids, mut sent) = (Vec::new(), String::new());
-        let mut first = true;
+        let send = |v: Value| {
+            let tx = ev_tx.clone();
+            async move { tx.send(Event::default().data(v.to_string())).await.is_ok() }
+        };
+        let (mut ids, mut first, mut stopped) = (Vec::new(), true, false);
         while let Some(tok) = tok_rx.recv().await {
             ids.push(tok);
             let text = p.decode(&ids).unwrap_or_default();
-            // Hold back an incomplete UTF-8 sequence until its last byte arrives.
-            let delta = match text.strip_prefix(sent.as_str()) {
-                Some(d) if !d.ends_with('\u{fffd}') => d.to_string(),
-                _ => String::new(),
+            let delta = match stops.feed(&text) {
+                StopStep::Emit(d) => d,
+                StopStep::Stop(d) => {
+                    stopped = true;
+                    d
+                }
             };
-            if !delta.is_empty() {
-                sent.push_str(&delta);
-            }
-            let ev = kind.chunk(&id, &model, &delta, &[tok], None, first);
-            first = false;
-            if ev_tx
-                .send(Event::default().data(ev.to_string()))
-                .await
-                .is_err()
-            {
+            if !send(kind.chunk(&id, &model, &delta, &[tok], None, first)).await {
                 return; // the client went away; dropping tok_rx stops the generation
             }
+            first = false;
+            if stopped {
+                break;
+            }
         }
+        drop(tok_rx);
         let last = match generation.await {
-            Ok(Ok(g)) => kind.chunk(&id, &model, "", &[], Some(finish_label(g.finish)), false),
+            Ok(Ok(g)) => {
+                let rest = if stopped {
+                    String::new()
+                } else {
+                    stops.finish(&p.decode(&ids).unwrap_or_default())
+                };
+                if !rest.is_empty() {
+                    send(kind.chunk(&id, &model, &rest, &[], None, first)).await;
+                }
+                let finish = if stopped {
+                    "stop"
+                } else {
+                    finish_label(g.finish)
+                };
+                kind.chunk(&id, &model, "", &[], Some(finish), false)
+            }
             Ok(Err(e)) => json!({"error": {"message": e.to_string(), "type": "server_error"}}),
             Err(e) => json!({"error": {"message": e.to_string(), "type": "server_error"}}),
         };
-        let _ = ev_tx.send(Event::default().data(last.to_string())).await;
+        send(last).await;
+        if include_usage {
+            let chunk = json!({
+                "id": id, "object": kind.object(true), "created": now_s(), "model": model,
+                "choices": [], "usage": usage(params.prompt.len(), ids.len()),
+            });
+            send(chunk).await;
+        }
         let _ = ev_tx.send(Event::default().data("[DONE]")).await;
     });
     let events = futures::stream::unfold(ev_rx, |mut rx| async move {

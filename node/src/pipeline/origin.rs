@@ -417,12 +417,13 @@ impl Origin {
                 let why = format!("{:?}: {}", e.code, e.message);
                 return Err(match e.code {
                     ErrorCode::StageFailed | ErrorCode::Timeout => AttemptError::StageFailed(why),
-                    ErrorCode::BadRequest | ErrorCode::WrongModel => {
-                        AttemptError::Fatal(GenerateError::Failed {
-                            attempts: 0,
-                            last: why,
-                        })
-                    }
+                    ErrorCode::BadRequest => AttemptError::Fatal(GenerateError::BadRequest(
+                        format!("the model cannot run this request: {}", e.message),
+                    )),
+                    ErrorCode::WrongModel => AttemptError::Fatal(GenerateError::Failed {
+                        attempts: 0,
+                        last: why,
+                    }),
                     _ => AttemptError::Transient(why),
                 });
             }

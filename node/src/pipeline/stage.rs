@@ -307,7 +307,7 @@ impl StageCtx {
                     asg.index,
                     self.me.short()
                 );
-                return error_frame(session, ErrorCode::Internal, msg);
+                return error_frame(session, failure_code(asg.index, &e), msg);
             }
         };
         self.metrics
@@ -501,6 +501,19 @@ pub fn sign_frame<T: shoal_protocol::Message>(
     wrap(signed).encode().map_err(|e| e.to_string())
 }
 
+/// The wire code of a failed model run at stage `index`: input the model cannot take at the
+/// first stage came from the request itself (token ids, length), so it is the request's error
+/// and ends the generation at once; anything else is this stage's fault (docs/pipeline.md,
+/// "Failure classes").
+fn failure_code(index: usize, e: &super::runtime::RuntimeError) -> ErrorCode {
+    match e {
+        super::runtime::RuntimeError::Model(shoal_model::Error::BadInput(_)) if index == 0 => {
+            ErrorCode::BadRequest
+        }
+        _ => ErrorCode::Internal,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use shoal_keys::Identity;
@@ -623,5 +636,14 @@ mod tests {
             );
         }
         assert!(Refusal::WrongSender.is_misbehaviour());
+    }
+
+    #[test]
+    fn only_the_first_stages_bad_input_is_the_requests_error() {
+        use super::super::runtime::RuntimeError;
+        let bad = || RuntimeError::Model(shoal_model::Error::BadInput("token 9 >= vocab 4".into()));
+        assert_eq!(failure_code(0, &bad()), ErrorCode::BadRequest);
+        assert_eq!(failure_code(1, &bad()), ErrorCode::Internal);
+        assert_eq!(failure_code(0, &RuntimeError::Stopped), ErrorCode::Internal);
     }
 }
