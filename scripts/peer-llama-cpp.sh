@@ -14,14 +14,15 @@
 #    "decode_tok_s_stddev":..}
 # prefill is llama-bench's pp<P> test (a P-token prompt in one batch), decode its tg<G> test
 # (G tokens one at a time after an empty context); each is the mean over R repetitions
-# (PEER_REPS, default 5, llama-bench's own default) after llama-bench's warm-up run.
+# (PEER_REPS, default 5, llama-bench's own default) after llama-bench's warm-up run. The run
+# holds the build lock, so it waits for (and keeps out) other heavy builds.
 # Everything else (download, build, llama-bench's log) goes to stderr or to
 # .cache/peer/peer-llama-cpp.log; on failure the script exits non-zero with a one-line reason.
 #
 # Build: CPU only, Release, -DGGML_NATIVE=ON, static, no HTTPS/CURL, no server, tests or
-# examples; only the llama-bench target, with -j2 under flock on $SHOAL_BUILD_LOCK
-# (default /tmp/shoal-cargo.lock) so it never competes with another heavy build. About 5 min on
-# 2 cores the first time; cached in .cache/peer/build/<version>/ and skipped while the binary and
+# examples, no AMX (it crashes here, see cmake_flags); only the llama-bench target, with -j2
+# under flock on $SHOAL_BUILD_LOCK (default /tmp/shoal-cargo.lock) so it never competes with
+# another heavy build. 679 s on 2 cores the first time here (other unlocked work was running); cached in .cache/peer/build/<version>/ and skipped while the binary and
 # its stamp (the configure flags) are there. cmake is installed via apt if missing
 # (scripts/setup.sh already does that).
 set -euo pipefail
@@ -106,6 +107,10 @@ cmake_flags=(
     -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_RPC=OFF
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON
+    # No AMX: on this Xeon (amx_int8/amx_tile in /proc/cpuinfo) -march=native turns on ggml's AMX
+    # buffer type, and llama-bench segfaults in ggml_backend_amx_mul_mat on Gemma-3-270M Q4_K_M.
+    # GGML_AMX_* options are ignored with GGML_NATIVE, so the compiler's macro is undefined.
+    "-DCMAKE_C_FLAGS=-U__AMX_INT8__" "-DCMAKE_CXX_FLAGS=-U__AMX_INT8__"
 )
 stamp="$build/.shoal-stamp"
 if [[ ! -x "$bench" || ! -f "$stamp" || "$(cat "$stamp")" != "${cmake_flags[*]}" ]]; then
@@ -131,8 +136,9 @@ out="$(mktemp "$cache/bench.XXXXXX.json")"
 trap 'rm -f "$out"' EXIT
 say "running llama-bench -m $gguf -t $threads -p $prompt_tokens -n $gen_tokens -r $reps (log: $log)"
 echo "== $(date -u +%FT%TZ) llama-bench -m $gguf -t $threads -p $prompt_tokens -n $gen_tokens -r $reps" >>"$log"
-"$bench" -m "$gguf" -t "$threads" -p "$prompt_tokens" -n "$gen_tokens" -r "$reps" -o json \
-    >"$out" 2>>"$log" || die "llama-bench failed on $gguf (see $log)"
+# The run holds the build lock too, so no heavy build shares the cores with the measurement.
+flock "$lock" "$bench" -m "$gguf" -t "$threads" -p "$prompt_tokens" -n "$gen_tokens" -r "$reps" \
+    -o json >"$out" 2>>"$log" || die "llama-bench failed on $gguf (see $log)"
 cat "$out" >>"$log"
 
 "$py" - "$out" "$version" "$threads" "$prompt_tokens" "$gen_tokens" "$reps" <<'EOF' \
@@ -156,5 +162,5 @@ print(json.dumps({
     "prompt_tokens": p, "gen_tokens": g, "repetitions": reps,
     "prefill_tok_s_stddev": round(pp["stddev_ts"], 2),
     "decode_tok_s_stddev": round(tg["stddev_ts"], 2),
-}))
+}, separators=(",", ":")))
 EOF
