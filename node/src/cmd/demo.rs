@@ -84,6 +84,12 @@ pub(crate) fn demo_model(
     if let Some(m) = given {
         return Ok(m.clone());
     }
+    eprintln!(
+        "shoal demo: no --model, so the synthesised built-in model (random weights: the text is noise); \
+         for real text: scripts/fetch-gemma.sh && shoal model import --gguf \
+         .cache/gemma3-270m/gemma-3-270m-q4_k_m.gguf --tokenizer .cache/gemma3-270m/tokenizer.json \
+         --out .cache/gemma3-270m/shards, then shoal demo --model .cache/gemma3-270m/shards"
+    );
     let out = dir.join("model");
     let opts = shoal_model::synth::SynthOptions::default();
     shoal_model::synth::synth(&opts, &out, false).context("synthesising the built-in model")?;
