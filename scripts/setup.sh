@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test shoal, idempotently:
 #   - cmake and libclang-dev (the highs crate builds HiGHS from source),
-#   - iproute2, nftables and iputils (the network-namespace test bed),
+#   - iproute2, nftables and iputils (the network-namespace test bed), chromium (the live
+#     page test in headless Chromium),
 #   - the ONNX Runtime shared library from the onnxruntime PyPI wheel into .ort/
 #     (ort runs in load-dynamic mode; .cargo/config.toml points ORT_DYLIB_PATH at it).
 # Set SHOAL_SKIP_APT=1 to skip the apt step (no root), SHOAL_FETCH_GEMMA=1 to also fetch the
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.32.0
-apt_pkgs=(cmake libclang-dev clang iproute2 nftables iputils-ping python3-pip)
+apt_pkgs=(cmake libclang-dev clang iproute2 nftables iputils-ping python3-pip chromium)
 
 if [ "${SHOAL_SKIP_APT:-0}" != 1 ]; then
   missing=()

@@ -1,6 +1,7 @@
 //! The node's HTTP API (axum). [`router`] is the one place routes are registered: this file
-//! serves `GET /v1/status`; the pipeline adds its OpenAI-compatible routes and `/metrics` from
-//! submodules under `api/` by merging their routers here.
+//! serves `GET /` (the live page, `api/page.rs`) and `GET /v1/status`; the pipeline adds its
+//! OpenAI-compatible routes and `/metrics` from submodules under `api/` by merging their
+//! routers here.
 //!
 //! `GET /v1/status` returns one JSON object: `node`, `epoch`, `next_coordinator`, `members`
 //! (id, capability, age), `links` (the directed link matrix), `plan` (DESIGN.md's plan JSON plus
@@ -23,11 +24,13 @@ use crate::view::View;
 
 pub mod client;
 pub mod openai;
+pub mod page;
 pub mod stop;
 
 /// The full router of a node's API (the OpenAI routes and `/metrics` need the pipeline).
 pub fn router(node: &NodeHandle, pipeline: Option<PipelineHandle>) -> Router {
     let router = Router::new()
+        .route("/", get(page::page))
         .route("/v1/status", get(status))
         .with_state(node.clone());
     match pipeline {
