@@ -13,6 +13,13 @@
 //! reaches the incumbent's cost, so when the search runs to the end the incumbent is optimal
 //! (within [`crate::lagrange::PROVEN`]); a budget of child evaluations and the deadline stop it
 //! early, and then it is only the best placement found.
+//!
+//! Two prefixes that end at the same boundary on the same device with the same set of used
+//! devices have the same completions, so the dearer one is dropped (a memo of the cheapest
+//! cost per state, for swarms of at most 128 devices, at most [`MEMO`] states). When nearly
+//! every device is needed, many orders of the same devices reach the same state.
+
+use std::collections::HashMap;
 
 use std::time::Instant;
 
@@ -21,6 +28,9 @@ use crate::relax::Relaxation;
 
 /// Child evaluations between two looks at the clock.
 const CLOCK_EVERY: u64 = 1 << 14;
+
+/// States the memo keeps at most (about 50 bytes each).
+const MEMO: usize = 1 << 20;
 
 /// Relative margin below the incumbent a bound must reach for its node to be explored.
 const MARGIN: f64 = 1e-10;
@@ -49,6 +59,8 @@ pub(crate) fn latency(
         prefix: (0..d).map(|i| prefix_sums(&inst.compute[i])).collect(),
         reach: reach(inst),
         used: vec![false; d],
+        set: 0,
+        memo: HashMap::new(),
         free: (0..d).map(|i| relax.penalty(i)).sum(),
         stack: Vec::with_capacity(l),
         best: incumbent,
@@ -91,6 +103,10 @@ struct Search<'a> {
     prefix: Vec<Vec<f64>>,
     reach: Vec<Vec<usize>>,
     used: Vec<bool>,
+    /// `used` as bits (meaningful for at most 128 devices).
+    set: u128,
+    /// Cheapest known cost per state (boundary, last device, used set).
+    memo: HashMap<(u32, u32, u128), f64>,
     /// Sum of the multipliers of the unused devices.
     free: f64,
     stack: Vec<IdxStage>,
@@ -123,13 +139,18 @@ impl Search<'_> {
                 // Sorted by bound: no later child can do better either.
                 return;
             }
+            if self.dominated(e, j, c) {
+                continue;
+            }
             let pj = self.relax.penalty(j);
             self.used[j] = true;
+            self.set ^= bit(j);
             self.free -= pj;
             self.stack.push((j, b, e));
             self.extend(e, Some(j), c);
             self.stack.pop();
             self.free += pj;
+            self.set ^= bit(j);
             self.used[j] = false;
         }
     }
@@ -187,6 +208,28 @@ impl Search<'_> {
         crate::lagrange::offer(self.inst, &mut self.best, stages);
     }
 
+    /// Whether another prefix reached "ends at `e` on `j`, with the used devices and `j`"
+    /// for at most `c`; otherwise `c` is remembered for that state.
+    fn dominated(&mut self, e: usize, j: usize, c: f64) -> bool {
+        if self.used.len() > 128 {
+            return false;
+        }
+        let key = (e as u32, j as u32, self.set | bit(j));
+        match self.memo.get_mut(&key) {
+            Some(old) if c >= *old => true,
+            Some(old) => {
+                *old = c;
+                false
+            }
+            None => {
+                if self.memo.len() < MEMO {
+                    self.memo.insert(key, c);
+                }
+                false
+            }
+        }
+    }
+
     /// Counts `n` child evaluations against the budget and the clock.
     fn spend(&mut self, n: u64) {
         let before = self.budget;
@@ -196,4 +239,9 @@ impl Search<'_> {
             self.stopped = true;
         }
     }
+}
+
+/// The bit of device `j` in a used set (0 past 128 devices, where the memo is off).
+fn bit(j: usize) -> u128 {
+    if j < 128 { 1u128 << j } else { 0 }
 }
