@@ -41,8 +41,13 @@ fn one_and_two_device(inst: &Instance, pairs: bool) -> Vec<Vec<IdxStage>> {
     // Approximate (prefix sums); every candidate is re-scored exactly by `incumbent`.
     let fits = |i: usize, a: usize, b: usize| mem[b] - mem[a] <= inst.cap[i];
     let prefix: Vec<Vec<f64>> = (0..d).map(|i| prefix_sums(&inst.compute[i])).collect();
+    let total = mem[l];
     for i in (0..d).filter(|&i| inst.hop_in(i).is_some()) {
         for j in (0..d).filter(|&j| j != i && inst.hop_back(j).is_some()) {
+            if inst.cap[i] + inst.cap[j] < total * (1.0 - 1e-9) {
+                // Together they cannot hold the model.
+                continue;
+            }
             let best = (1..l)
                 .filter(|&k| inst.hop_after(k - 1, i, j).is_some())
                 .map(|k| {

@@ -7,7 +7,9 @@
 //! (loss, jitter, recovery round trips), the origin's hops, memory limits, and either the
 //! latency of one stream or the bottleneck of pipelined streams ([`Objective`]).
 //!
-//! [`Strategy::Milp`] is exact: latency is one stage-segment MILP on HiGHS (`segments.rs`);
+//! [`Strategy::Milp`] is exact: latency is proven by a Lagrangian bound (`lagrange.rs`) and a
+//! branch and bound over stage sequences (`elementary.rs`, `latency.rs`), with the
+//! stage-segment MILP on HiGHS (`segments.rs`) on the pruned columns when the search gives up;
 //! throughput is a bisection over the bottleneck (`bottleneck.rs`) whose feasibility checks
 //! are an exact search (`search.rs`) or the segment MILP; the per-layer MILP (`milp.rs`) is
 //! the cross-check. A relaxation (`relax.rs`) and heuristic incumbents
@@ -17,12 +19,16 @@
 //! [`Scenario::load`], no async. See `planner/README.md`.
 
 mod baseline;
+pub mod bench;
 mod bottleneck;
 mod bound;
 mod cost;
+mod elementary;
 mod error;
 mod exhaustive;
 mod feasibility;
+mod lagrange;
+mod latency;
 mod milp;
 mod plan;
 mod relax;
@@ -57,6 +63,14 @@ pub struct PlanOptions {
     /// (throughput). Both are exact; the per-layer model is much slower when memory is tight
     /// and for throughput, and is kept as a cross-check. Default false.
     pub per_layer_model: bool,
+    /// Latency on the segment model with warm start: child evaluations the branch and bound
+    /// over stage sequences (`elementary.rs`) may spend before the pruned segment MILP takes
+    /// over; 0 goes straight to the MILP. Default 20,000,000 (about a second).
+    pub search_nodes: u64,
+    /// Latency on the segment model with warm start: subgradient steps of the Lagrangian
+    /// ascent (`lagrange.rs`) that tightens the bounds; 0 keeps the plain relaxation (with
+    /// `search_nodes: 0` too, the solve is the earlier pruned segment MILP). Default 150.
+    pub lagrange_steps: usize,
 }
 
 impl Default for PlanOptions {
@@ -65,6 +79,8 @@ impl Default for PlanOptions {
             time_limit_s: 30.0,
             warm_start: true,
             per_layer_model: false,
+            search_nodes: 20_000_000,
+            lagrange_steps: 150,
         }
     }
 }
@@ -84,6 +100,12 @@ pub fn plan_with(
     let started = Instant::now();
     let inst = Instance::new(s)?;
     let (stages, optimal, mip_gap) = match strategy {
+        Strategy::Milp
+            if objective == Objective::Latency && opts.warm_start && !opts.per_layer_model =>
+        {
+            let r = latency::solve(&inst, opts, baselines(&inst))?;
+            (r.stages, r.optimal, r.mip_gap)
+        }
         Strategy::Milp => {
             let (warm, prune) = if opts.warm_start {
                 let relax = relax::Relaxation::new(&inst, objective);
@@ -142,6 +164,22 @@ pub fn plan_with(
         optimal,
         solve_ms: started.elapsed().as_secs_f64() * 1e3,
         mip_gap,
+    })
+}
+
+/// A proven lower bound on the optimal cost of `objective` (seconds; infinite when not even
+/// the relaxation of `relax.rs` has a placement): for latency the Lagrangian bound of
+/// `lagrange.rs` that the exact solve proves optimality against, for throughput the
+/// bottleneck relaxation's optimum. No placement costs less.
+pub fn lower_bound(s: &Scenario, objective: Objective) -> Result<f64, PlanError> {
+    let inst = Instance::new(s)?;
+    Ok(match objective {
+        Objective::Latency => {
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            let steps = PlanOptions::default().lagrange_steps;
+            latency::lower_bound(&inst, baselines(&inst), steps, deadline)
+        }
+        Objective::Throughput => relax::Relaxation::new(&inst, objective).lower,
     })
 }
 

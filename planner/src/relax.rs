@@ -10,6 +10,12 @@
 //! every placement that uses it. Columns whose bound exceeds a known placement's cost can be
 //! dropped without losing the optimum; when the relaxation's own optimum uses distinct
 //! devices it is the optimum of the real problem.
+//!
+//! Latency also takes Lagrange multipliers `lambda[i] >= 0` on the dropped rule
+//! (`lagrange.rs`): every stage on `i` costs `lambda[i]` more and every bound subtracts
+//! `sum lambda`. For any such multipliers a placement that uses each device at most once pays
+//! at most `sum lambda` extra, so every bound stays valid; good multipliers make a fast device
+//! that the plain relaxation reuses too expensive to reuse, and the bounds much tighter.
 
 use crate::cost::{IdxStage, Instance, prefix_sums};
 use crate::plan::Objective;
@@ -24,6 +30,10 @@ pub(crate) struct Relaxation {
     mem_prefix: Vec<f64>,
     cap: Vec<f64>,
     overhead: Vec<f64>,
+    /// Lagrange multiplier of "device `i` at most once" (all 0 for throughput).
+    penalty: Vec<f64>,
+    /// `sum penalty`, subtracted from every bound.
+    shift: f64,
     /// `hops[b][i * d + j]`: hop (plus stage penalty for latency) at inner boundary `b`.
     hops: Vec<Vec<f64>>,
     hop_in: Vec<f64>,
@@ -52,9 +62,14 @@ impl Relaxation {
             0.0
         };
         let prefix = (0..d).map(|i| prefix_sums(&inst.compute[i])).collect();
-        let mut hops = vec![Vec::new(); l];
-        for (b, row) in hops.iter_mut().enumerate().skip(1) {
-            *row = (0..d * d)
+        let mut hops: Vec<Vec<f64>> = vec![Vec::new(); l];
+        for b in 1..l {
+            if b > 1 && inst.out_bytes[b - 1] == inst.out_bytes[b - 2] {
+                // Same bytes at every cut (real models): the same hop costs.
+                hops[b] = hops[b - 1].clone();
+                continue;
+            }
+            hops[b] = (0..d * d)
                 .map(|ij| {
                     let (i, j) = (ij / d, ij % d);
                     if i == j {
@@ -72,6 +87,8 @@ impl Relaxation {
             mem_prefix: prefix_sums(&inst.mem),
             cap: inst.cap.clone(),
             overhead: inst.overhead.clone(),
+            penalty: vec![0.0; d],
+            shift: 0.0,
             hops,
             hop_in: (0..d).map(|i| inst.hop_in(i).unwrap_or(INF)).collect(),
             hop_back: (0..d).map(|i| inst.hop_back(i).unwrap_or(INF)).collect(),
@@ -81,12 +98,61 @@ impl Relaxation {
             fin: vec![vec![INF; d]; l + 1],
             lower: INF,
         };
-        r.forward();
-        r.backward();
-        r.lower = (0..d)
-            .map(|i| r.comb(r.hop_in[i], r.start[0][i]))
-            .fold(INF, f64::min);
+        r.solve();
         r
+    }
+
+    /// Runs both passes again with multipliers `penalty` (latency only; one per device).
+    pub(crate) fn set_penalty(&mut self, penalty: &[f64]) {
+        if self.obj != Objective::Latency || penalty.len() != self.d {
+            return;
+        }
+        self.penalty.copy_from_slice(penalty);
+        self.shift = penalty.iter().sum();
+        for table in [
+            &mut self.enter,
+            &mut self.done,
+            &mut self.start,
+            &mut self.fin,
+        ] {
+            table.iter_mut().for_each(|row| row.fill(INF));
+        }
+        self.solve();
+    }
+
+    /// Forward and backward passes and the optimum.
+    fn solve(&mut self) {
+        self.forward();
+        self.backward();
+        self.lower = (0..self.d)
+            .map(|i| self.comb(self.hop_in[i], self.start[0][i]))
+            .fold(INF, f64::min)
+            - self.shift;
+    }
+
+    /// The hop `i -> j` at inner boundary `b` with the stage penalty (latency), infinite
+    /// without a link or for `i == j`.
+    pub(crate) fn hop_cost(&self, b: usize, i: usize, j: usize) -> f64 {
+        self.hops[b][i * self.d + j]
+    }
+
+    /// The multiplier of device `i`.
+    pub(crate) fn penalty(&self, i: usize) -> f64 {
+        self.penalty[i]
+    }
+
+    /// Cheapest relaxed completion after a stage on `i` ends at boundary `b` (the token's way
+    /// back included), with the multipliers of the stages still to come and without the
+    /// `sum lambda` shift: a placement whose unused devices have multipliers summing to `free`
+    /// finishes for at least `fin(b, i) - free`.
+    pub(crate) fn fin(&self, b: usize, i: usize) -> f64 {
+        self.fin[b][i]
+    }
+
+    /// Like [`Relaxation::fin`], from entering `j` at boundary `a` (its stage counted, with
+    /// its multiplier).
+    pub(crate) fn start(&self, a: usize, j: usize) -> f64 {
+        self.start[a][j]
     }
 
     fn comb(&self, x: f64, y: f64) -> f64 {
@@ -101,7 +167,7 @@ impl Relaxation {
     fn stage(&self, i: usize, a: usize, b: usize) -> Option<f64> {
         let mem = self.mem_prefix[b] - self.mem_prefix[a];
         (mem <= self.cap[i] * (1.0 + 1e-12))
-            .then(|| self.prefix[i][b] - self.prefix[i][a] + self.overhead[i])
+            .then(|| self.prefix[i][b] - self.prefix[i][a] + self.overhead[i] + self.penalty[i])
     }
 
     fn forward(&mut self) {
@@ -161,7 +227,7 @@ impl Relaxation {
     /// Bound on placements that run `[a, b)` on `i`.
     pub(crate) fn segment(&self, i: usize, a: usize, b: usize) -> f64 {
         match self.stage(i, a, b) {
-            Some(c) => self.comb(self.comb(self.enter[a][i], c), self.fin[b][i]),
+            Some(c) => self.comb(self.comb(self.enter[a][i], c), self.fin[b][i]) - self.shift,
             None => INF,
         }
     }
@@ -169,17 +235,17 @@ impl Relaxation {
     /// Bound on placements that hop from `i` to `j` at inner boundary `b`.
     pub(crate) fn hop(&self, b: usize, i: usize, j: usize) -> f64 {
         let h = self.hops[b][i * self.d + j];
-        self.comb(self.comb(self.done[b][i], h), self.start[b][j])
+        self.comb(self.comb(self.done[b][i], h), self.start[b][j]) - self.shift
     }
 
     /// Bound on placements whose first stage is on `i`.
     pub(crate) fn first(&self, i: usize) -> f64 {
-        self.comb(self.hop_in[i], self.start[0][i])
+        self.comb(self.hop_in[i], self.start[0][i]) - self.shift
     }
 
     /// Bound on placements whose last stage is on `i`.
     pub(crate) fn last(&self, i: usize) -> f64 {
-        self.comb(self.done[self.l][i], self.hop_back[i])
+        self.comb(self.done[self.l][i], self.hop_back[i]) - self.shift
     }
 
     /// `bounds[k][i]`: bound on placements that run layer `k` on `i`.
@@ -211,9 +277,23 @@ impl Relaxation {
 
     /// The relaxation's optimal placement, if it uses each device at most once.
     pub(crate) fn path(&self, inst: &Instance) -> Option<Vec<IdxStage>> {
+        let out = self.raw_path()?;
+        let mut seen = vec![false; self.d];
+        let distinct = out
+            .iter()
+            .all(|&(i, _, _)| !std::mem::replace(&mut seen[i], true));
+        (distinct && inst.score(&out, self.obj).is_ok()).then_some(out)
+    }
+
+    /// The relaxation's optimal stage sequence, devices possibly repeated (`None` when no
+    /// relaxed placement exists or rounding hides the way back).
+    pub(crate) fn raw_path(&self) -> Option<Vec<IdxStage>> {
         let (d, l) = (self.d, self.l);
         let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1e-12);
-        let mut i = (0..d).find(|&i| self.last(i) < INF && close(self.last(i), self.lower))?;
+        let raw_last = |i: usize| self.comb(self.done[l][i], self.hop_back[i]);
+        let mut i = (0..d)
+            .filter(|&i| raw_last(i) < INF)
+            .min_by(|&x, &y| raw_last(x).total_cmp(&raw_last(y)))?;
         let mut b = l;
         let mut out = Vec::new();
         loop {
@@ -237,10 +317,6 @@ impl Relaxation {
             b = a;
         }
         out.reverse();
-        let mut seen = vec![false; d];
-        let distinct = out
-            .iter()
-            .all(|&(i, _, _)| !std::mem::replace(&mut seen[i], true));
-        (distinct && inst.score(&out, self.obj).is_ok()).then_some(out)
+        Some(out)
     }
 }

@@ -1,12 +1,15 @@
 //! Seeded property test: the MILP's cost equals the brute-force oracle's (relative 1e-9) on
 //! random small scenarios for each objective, including infeasible ones, lossy and missing
-//! links, and memory-tight devices. Both must agree on infeasibility too.
+//! links, and memory-tight devices. Both must agree on infeasibility too. The latency solve's
+//! every path is checked (Lagrangian proof, branch and bound, pruned segment MILP after no or
+//! a cut-short search, the full MILP), the lower bound never exceeds the optimum, and on
+//! larger heterogeneous swarms (`synthetic::heterogeneous`) the fast path equals the full MILP.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_planner::{
-    Device, Layer, Link, Model, Net, Objective, Plan, PlanError, PlanOptions, Scenario, Strategy,
-    evaluate, plan, plan_with,
+    Device, EXHAUSTIVE_LIMIT, Layer, Link, Model, Net, Objective, Plan, PlanError, PlanOptions,
+    Scenario, Strategy, candidates, evaluate, lower_bound, plan, plan_with, synthetic,
 };
 
 /// Cases per objective; `SHOAL_ORACLE_CASES` raises it for a longer run.
@@ -197,23 +200,37 @@ fn check(objective: Objective, seed_base: u64) -> Counts {
     counts
 }
 
-/// The MILP without warm start and pruning, and the per-layer model with and without.
-fn variants(_objective: Objective) -> Vec<PlanOptions> {
+/// The MILP without warm start and pruning, and the per-layer model with and without; for
+/// latency also the pruned segment MILP straight after the Lagrangian ascent and after a
+/// search cut short at 40 child evaluations.
+fn variants(objective: Objective) -> Vec<PlanOptions> {
     let cold = PlanOptions {
         warm_start: false,
         ..PlanOptions::default()
     };
-    vec![
-        cold.clone(),
-        PlanOptions {
-            per_layer_model: true,
-            ..cold
-        },
-        PlanOptions {
-            per_layer_model: true,
-            ..PlanOptions::default()
-        },
-    ]
+    let pruned = [0, 40].map(|search_nodes| PlanOptions {
+        search_nodes,
+        ..PlanOptions::default()
+    });
+    let pruned = if objective == Objective::Latency {
+        pruned.to_vec()
+    } else {
+        Vec::new()
+    };
+    pruned
+        .into_iter()
+        .chain([
+            cold.clone(),
+            PlanOptions {
+                per_layer_model: true,
+                ..cold
+            },
+            PlanOptions {
+                per_layer_model: true,
+                ..PlanOptions::default()
+            },
+        ])
+        .collect()
 }
 
 fn agree(
@@ -257,4 +274,78 @@ fn milp_matches_oracle_for_latency() {
 fn milp_matches_oracle_for_throughput() {
     let c = check(Objective::Throughput, 20_000);
     assert_coverage(Objective::Throughput, &c);
+}
+
+/// The lower bound (Lagrangian for latency) is never above the oracle's optimum, and for
+/// latency it proves the optimum outright (bound within 1e-9 of it) in some of the cases.
+#[test]
+fn lower_bound_never_cuts_off_the_optimum() {
+    for (objective, seed_base) in [
+        (Objective::Latency, 30_000),
+        (Objective::Throughput, 40_000),
+    ] {
+        let (mut feasible, mut tight) = (0, 0);
+        for case in 0..cases() {
+            let seed = seed_base + case;
+            let s = random_scenario(&mut ChaCha8Rng::seed_from_u64(seed));
+            let bound = lower_bound(&s, objective).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            match plan(&s, objective, Strategy::Exhaustive) {
+                Ok(e) => {
+                    assert!(
+                        bound <= e.cost_s * (1.0 + 1e-9) + 1e-12,
+                        "seed {seed} {objective}: bound {bound} above the optimum {}",
+                        e.cost_s
+                    );
+                    feasible += 1;
+                    if bound >= e.cost_s * (1.0 - 1e-9) {
+                        tight += 1;
+                    }
+                }
+                Err(PlanError::Infeasible { .. }) => {}
+                Err(e) => panic!("seed {seed}: oracle failed: {e}"),
+            }
+        }
+        println!("{objective}: bound tight in {tight} of {feasible} feasible cases");
+        assert!(feasible >= 100, "{objective}: too few feasible cases");
+        assert!(tight >= 10, "{objective}: the bound is never tight");
+    }
+}
+
+/// On heterogeneous memory-tight swarms too big for a quick oracle, the default latency solve
+/// (Lagrangian bound, search, pruned MILP) equals the full unpruned segment MILP; where the
+/// size allows, the oracle too.
+#[test]
+fn fast_latency_matches_full_milp_on_heterogeneous_swarms() {
+    let cold = PlanOptions {
+        warm_start: false,
+        ..PlanOptions::default()
+    };
+    let mut compared = 0;
+    for (d, l) in [(5, 8), (6, 10), (8, 12), (10, 16)] {
+        for seed in 1..=6 {
+            let s = synthetic::heterogeneous(d, l, seed);
+            let fast = plan(&s, Objective::Latency, Strategy::Milp);
+            let full = plan_with(&s, Objective::Latency, Strategy::Milp, &cold);
+            let ctx = format!("{d}x{l} seed {seed}");
+            agree(seed, Objective::Latency, &fast, &full, &cold);
+            if candidates(d, l) <= EXHAUSTIVE_LIMIT {
+                let oracle = plan(&s, Objective::Latency, Strategy::Exhaustive);
+                agree(
+                    seed,
+                    Objective::Latency,
+                    &fast,
+                    &oracle,
+                    &PlanOptions::default(),
+                );
+            }
+            if let Ok(p) = &fast {
+                assert!(p.optimal, "{ctx}: not proven optimal");
+                compared += 1;
+            }
+        }
+    }
+    assert!(
+        compared >= 12,
+        "too few feasible heterogeneous cases: {compared}"
+    );
 }
