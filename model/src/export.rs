@@ -78,8 +78,12 @@ pub fn export(
 
     bar.set_message("embedding");
     let dtype = dtype_of(opts.quant);
+    // The embedding and the head (one matrix when tied) stay at 8 bits under q4, as llama.cpp's
+    // Q4_K_M keeps them at 6: at 4 bits Gemma-3-270M's greedy continuation flipped.
+    let table_quant = opts.quant.map(|q| QuantSpec { bits: 8, ..q });
+    let table_dtype = dtype_of(table_quant);
     let mut g = GraphBuilder::new("embedding");
-    g.set_quant(opts.quant);
+    g.set_quant(table_quant);
     let ids = g.input(
         names::INPUT_IDS,
         DType::I64,
@@ -89,7 +93,7 @@ pub fn export(
     g.output(&h, names::HIDDEN_OUT, DType::F32, &hidden_dims(d.hidden));
     let written = onnx::write_graph(g, out, "embed.onnx", "embed.weights", &mut index)?;
     let row = d.hidden as u64 * ELEM;
-    let table_row = match opts.quant {
+    let table_row = match table_quant {
         Some(spec) => spec.row_bytes(d.hidden) as u64,
         None => row,
     };
@@ -103,7 +107,7 @@ pub fn export(
     layers.push(LayerEntry {
         kind: LayerKind::Embedding,
         files: written.files,
-        dtype,
+        dtype: table_dtype,
         figures,
     });
     bar.inc(1);
@@ -139,7 +143,7 @@ pub fn export(
 
     bar.set_message("head");
     let mut g = GraphBuilder::new("head");
-    g.set_quant(opts.quant);
+    g.set_quant(table_quant);
     let h = g.input(names::HIDDEN, DType::F32, &hidden_dims(d.hidden));
     let logits = arch.head(&mut g, w, &h)?;
     g.output(&logits, names::LOGITS, DType::F32, &logits_dims(d.vocab));
@@ -155,7 +159,7 @@ pub fn export(
     layers.push(LayerEntry {
         kind: LayerKind::Head,
         files: written.files,
-        dtype,
+        dtype: table_dtype,
         figures,
     });
     bar.inc(1);

@@ -181,7 +181,11 @@ fn value(packed_row: &[u8], i: usize, bits: u32) -> i32 {
         i32::from(packed_row[i])
     } else {
         let byte = packed_row[i / 2];
-        i32::from(if i % 2 == 0 { byte & 0x0f } else { byte >> 4 })
+        i32::from(if i.is_multiple_of(2) {
+            byte & 0x0f
+        } else {
+            byte >> 4
+        })
     }
 }
 
@@ -227,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_error_is_within_half_a_step() {
+    fn round_trip_error_is_bounded_by_the_step() {
         let (n, k) = (3, 40);
         let data: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
@@ -238,10 +242,10 @@ mod tests {
             let back = dequantize(&q.packed, &q.scales, (n, k), s, false).unwrap();
             for (i, (a, b)) in data.iter().zip(&back).enumerate() {
                 let step = q.scales[(i / k) * s.blocks(k) + (i % k) / s.block_size].abs();
-                assert!(
-                    (a - b).abs() <= step * 0.5 + 1e-6,
-                    "{a} vs {b}, step {step}"
-                );
+                // Half a step, except that q4's range -8..=7 clamps the sign opposite to the
+                // block's extreme at 7 steps: there the error reaches one step.
+                let tol = if s.bits == 4 { step } else { step * 0.5 };
+                assert!((a - b).abs() <= tol + 1e-6, "{a} vs {b}, step {step}");
             }
         }
     }

@@ -23,14 +23,13 @@ fn gemma3_270m_speed_by_dtype_and_block_size() {
         return;
     }
     let b = SpeedBench {
-        tokens: 48,
+        tokens: 32,
         prefill_len: 512,
         rounds: 3,
         threads: 2,
     };
     let cases = [
         (WeightDtype::Q4, 32),
-        (WeightDtype::Q4, 64),
         (WeightDtype::Q4, 128),
         (WeightDtype::Q8, 32),
         (WeightDtype::F32, 32),
