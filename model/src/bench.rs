@@ -1,6 +1,7 @@
 //! Measurement helpers for `shoal bench model`: a minimal decode loop that calls ONNX Runtime
 //! directly on a model's shards (the baseline the [`crate::StageRunner`] path is compared
-//! with), and a memory-bandwidth probe for the roofline figure.
+//! with), decode and prefill speed of one model directory ([`measure_speed`], the rows of the
+//! q4 / q8 / f32 table), and a memory-bandwidth probe for the roofline figure.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -232,5 +233,80 @@ pub fn compare_decode(dir: &Path, m: &Manifest, b: DecodeBench) -> Result<Decode
         direct_s,
         read_bytes: m.layers.iter().map(|l| l.figures.read_bytes).sum(),
         mem_bw: memory_bandwidth(128 << 20, 5),
+    })
+}
+
+/// Settings of [`measure_speed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeedBench {
+    /// Tokens decoded per round after a short prompt (at least 2).
+    pub tokens: usize,
+    /// Length of the prompt whose prefill is timed.
+    pub prefill_len: usize,
+    /// Rounds of each measurement; the median is kept.
+    pub rounds: usize,
+    /// ONNX Runtime threads (0: one per core).
+    pub threads: usize,
+}
+
+/// Decode and prefill speed of one model directory on ONNX Runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speed {
+    /// Weight element type of the model.
+    pub dtype: String,
+    /// Median decode tokens per second (steps after the first generated token).
+    pub decode_tok_s: f64,
+    /// Median prefill tokens per second on a `prefill_len`-token prompt.
+    pub prefill_tok_s: f64,
+    /// Weight bytes one decode step reads (sum of the manifest's `read_bytes`).
+    pub read_bytes: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Greedy decode and a long prefill of the model in `dir` through the `shoal generate` path.
+pub fn measure_speed(dir: &Path, m: &Manifest, b: SpeedBench) -> Result<Speed> {
+    if b.tokens < 2 || b.rounds == 0 || b.prefill_len == 0 {
+        return Err(Error::BadInput(
+            "need tokens >= 2, rounds >= 1, prefill_len >= 1".to_owned(),
+        ));
+    }
+    let cfg = RuntimeConfig {
+        backend: BackendChoice::Ort,
+        threads: b.threads,
+        ..RuntimeConfig::default()
+    };
+    let mut runner = StageRunner::load(dir, m, 0..m.planner_layers(), &cfg)?;
+    let ids = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|i| ((i * 7 + 3) % m.dims.vocab) as u32)
+            .collect()
+    };
+    let decode = GenerateRequest {
+        prompt_ids: ids(8),
+        max_tokens: b.tokens,
+        sampling: SamplingConfig::greedy(),
+        stop_ids: Vec::new(),
+    };
+    let prefill = GenerateRequest {
+        prompt_ids: ids(b.prefill_len),
+        max_tokens: 1,
+        ..decode.clone()
+    };
+    generate(&mut runner, 1, &decode, |_| true)?;
+    let (mut dec, mut pre) = (Vec::new(), Vec::new());
+    for _ in 0..b.rounds {
+        dec.push(generate(&mut runner, 1, &decode, |_| true)?.decode_tokens_per_s);
+        let s = generate(&mut runner, 1, &prefill, |_| true)?.prefill_s;
+        pre.push(b.prefill_len as f64 / s.max(f64::MIN_POSITIVE));
+    }
+    Ok(Speed {
+        dtype: m.dtype.clone(),
+        decode_tok_s: median(dec),
+        prefill_tok_s: median(pre),
+        read_bytes: m.layers.iter().map(|l| l.figures.read_bytes).sum(),
     })
 }

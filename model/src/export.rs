@@ -15,6 +15,7 @@ use crate::arch::{Architecture, LayerIo, WeightSource};
 use crate::error::{Error, Result};
 use crate::manifest::{FORMAT, LayerEntry, LayerFigures, LayerKind, Manifest, sha256_file};
 use crate::onnx::{self, DType, Dim, ExternalIndex, GraphBuilder};
+use crate::quant::{QuantSpec, WeightDtype};
 
 /// Bytes per element of the exported weights and activations (f32).
 const ELEM: u64 = 4;
@@ -58,6 +59,8 @@ pub struct ExportOptions {
     pub eos_token_ids: Vec<u32>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Quantise linear layers, the embedding and the head (`None`: f32).
+    pub quant: Option<QuantSpec>,
 }
 
 /// Writes all shards and the manifest of `arch` into `out`.
@@ -74,7 +77,13 @@ pub fn export(
     let mut layers = Vec::with_capacity(d.layers + 2);
 
     bar.set_message("embedding");
+    let dtype = dtype_of(opts.quant);
+    // The embedding and the head (one matrix when tied) stay at 8 bits under q4, as llama.cpp's
+    // Q4_K_M keeps them at 6: at 4 bits Gemma-3-270M's greedy continuation flipped.
+    let table_quant = opts.quant.map(|q| QuantSpec { bits: 8, ..q });
+    let table_dtype = dtype_of(table_quant);
     let mut g = GraphBuilder::new("embedding");
+    g.set_quant(table_quant);
     let ids = g.input(
         names::INPUT_IDS,
         DType::I64,
@@ -84,16 +93,21 @@ pub fn export(
     g.output(&h, names::HIDDEN_OUT, DType::F32, &hidden_dims(d.hidden));
     let written = onnx::write_graph(g, out, "embed.onnx", "embed.weights", &mut index)?;
     let row = d.hidden as u64 * ELEM;
+    let table_row = match table_quant {
+        Some(spec) => spec.row_bytes(d.hidden) as u64,
+        None => row,
+    };
     let figures = LayerFigures {
         flops: 0,
         param_bytes: written.param_bytes,
-        read_bytes: row,
+        read_bytes: table_row,
         kv_bytes_per_token: 0,
         out_bytes: row,
     };
     layers.push(LayerEntry {
         kind: LayerKind::Embedding,
         files: written.files,
+        dtype: table_dtype,
         figures,
     });
     bar.inc(1);
@@ -101,6 +115,7 @@ pub fn export(
     for i in 0..d.layers {
         bar.set_message(format!("layer {i}"));
         let mut g = GraphBuilder::new(&format!("layer_{i}"));
+        g.set_quant(opts.quant);
         let io = layer_inputs(&mut g, arch, "");
         let o = arch.decoder_layer(&mut g, w, i, io.as_io())?;
         layer_outputs(&mut g, arch, &o, "");
@@ -120,6 +135,7 @@ pub fn export(
         layers.push(LayerEntry {
             kind: LayerKind::Decoder,
             files: written.files,
+            dtype,
             figures,
         });
         bar.inc(1);
@@ -127,6 +143,7 @@ pub fn export(
 
     bar.set_message("head");
     let mut g = GraphBuilder::new("head");
+    g.set_quant(table_quant);
     let h = g.input(names::HIDDEN, DType::F32, &hidden_dims(d.hidden));
     let logits = arch.head(&mut g, w, &h)?;
     g.output(&logits, names::LOGITS, DType::F32, &logits_dims(d.vocab));
@@ -142,6 +159,7 @@ pub fn export(
     layers.push(LayerEntry {
         kind: LayerKind::Head,
         files: written.files,
+        dtype: table_dtype,
         figures,
     });
     bar.inc(1);
@@ -169,7 +187,7 @@ pub fn export(
         name: opts.name.clone(),
         architecture: arch.name().to_owned(),
         dims: d,
-        dtype: "f32".to_owned(),
+        dtype: dtype.as_str().to_owned(),
         bos_token_id: opts.bos_token_id,
         eos_token_ids: opts.eos_token_ids.clone(),
         tokenizer,
@@ -181,6 +199,15 @@ pub fn export(
     manifest.save(out)?;
     bar.finish_and_clear();
     Ok(manifest)
+}
+
+/// The element type shards built with `quant` store.
+fn dtype_of(quant: Option<QuantSpec>) -> WeightDtype {
+    match quant.map(|q| q.bits) {
+        Some(4) => WeightDtype::Q4,
+        Some(_) => WeightDtype::Q8,
+        None => WeightDtype::F32,
+    }
 }
 
 /// Writes the whole model as one graph `dir/file` (weights in `dir/file.weights`): inputs

@@ -26,7 +26,7 @@ use std::io::{Read, Seek, SeekFrom};
 
 pub use ggml_type::GgmlType;
 pub use header::{MAX_ARRAY_LEN, MAX_STRING_LEN, MAX_TENSORS};
-pub use import::{GgufWeights, architecture, import};
+pub use import::{GgufWeights, architecture, import, import_as};
 pub use names::Family;
 pub use value::Value;
 

@@ -14,6 +14,7 @@ use crate::arch::{self, WeightSource, WeightTensor};
 use crate::error::{Error, Result};
 use crate::export::{self, ExportOptions};
 use crate::manifest::Manifest;
+use crate::quant::QuantSpec;
 
 /// Largest safetensors header accepted (bytes): a bound before allocating.
 const MAX_HEADER: u64 = 100 << 20;
@@ -201,8 +202,18 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
-/// Imports the Hugging Face checkpoint in `dir` into a model directory `out`.
+/// Imports the Hugging Face checkpoint in `dir` into a model directory `out` with f32 shards.
 pub fn import(dir: &Path, out: &Path, progress: bool) -> Result<Manifest> {
+    import_as(dir, out, progress, None)
+}
+
+/// Like [`import`], with linear layers, embedding and head quantised by `quant`.
+pub fn import_as(
+    dir: &Path,
+    out: &Path,
+    progress: bool,
+    quant: Option<QuantSpec>,
+) -> Result<Manifest> {
     let config = read_json(dir, "config.json")?
         .ok_or_else(|| Error::Config(format!("{} has no config.json", dir.display())))?;
     let arch = arch::from_hf_config(&config)?;
@@ -243,6 +254,7 @@ pub fn import(dir: &Path, out: &Path, progress: bool) -> Result<Manifest> {
         bos_token_id: ids(pick("bos_token_id")).first().copied(),
         eos_token_ids: ids(pick("eos_token_id")),
         progress,
+        quant,
     };
     export::export(arch.as_ref(), &mut weights, out, &opts)
 }

@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod hf;
 pub mod manifest;
 pub mod onnx;
+pub mod quant;
 pub mod runtime;
 pub mod sampler;
 pub mod synth;
@@ -24,6 +25,7 @@ pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use manifest::{LayerEntry, LayerFigures, LayerKind, Manifest};
+pub use quant::{QuantSpec, WeightDtype};
 pub use runtime::{
     Activation, Backend, BackendChoice, RuntimeConfig, StageInput, StageOutput, StageRunner,
 };

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::arch::ModelDims;
 use crate::error::{Error, Result};
+use crate::quant::WeightDtype;
 
 /// File name of the manifest inside a model directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -54,6 +55,9 @@ pub struct LayerEntry {
     pub kind: LayerKind,
     /// Files the shard needs, relative to the model directory; the `.onnx` graph first.
     pub files: Vec<String>,
+    /// Element type of the shard's weights (absent in older manifests: f32).
+    #[serde(default)]
+    pub dtype: WeightDtype,
     /// Cost figures.
     #[serde(flatten)]
     pub figures: LayerFigures,
@@ -71,7 +75,7 @@ pub struct Manifest {
     pub architecture: String,
     /// Dimensions.
     pub dims: ModelDims,
-    /// Element type of weights and activations (`f32`).
+    /// Element type of the weights (`f32`, `q8`, `q4`); activations are always f32.
     pub dtype: String,
     /// Token prepended to prompts, if the model uses one.
     pub bos_token_id: Option<u32>,

@@ -8,7 +8,8 @@
 //! Runtime and tract-onnx 0.23 run: MatMul, Gemm, Add, Sub, Mul, Div, Neg, Sqrt, Pow,
 //! ReduceMean, Sigmoid, Softmax, Gather, Concat, Reshape, Transpose, Unsqueeze, Slice, Shape,
 //! Cast, CumSum, LessOrEqual, Greater, And, Where, Sin, Cos, Identity, at opset
-//! [`OPSET`].
+//! [`OPSET`]. Quantised graphs add two ONNX Runtime contrib ops ([`MS_DOMAIN`]):
+//! `MatMulNBits` for linear layers and `GatherBlockQuantized` for the embedding.
 
 pub mod write;
 
@@ -16,6 +17,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb;
 
+use crate::quant::QuantSpec;
 pub use write::{ExternalIndex, WrittenGraph, encode_inline, write_graph};
 
 /// ONNX opset the graphs declare. 17 keeps `ReduceMean` axes an attribute, which both runtimes
@@ -23,6 +25,9 @@ pub use write::{ExternalIndex, WrittenGraph, encode_inline, write_graph};
 pub const OPSET: i64 = 17;
 /// IR version matching [`OPSET`].
 pub const IR_VERSION: i64 = 8;
+/// Domain of ONNX Runtime's contrib ops (`MatMulNBits`, `GatherBlockQuantized`): quantised
+/// shards need ONNX Runtime, or the rewrite in `runtime::dequant` for tract.
+pub const MS_DOMAIN: &str = "com.microsoft";
 
 /// Element types the graphs use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub enum DType {
     I64,
     /// Boolean: intermediate masks.
     Bool,
+    /// Unsigned byte: packed quantised weights.
+    U8,
 }
 
 impl DType {
@@ -42,6 +49,7 @@ impl DType {
             DType::F32 => pb::tensor_proto::DataType::Float as i32,
             DType::I64 => pb::tensor_proto::DataType::Int64 as i32,
             DType::Bool => pb::tensor_proto::DataType::Bool as i32,
+            DType::U8 => pb::tensor_proto::DataType::Uint8 as i32,
         }
     }
 }
@@ -62,6 +70,8 @@ pub enum InitData {
     F32(Vec<f32>),
     /// i64 values, row-major.
     I64(Vec<i64>),
+    /// Bytes (packed quantised weights).
+    U8(Vec<u8>),
 }
 
 impl InitData {
@@ -70,6 +80,7 @@ impl InitData {
         match self {
             InitData::F32(v) => v.len() * 4,
             InitData::I64(v) => v.len() * 8,
+            InitData::U8(v) => v.len(),
         }
     }
 }
@@ -98,6 +109,7 @@ pub struct GraphBuilder {
     memo: HashMap<String, String>,
     counter: usize,
     matmul_weights: u64,
+    quant: Option<QuantSpec>,
 }
 
 impl GraphBuilder {
@@ -112,6 +124,7 @@ impl GraphBuilder {
             memo: HashMap::new(),
             counter: 0,
             matmul_weights: 0,
+            quant: None,
         }
     }
 
@@ -143,6 +156,47 @@ impl GraphBuilder {
         self.nodes
             .push(node(op_type, inputs, &[out.as_str()], attrs, &name));
         out
+    }
+
+    /// Emits ONNX Runtime contrib op `op_type` (domain [`MS_DOMAIN`]) with one output; the
+    /// writer then imports that domain too.
+    pub fn ms_op(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> String {
+        let out = self.op(op_type, inputs, attrs);
+        if let Some(n) = self.nodes.last_mut() {
+            n.domain = MS_DOMAIN.to_owned();
+        }
+        out
+    }
+
+    /// Adds a byte tensor derived from the checkpoint tensor `source` (packed quantised
+    /// weights) under the key `source`; graphs that add the same key share the stored bytes,
+    /// each with its own `dims`.
+    pub fn derived(&mut self, source: &str, dims: Vec<usize>, data: InitData) -> String {
+        let name = source.to_owned();
+        if !self.inits.iter().any(|i| i.name == name) {
+            self.inits.push(Initializer {
+                name: name.clone(),
+                dims,
+                data,
+                source: Some(source.to_owned()),
+            });
+        }
+        name
+    }
+
+    /// The weight quantisation of the graph being built (`None`: f32).
+    pub fn quant(&self) -> Option<QuantSpec> {
+        self.quant
+    }
+
+    /// Sets how linear layers and the embedding are stored.
+    pub fn set_quant(&mut self, quant: Option<QuantSpec>) {
+        self.quant = quant;
     }
 
     /// Adds a weight taken from the checkpoint tensor `source` and returns its value name.

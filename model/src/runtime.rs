@@ -11,6 +11,7 @@
 //! ([`tract_backend`], pure Rust), picked automatically by [`BackendChoice::Auto`].
 
 pub mod calibrate;
+mod dequant;
 mod ort_backend;
 pub mod ort_lib;
 mod sessions;
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::manifest::{LayerKind, Manifest};
-use ort_backend::{OrtKv, OrtShard};
+use ort_backend::{OrtKv, OrtLog, OrtShard};
 use sessions::SessionTable;
 use tract_backend::{TractKv, TractShard};
 
@@ -76,6 +77,9 @@ pub struct RuntimeConfig {
     pub idle_timeout: Duration,
     /// Return logits for every input position instead of the last only (default false).
     pub all_logits: bool,
+    /// Log ONNX Runtime's sessions at verbose level into [`StageRunner::ort_log`] (a
+    /// diagnostic; default false).
+    pub capture_ort_log: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -87,6 +91,7 @@ impl Default for RuntimeConfig {
             max_sessions: 64,
             idle_timeout: Duration::from_secs(600),
             all_logits: false,
+            capture_ort_log: false,
         }
     }
 }
@@ -235,6 +240,7 @@ pub struct StageRunner {
     kv_shape: (usize, usize),
     all_logits: bool,
     sessions: SessionTable<SessionState>,
+    ort_log: Option<OrtLog>,
 }
 
 impl std::fmt::Debug for StageRunner {
@@ -262,6 +268,7 @@ impl StageRunner {
             )));
         }
         let backend = config.resolve_backend()?;
+        let ort_log = config.capture_ort_log.then(OrtLog::default);
         let mut shards = Vec::with_capacity(layers.len());
         let mut kinds = Vec::with_capacity(layers.len());
         for l in layers.clone() {
@@ -273,13 +280,21 @@ impl StageRunner {
                     &path,
                     config.threads,
                     config.ort_dylib_path.as_deref(),
+                    ort_log.as_ref(),
                 )?),
                 Backend::Tract => Shard::Tract(TractShard::load(&path)?),
             };
             shards.push(shard);
             kinds.push(manifest.layers[l].kind);
         }
-        tracing::info!(?layers, %backend, "stage loaded");
+        let dtype = manifest.layers[layers.clone()]
+            .first()
+            .map(|l| l.dtype)
+            .unwrap_or_default();
+        tracing::info!(?layers, %backend, %dtype, "stage loaded");
+        if backend == Backend::Tract && dtype != crate::quant::WeightDtype::F32 {
+            tracing::info!(%dtype, "tract has no quantised kernels: weights dequantised to f32 at load");
+        }
         let d = &manifest.dims;
         Ok(StageRunner {
             layers,
@@ -291,6 +306,7 @@ impl StageRunner {
             kv_shape: (d.kv_heads, d.head_dim),
             all_logits: config.all_logits,
             sessions: SessionTable::new(config.max_sessions, config.idle_timeout),
+            ort_log,
         })
     }
 
@@ -302,6 +318,12 @@ impl StageRunner {
     /// The engine in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// ONNX Runtime's log records so far, when the runner was loaded with
+    /// [`RuntimeConfig::capture_ort_log`] (empty otherwise).
+    pub fn ort_log(&self) -> Vec<String> {
+        self.ort_log.as_ref().map(OrtLog::lines).unwrap_or_default()
     }
 
     /// Positions cached for `session`, if it exists.

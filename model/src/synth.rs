@@ -16,6 +16,7 @@ use crate::arch::{ModelDims, WeightSource, WeightTensor};
 use crate::error::{Error, Result};
 use crate::export::{self, ExportOptions};
 use crate::manifest::Manifest;
+use crate::quant::QuantSpec;
 
 /// Byte tokens occupy ids `0..256`; then these specials.
 pub const BOS_ID: u32 = 256;
@@ -49,6 +50,8 @@ pub struct SynthOptions {
     pub tied: bool,
     /// Add q/k/v biases (the Qwen2 variant).
     pub qkv_bias: bool,
+    /// Quantise linear layers, embedding and head (default `None`: f32).
+    pub quant: Option<QuantSpec>,
 }
 
 impl Default for SynthOptions {
@@ -63,6 +66,7 @@ impl Default for SynthOptions {
             seed: 0,
             tied: true,
             qkv_bias: false,
+            quant: None,
         }
     }
 }
@@ -131,6 +135,7 @@ pub fn synth(opts: &SynthOptions, out: &Path, progress: bool) -> Result<Manifest
         bos_token_id: Some(BOS_ID),
         eos_token_ids: vec![EOS_ID],
         progress,
+        quant: opts.quant,
     };
     export::export(&arch, &mut SynthWeights::new(opts)?, out, &eo)
 }

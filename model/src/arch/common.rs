@@ -9,7 +9,8 @@
 
 use crate::arch::{WeightSource, WeightTensor};
 use crate::error::{Error, Result};
-use crate::onnx::{DType, GraphBuilder};
+use crate::onnx::{DType, GraphBuilder, InitData, attr_int};
+use crate::quant::{self, QuantSpec};
 
 /// Value added to the scores of masked positions (finite, so a fully masked row stays finite).
 pub const MASKED: f32 = -1.0e9;
@@ -36,13 +37,18 @@ pub fn linear(
     (out_dim, in_dim): (usize, usize),
 ) -> Result<String> {
     let t = load(w, weight, &[out_dim, in_dim])?;
-    let wt = g.weight(
-        &format!("{weight}^T"),
-        vec![in_dim, out_dim],
-        transpose(&t.data, out_dim, in_dim),
-    );
     g.count_matmul((out_dim * in_dim) as u64);
-    let y = g.matmul(x, &wt);
+    let y = match g.quant() {
+        Some(spec) => matmul_nbits(g, x, weight, &t.data, (out_dim, in_dim), spec)?,
+        None => {
+            let wt = g.weight(
+                &format!("{weight}^T"),
+                vec![in_dim, out_dim],
+                transpose(&t.data, out_dim, in_dim),
+            );
+            g.matmul(x, &wt)
+        }
+    };
     match bias {
         Some(b) => {
             let bt = load(w, b, &[out_dim])?;
@@ -50,6 +56,105 @@ pub fn linear(
             Ok(g.add(&y, &bv))
         }
         None => Ok(y),
+    }
+}
+
+/// Key under which the packed bytes of checkpoint tensor `source` are stored; its scales are
+/// under the same key plus `/scales`. The embedding and a tied head use the same keys, so the
+/// writer stores the bytes once.
+fn quant_key(source: &str, spec: QuantSpec) -> String {
+    format!("{source}@q{}b{}", spec.bits, spec.block_size)
+}
+
+/// `x @ W^T` through `com.microsoft.MatMulNBits` for a `[n, k]` weight `data`: B is
+/// `[n, blocks, blob]` bytes, scales `[n * blocks]`, no zero points (symmetric), and
+/// `accuracy_level = 4` (int8 activations: the fast kernel on CPU).
+pub fn matmul_nbits(
+    g: &mut GraphBuilder,
+    x: &str,
+    source: &str,
+    data: &[f32],
+    (n, k): (usize, usize),
+    spec: QuantSpec,
+) -> Result<String> {
+    let q = quant::quantize(data, n, k, spec)?;
+    let key = quant_key(source, spec);
+    let nb = spec.blocks(k);
+    let b = g.derived(&key, vec![n, nb, spec.blob()], InitData::U8(q.packed));
+    let s = g.derived(
+        &format!("{key}/scales"),
+        vec![n * nb],
+        InitData::F32(q.scales),
+    );
+    let attrs = vec![
+        attr_int("K", k as i64),
+        attr_int("N", n as i64),
+        attr_int("bits", i64::from(spec.bits)),
+        attr_int("block_size", spec.block_size as i64),
+        attr_int("accuracy_level", 4),
+    ];
+    Ok(g.ms_op("MatMulNBits", &[x, &b, &s], attrs))
+}
+
+/// Rows `input_ids` of the `[vocab, hidden]` checkpoint tensor `name`: a Gather on f32, or
+/// `com.microsoft.GatherBlockQuantized` on the same bytes and scales a tied head's
+/// `MatMulNBits` reads (declared `[vocab, blocks * blob]` and `[vocab, blocks]` here).
+pub fn embedding_rows(
+    g: &mut GraphBuilder,
+    w: &mut dyn WeightSource,
+    name: &str,
+    (vocab, hidden): (usize, usize),
+    input_ids: &str,
+) -> Result<String> {
+    let t = load(w, name, &[vocab, hidden])?;
+    let Some(spec) = g.quant() else {
+        let table = g.weight(name, t.dims, t.data);
+        return Ok(g.gather(&table, input_ids, 0));
+    };
+    if !hidden.is_multiple_of(spec.block_size) {
+        return Err(Error::Config(format!(
+            "hidden size {hidden} is not a multiple of the block size {}",
+            spec.block_size
+        )));
+    }
+    let q = quant::quantize(&t.data, vocab, hidden, spec)?;
+    let key = quant_key(name, spec);
+    let nb = spec.blocks(hidden);
+    let data = g.derived(&key, vec![vocab, nb * spec.blob()], InitData::U8(q.packed));
+    let s = g.derived(
+        &format!("{key}/scales"),
+        vec![vocab, nb],
+        InitData::F32(q.scales),
+    );
+    let attrs = vec![
+        attr_int("gather_axis", 0),
+        attr_int("quantize_axis", 1),
+        attr_int("block_size", spec.block_size as i64),
+        attr_int("bits", i64::from(spec.bits)),
+    ];
+    Ok(g.ms_op("GatherBlockQuantized", &[&data, input_ids, &s], attrs))
+}
+
+/// Logits `[B,S,V]` from normed hidden states `x` and the `[vocab, hidden]` checkpoint tensor
+/// `name` (the embedding when tied): see [`logits_from_rows`] for f32, [`matmul_nbits`] for
+/// quantised graphs.
+pub fn head_logits(
+    g: &mut GraphBuilder,
+    w: &mut dyn WeightSource,
+    x: &str,
+    name: &str,
+    (vocab, hidden): (usize, usize),
+) -> Result<String> {
+    let t = load(w, name, &[vocab, hidden])?;
+    match g.quant() {
+        Some(spec) => {
+            g.count_matmul((vocab * hidden) as u64);
+            matmul_nbits(g, x, name, &t.data, (vocab, hidden), spec)
+        }
+        None => {
+            let rows = g.weight(name, t.dims, t.data);
+            Ok(logits_from_rows(g, x, &rows, vocab, hidden))
+        }
     }
 }
 

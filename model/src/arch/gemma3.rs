@@ -227,9 +227,7 @@ impl Architecture for Gemma3 {
     ) -> Result<String> {
         let d = &self.dims;
         let name = "model.embed_tokens.weight";
-        let t = common::load(w, name, &[d.vocab, d.hidden])?;
-        let table = g.weight(name, t.dims, t.data);
-        let rows = g.gather(&table, input_ids, 0);
+        let rows = common::embedding_rows(g, w, name, (d.vocab, d.hidden), input_ids)?;
         let scale = g.scalar((d.hidden as f32).sqrt());
         Ok(g.mul(&rows, &scale))
     }
@@ -318,9 +316,7 @@ impl Architecture for Gemma3 {
         } else {
             "lm_head.weight"
         };
-        let t = common::load(w, name, &[d.vocab, d.hidden])?;
-        let rows = g.weight(name, t.dims, t.data);
-        let logits = common::logits_from_rows(g, &x, &rows, d.vocab, d.hidden);
+        let logits = common::head_logits(g, w, &x, name, (d.vocab, d.hidden))?;
         Ok(match self.opts.final_logit_softcap {
             Some(cap) => {
                 let c = g.scalar(cap);

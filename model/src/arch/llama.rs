@@ -181,9 +181,7 @@ impl Architecture for Llama {
     ) -> Result<String> {
         let d = &self.dims;
         let name = "model.embed_tokens.weight";
-        let t = common::load(w, name, &[d.vocab, d.hidden])?;
-        let table = g.weight(name, t.dims, t.data);
-        Ok(g.gather(&table, input_ids, 0))
+        common::embedding_rows(g, w, name, (d.vocab, d.hidden), input_ids)
     }
 
     fn decoder_layer(
@@ -275,9 +273,7 @@ impl Architecture for Llama {
         } else {
             "lm_head.weight"
         };
-        let t = common::load(w, name, &[d.vocab, d.hidden])?;
-        let rows = g.weight(name, t.dims, t.data);
-        Ok(common::logits_from_rows(g, &x, &rows, d.vocab, d.hidden))
+        common::head_logits(g, w, &x, name, (d.vocab, d.hidden))
     }
 }
 

@@ -17,6 +17,7 @@ use crate::arch::{Architecture, ModelDims, WeightSource, WeightTensor, common};
 use crate::error::{Error, Result};
 use crate::export::{self, ExportOptions};
 use crate::manifest::Manifest;
+use crate::quant::QuantSpec;
 
 /// A GGUF file read tensor by tensor, under Hugging Face names.
 #[derive(Debug)]
@@ -319,6 +320,19 @@ pub fn import(
     out: &Path,
     progress: bool,
 ) -> Result<Manifest> {
+    import_as(path, tokenizer, out, progress, None)
+}
+
+/// Like [`import`], with linear layers, embedding and head requantised by `quant` from the
+/// dequantised f32 weights (GGUF blocks are not mapped directly: Q4_K/Q6_K super-blocks have
+/// no `MatMulNBits` layout, so a Q4_K_M file is dequantised once, then quantised again).
+pub fn import_as(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    out: &Path,
+    progress: bool,
+    quant: Option<QuantSpec>,
+) -> Result<Manifest> {
     let mut weights = GgufWeights::open(path)?;
     let arch = architecture(&mut weights)?;
     if tokenizer.is_none() {
@@ -352,6 +366,7 @@ pub fn import(
         bos_token_id: token_id(&weights, "bos"),
         eos_token_ids,
         progress,
+        quant,
     };
     export::export(arch.as_ref(), &mut weights, out, &opts)
 }

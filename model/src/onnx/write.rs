@@ -13,7 +13,7 @@ use std::path::Path;
 use prost::Message;
 use tract_onnx::pb;
 
-use super::{GraphBuilder, IR_VERSION, InitData, Initializer, OPSET};
+use super::{GraphBuilder, IR_VERSION, InitData, Initializer, MS_DOMAIN, OPSET};
 use crate::error::{Error, Result};
 
 /// Alignment of tensors inside an external-data file: lets runtimes map them directly.
@@ -103,12 +103,19 @@ pub fn encode_inline(graph: GraphBuilder) -> Vec<u8> {
 
 /// The model around `graph`, at shoal's IR version and opset.
 fn model(graph: pb::GraphProto) -> pb::ModelProto {
+    let mut opset_import = vec![pb::OperatorSetIdProto {
+        domain: String::new(),
+        version: OPSET,
+    }];
+    if graph.node.iter().any(|n| n.domain == MS_DOMAIN) {
+        opset_import.push(pb::OperatorSetIdProto {
+            domain: MS_DOMAIN.to_owned(),
+            version: 1,
+        });
+    }
     pb::ModelProto {
         ir_version: IR_VERSION,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
+        opset_import,
         producer_name: "shoal".to_owned(),
         producer_version: env!("CARGO_PKG_VERSION").to_owned(),
         graph: Some(graph),
@@ -131,6 +138,10 @@ fn inline_tensor(init: Initializer) -> pb::TensorProto {
             t.data_type = pb::tensor_proto::DataType::Int64 as i32;
             t.int64_data = v;
         }
+        InitData::U8(v) => {
+            t.data_type = pb::tensor_proto::DataType::Uint8 as i32;
+            t.raw_data = v;
+        }
     }
     t
 }
@@ -139,6 +150,7 @@ fn external_tensor(init: &Initializer, loc: &Location) -> pb::TensorProto {
     let data_type = match init.data {
         InitData::F32(_) => pb::tensor_proto::DataType::Float,
         InitData::I64(_) => pb::tensor_proto::DataType::Int64,
+        InitData::U8(_) => pb::tensor_proto::DataType::Uint8,
     };
     let entry = |k: &str, v: String| pb::StringStringEntryProto {
         key: k.to_owned(),
@@ -213,5 +225,6 @@ fn le_bytes(data: &InitData) -> Vec<u8> {
     match data {
         InitData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         InitData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        InitData::U8(v) => v.clone(),
     }
 }

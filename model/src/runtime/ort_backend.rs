@@ -2,7 +2,9 @@
 //! `present_key` output is fed back as the next step's `past_key` without a copy.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use ort::logging::LogLevel;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor};
@@ -10,6 +12,21 @@ use ort::value::{DynValue, Tensor};
 use super::{Activation, Hidden};
 use crate::error::{Error, Result};
 use crate::export::names;
+
+/// ONNX Runtime log records captured from the sessions of a runner (a diagnostic: tests
+/// check that no `MatMulNBits` falls back to its slow unpacked path).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OrtLog(Arc<Mutex<Vec<String>>>);
+
+impl OrtLog {
+    /// The records so far.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        match self.0.lock() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
 
 /// A loaded shard.
 pub(crate) struct OrtShard {
@@ -31,13 +48,31 @@ fn dims(shape: &[usize]) -> Vec<i64> {
 }
 
 impl OrtShard {
-    /// Loads `path` (external data resolved next to it).
-    pub(crate) fn load(path: &Path, threads: usize, ort_path: Option<&Path>) -> Result<Self> {
+    /// Loads `path` (external data resolved next to it). With `log`, the session logs at
+    /// verbose level into it (one `level category: message` line per record).
+    pub(crate) fn load(
+        path: &Path,
+        threads: usize,
+        ort_path: Option<&Path>,
+        log: Option<&OrtLog>,
+    ) -> Result<Self> {
         let env = super::ort_lib::environment(ort_path, threads)?;
         let mut b = Session::builder(env).map_err(err)?;
         b = b
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(err)?;
+        if let Some(log) = log {
+            let sink = Arc::clone(&log.0);
+            b = b
+                .with_logger(Arc::new(move |level, category, _id, _at, message| {
+                    if let Ok(mut lines) = sink.lock() {
+                        lines.push(format!("{level:?} {category}: {message}"));
+                    }
+                }))
+                .map_err(err)?
+                .with_log_level(LogLevel::Verbose)
+                .map_err(err)?;
+        }
         let session = b
             .commit_from_file(path)
             .map_err(|e| Error::Ort(format!("{}: {e}", path.display())))?;

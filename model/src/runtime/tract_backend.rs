@@ -26,13 +26,29 @@ fn err<E: std::fmt::Display>(e: E) -> Error {
 }
 
 impl TractShard {
-    /// Loads and optimises `path` (external data resolved next to it).
+    /// Loads and optimises `path` (external data resolved next to it); a quantised shard is
+    /// dequantised to f32 first ([`super::dequant`]).
     pub(crate) fn load(path: &Path) -> Result<Self> {
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .and_then(|m| m.into_optimized())
+        let fail = |e: TractError| Error::Tract(format!("{}: {e:#}", path.display()));
+        let onnx = tract_onnx::onnx();
+        let mut proto = onnx.proto_model_for_path(path).map_err(fail)?;
+        if super::dequant::is_quantized(&proto) {
+            super::dequant::dequantize_model(&mut proto, path)?;
+        }
+        let dir = path.parent().and_then(Path::to_str);
+        let parsed = onnx.parse(&proto, dir).map_err(fail)?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(Error::Tract(format!(
+                "{}: unresolved inputs {:?}",
+                path.display(),
+                parsed.unresolved_inputs
+            )));
+        }
+        let model = parsed
+            .model
+            .into_optimized()
             .and_then(|m| m.into_runnable())
-            .map_err(|e| Error::Tract(format!("{}: {e:#}", path.display())))?;
+            .map_err(fail)?;
         Ok(TractShard { plan: model })
     }
 

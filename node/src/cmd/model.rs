@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use shoal_model::Manifest;
+use shoal_model::quant::DEFAULT_BLOCK_SIZE;
 use shoal_model::synth::{SynthOptions, synth};
+use shoal_model::{Manifest, QuantSpec, WeightDtype};
 
 /// Model directory operations.
 #[derive(Debug, Subcommand)]
@@ -35,6 +36,13 @@ pub(crate) struct ImportArgs {
     /// Output model directory.
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// Weight element type: q4 and q8 quantise linear layers, embedding and head
+    /// (ONNX Runtime contrib ops; tract dequantises them at load), f32 keeps full precision.
+    #[arg(long, default_value = "q4", value_parser = parse_dtype)]
+    pub(crate) dtype: WeightDtype,
+    /// Values per quantisation block (a power of two >= 16).
+    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
+    pub(crate) block_size: usize,
 }
 
 /// Shape and seed of the synthetic model.
@@ -64,6 +72,12 @@ pub(crate) struct SynthArgs {
     /// Give the head its own matrix instead of sharing the embedding.
     #[arg(long)]
     pub(crate) untied: bool,
+    /// Weight element type (q4, q8, f32).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub(crate) dtype: WeightDtype,
+    /// Values per quantisation block (a power of two >= 16).
+    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
+    pub(crate) block_size: usize,
     /// Output model directory.
     #[arg(long)]
     pub(crate) out: PathBuf,
@@ -80,6 +94,11 @@ pub(crate) struct InfoArgs {
     pub(crate) verify: bool,
 }
 
+/// Parses `q4`, `q8` or `f32` (clap value parser).
+pub(crate) fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
+    s.parse().map_err(|e: shoal_model::Error| e.to_string())
+}
+
 pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Import(a) => import(a),
@@ -89,11 +108,12 @@ pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
 }
 
 fn import(a: ImportArgs) -> anyhow::Result<()> {
+    let quant = QuantSpec::new(a.dtype, a.block_size)?;
     let m = match (&a.hf, &a.gguf) {
-        (Some(dir), _) => shoal_model::hf::import(dir, &a.out, true)
+        (Some(dir), _) => shoal_model::hf::import_as(dir, &a.out, true, quant)
             .with_context(|| format!("importing {}", dir.display()))?,
         (None, Some(file)) => {
-            shoal_model::gguf::import::import(file, a.tokenizer.as_deref(), &a.out, true)
+            shoal_model::gguf::import_as(file, a.tokenizer.as_deref(), &a.out, true, quant)
                 .with_context(|| format!("importing {}", file.display()))?
         }
         (None, None) => anyhow::bail!("give --hf DIR or --gguf FILE"),
@@ -118,6 +138,7 @@ fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
         seed: a.seed,
         tied: !a.untied,
         qkv_bias: false,
+        quant: QuantSpec::new(a.dtype, a.block_size)?,
     };
     let m = synth(&opts, &a.out, true).context("writing the synthetic model")?;
     summary(&m, &a.out);
@@ -159,10 +180,11 @@ fn summary(m: &Manifest, dir: &std::path::Path) {
         .map(|md| md.len())
         .sum();
     println!(
-        "{}: {} ({}), {} layers, hidden {}, heads {}/{} kv, vocab {}, tied {}, {} files, {:.1} MB, tokenizer: {}",
+        "{}: {} ({}, {}), {} layers, hidden {}, heads {}/{} kv, vocab {}, tied {}, {} files, {:.1} MB, tokenizer: {}",
         dir.display(),
         m.name,
         m.architecture,
+        m.dtype,
         d.layers,
         d.hidden,
         d.heads,
