@@ -16,7 +16,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+#[path = "support/gemma_files.rs"]
+mod gemma_files;
+use gemma_files::gemma_files;
 use std::time::Instant;
 
 use shoal_model::generate::{GenerateRequest, generate};
@@ -46,24 +48,9 @@ const TOP5: [(u32, f32); 5] = [
 /// Tolerance on those logits (printed to 4 decimals; f32 sums in another order: 3e-5 seen).
 const LOGIT_TOL: f32 = 1e-3;
 
-fn files() -> Option<(PathBuf, PathBuf)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma3-270m");
-    let gguf = dir.join("gemma-3-270m-q4_k_m.gguf");
-    let tokenizer = dir.join("tokenizer.json");
-    if gguf.exists() && tokenizer.exists() {
-        Some((gguf, tokenizer))
-    } else {
-        eprintln!(
-            "SKIP gemma: {} not fetched; run scripts/fetch-gemma.sh",
-            dir.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn gemma3_270m_continues_like_llama_cpp() {
-    let Some((gguf_path, tokenizer_path)) = files() else {
+    let Some((gguf_path, tokenizer_path)) = gemma_files("gemma") else {
         return;
     };
     let out = tempfile::tempdir().unwrap();

@@ -10,7 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+#[path = "support/gemma_files.rs"]
+mod gemma_files;
+use gemma_files::gemma_files;
 
 use shoal_model::generate::{GenerateRequest, generate};
 use shoal_model::{
@@ -30,21 +32,6 @@ const POSITIONS: usize = 64;
 /// is a regression bound below the measurement, and the 90% target is open (see
 /// `model/README.md`).
 const MIN_AGREEMENT: f64 = 0.65;
-
-fn files() -> Option<(PathBuf, PathBuf)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma3-270m");
-    let gguf = dir.join("gemma-3-270m-q4_k_m.gguf");
-    let tokenizer = dir.join("tokenizer.json");
-    if gguf.exists() && tokenizer.exists() {
-        Some((gguf, tokenizer))
-    } else {
-        eprintln!(
-            "SKIP gemma_quant: {} not fetched; run scripts/fetch-gemma.sh",
-            dir.display()
-        );
-        None
-    }
-}
 
 fn runner(dir: &std::path::Path, m: &Manifest, all_logits: bool) -> StageRunner {
     let config = RuntimeConfig {
@@ -76,7 +63,7 @@ fn top1(dir: &std::path::Path, m: &Manifest, ids: &[u32]) -> Vec<usize> {
 
 #[test]
 fn gemma3_270m_q4_matches_f32_and_llama_cpp() {
-    let Some((gguf_path, tokenizer_path)) = files() else {
+    let Some((gguf_path, tokenizer_path)) = gemma_files("gemma_quant") else {
         return;
     };
     let q4_dir = tempfile::tempdir().unwrap();

@@ -336,19 +336,20 @@ impl PipelineHandle {
         let Ok(_permit) = self.inner.generations.try_acquire() else {
             return Err(GenerateError::Busy);
         };
-        let params = match &self.inner.model {
-            Some(m) => validate(params, m.manifest.dims.vocab, m.manifest.dims.max_position)?,
-            None => validate(params, usize::MAX, usize::MAX)?,
-        };
+        let params = self.validate(params)?;
         self.inner.origin.generate(&params, stream).await
     }
 
-    /// The model's vocabulary size and context length, when this node holds the model.
-    pub fn limits(&self) -> Option<(usize, usize)> {
-        self.inner
+    /// [`validate`] against this node's model (without one, only the model-free checks).
+    pub fn validate(&self, params: &GenerateParams) -> Result<GenerateParams, GenerateError> {
+        let (vocab, context) = self
+            .inner
             .model
             .as_ref()
-            .map(|m| (m.manifest.dims.vocab, m.manifest.dims.max_position))
+            .map_or((usize::MAX, usize::MAX), |m| {
+                (m.manifest.dims.vocab, m.manifest.dims.max_position)
+            });
+        validate(params, vocab, context)
     }
 
     /// The node's metrics.

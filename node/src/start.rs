@@ -94,21 +94,17 @@ impl Node {
         identity: Identity,
         cancel: CancellationToken,
     ) -> Result<Running, StartError> {
+        // Bound first, so a taken port fails before anything runs.
         let listener = match config.api {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Api { addr, source })?,
-            ),
+            Some(addr) => {
+                let api = |source| StartError::Api { addr, source };
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(api)?;
+                let bound = l.local_addr().map_err(api)?;
+                Some((l, bound))
+            }
             None => None,
         };
-        let api = match &listener {
-            Some(l) => Some(l.local_addr().map_err(|source| StartError::Api {
-                addr: config.api.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-                source,
-            })?),
-            None => None,
-        };
+        let api = listener.as_ref().map(|(_, bound)| *bound);
         let (node, streams) = crate::node::start(config, identity, cancel.clone()).await?;
         let pipeline = Pipeline::start(PipelineParts {
             identity: node.identity(),
@@ -129,7 +125,7 @@ impl Node {
                 return Err(e.into());
             }
         };
-        if let Some(listener) = listener {
+        if let Some((listener, _)) = listener {
             let router = crate::api::router(&node, Some(pipeline.clone()));
             tokio::spawn(crate::api::serve(listener, router, cancel));
         }

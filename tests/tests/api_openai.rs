@@ -94,11 +94,7 @@ async fn post_oversized(api: &str, len: usize) -> (u16, Value) {
 async fn openai_fields_and_request_errors_on_real_processes() {
     let dir = tempfile::tempdir().unwrap();
     let model = synth_model(dir.path());
-    let swarm = start_swarm(dir.path(), &model, 2, 2).await;
-    if let Err(e) = swarm.wait_plan(2, 0, PLAN_TIMEOUT).await {
-        dump_logs(&swarm);
-        panic!("{e}");
-    }
+    let (swarm, _plan) = planned_swarm(dir.path(), &model, 2).await;
 
     // The reference text, and a stop sequence from inside it.
     let (status, plain) = swarm

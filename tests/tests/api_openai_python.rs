@@ -51,11 +51,7 @@ async fn the_official_openai_client_talks_to_a_swarm() {
     };
     let dir = tempfile::tempdir().unwrap();
     let model = synth_model(dir.path());
-    let swarm = start_swarm(dir.path(), &model, 3, 3).await;
-    if let Err(e) = swarm.wait_plan(3, 0, PLAN_TIMEOUT).await {
-        dump_logs(&swarm);
-        panic!("{e}");
-    }
+    let (swarm, _plan) = planned_swarm(dir.path(), &model, 3).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/openai_client.py");
     let base = format!("http://{}/v1", swarm.nodes[1].api);
     let out = tokio::task::spawn_blocking(move || {

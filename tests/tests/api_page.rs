@@ -53,14 +53,7 @@ async fn the_page_shows_the_swarm_and_streams_a_prompt() {
     }
     let dir = tempfile::tempdir().unwrap();
     let model = synth_model(dir.path());
-    let swarm = start_swarm(dir.path(), &model, 3, 3).await;
-    let plan = match swarm.wait_plan(3, 0, PLAN_TIMEOUT).await {
-        Ok(p) => p,
-        Err(e) => {
-            dump_logs(&swarm);
-            panic!("{e}");
-        }
-    };
+    let (swarm, plan) = planned_swarm(dir.path(), &model, 3).await;
     let api = swarm.nodes[0].api.clone();
     let url = format!("http://{api}/?prompt=Hello");
     let dom = tokio::task::spawn_blocking({

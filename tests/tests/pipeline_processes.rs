@@ -20,14 +20,7 @@ async fn three_processes_match_single_process_and_serve_openai_clients() {
     let model = synth_model(dir.path());
     let reference = reference_tokens(&model, &PROMPT, MAX_TOKENS);
     assert!(!reference.is_empty());
-    let swarm = start_swarm(dir.path(), &model, 3, 3).await;
-    let plan = match swarm.wait_plan(3, 0, PLAN_TIMEOUT).await {
-        Ok(p) => p,
-        Err(e) => {
-            dump_logs(&swarm);
-            panic!("{e}");
-        }
-    };
+    let (swarm, plan) = planned_swarm(dir.path(), &model, 3).await;
     let devices: Vec<&str> = plan["stages"]
         .as_array()
         .unwrap()

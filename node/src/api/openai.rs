@@ -213,34 +213,23 @@ impl Common {
                 "model {want:?} is not served here; this swarm serves {have:?}"
             )));
         }
-        let temperature = self.temperature.unwrap_or(1.0);
-        let top_p = self.top_p.unwrap_or(1.0);
-        if !(0.0..=100.0).contains(&temperature) || top_p <= 0.0 || top_p > 1.0 || top_p.is_nan() {
-            return Err(bad("temperature must be >= 0 and top_p in (0, 1]"));
-        }
-        let max_tokens = self
-            .max_tokens
-            .or(self.max_completion_tokens)
-            .unwrap_or(DEFAULT_MAX_TOKENS);
-        if max_tokens == 0 || prompt.is_empty() {
-            return Err(bad("max_tokens and the prompt must not be empty"));
-        }
         let params = GenerateParams {
             prompt,
-            max_tokens,
+            max_tokens: self
+                .max_tokens
+                .or(self.max_completion_tokens)
+                .unwrap_or(DEFAULT_MAX_TOKENS),
             sampling: SamplingConfig {
-                temperature,
+                temperature: self.temperature.unwrap_or(1.0),
                 top_k: self.top_k.unwrap_or(0),
-                top_p,
+                top_p: self.top_p.unwrap_or(1.0),
                 seed: self.seed.unwrap_or(0),
             },
             stop: p.eos_ids(),
         };
-        // The origin's own checks (vocabulary, context), before anything is streamed.
-        match p.limits() {
-            Some((vocab, context)) => Ok(crate::pipeline::validate(&params, vocab, context)?),
-            None => Ok(params),
-        }
+        // The origin's checks (prompt, vocabulary, context, sampling), before anything is
+        // streamed.
+        Ok(p.validate(&params)?)
     }
 }
 

@@ -59,6 +59,19 @@ pub(crate) async fn start_swarm(dir: &Path, model: &Path, n: usize, span: usize)
     LocalSwarm::start(&opts).await.expect("start swarm")
 }
 
+/// `n` nodes over which `model` must span, once they agree on an `n`-stage plan (its JSON);
+/// a plan that does not come in time fails the test with every node's log.
+pub(crate) async fn planned_swarm(dir: &Path, model: &Path, n: usize) -> (LocalSwarm, Value) {
+    let swarm = start_swarm(dir, model, n, n).await;
+    match swarm.wait_plan(n, 0, PLAN_TIMEOUT).await {
+        Ok(plan) => (swarm, plan),
+        Err(e) => {
+            dump_logs(&swarm);
+            panic!("{e}");
+        }
+    }
+}
+
 /// Prints the tail of every node's log (call when a test is about to fail).
 pub(crate) fn dump_logs(swarm: &LocalSwarm) {
     for (i, n) in swarm.nodes.iter().enumerate() {
