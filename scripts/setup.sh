@@ -4,9 +4,12 @@
 #   - iproute2, nftables and iputils (the network-namespace test bed), chromium (the live
 #     page test in headless Chromium),
 #   - the ONNX Runtime shared library from the onnxruntime PyPI wheel into .ort/
-#     (ort runs in load-dynamic mode; .cargo/config.toml points ORT_DYLIB_PATH at it).
-# Set SHOAL_SKIP_APT=1 to skip the apt step (no root), SHOAL_FETCH_GEMMA=1 to also fetch the
-# real Gemma-3-270M model into .cache/ (scripts/fetch-gemma.sh).
+#     (ort runs in load-dynamic mode; .cargo/config.toml points ORT_DYLIB_PATH at it),
+#   - the real Gemma-3-270M model (Q4_K_M GGUF and tokenizer, about 250 MB) into
+#     .cache/gemma3-270m/ (scripts/fetch-gemma.sh); `shoal demo` imports it into q4 shards
+#     beside it on its first run and then prints real text.
+# Set SHOAL_SKIP_APT=1 to skip the apt step (no root), SHOAL_NO_MODEL=1 to skip the model
+# (the demo then runs the synthesised built-in model, whose text is noise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +37,7 @@ if [ ! -f "$lib" ]; then
 fi
 test -f "$lib" || { echo "setup: $lib missing after install" >&2; exit 1; }
 
-if [ "${SHOAL_FETCH_GEMMA:-0}" = 1 ] && [ -x scripts/fetch-gemma.sh ]; then
+if [ "${SHOAL_NO_MODEL:-0}" != 1 ]; then
   scripts/fetch-gemma.sh
 fi
 echo "setup: ok (ORT_DYLIB_PATH=$PWD/$lib)"

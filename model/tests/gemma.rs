@@ -11,7 +11,7 @@
 //!   asserted: from step 12 on the top-2 logit margin of the f32 reference falls to 0.014,
 //!   below what separates f32 ONNX Runtime from NumPy, so later steps could flip honestly.
 //!
-//! The files come from `scripts/fetch-gemma.sh` (CI sets `SHOAL_FETCH_GEMMA=1`); without
+//! The files come from `scripts/fetch-gemma.sh` (run by `scripts/setup.sh` unless `SHOAL_NO_MODEL=1`); without
 //! them the test prints a SKIP line and passes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

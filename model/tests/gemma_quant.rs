@@ -5,7 +5,7 @@
 //! top-1 token on at least [`MIN_AGREEMENT`] of the positions of a fixed 64-token text
 //! (teacher-forced: one prefill of the whole text, every position's logits).
 //!
-//! The files come from `scripts/fetch-gemma.sh` (CI sets `SHOAL_FETCH_GEMMA=1`); without them
+//! The files come from `scripts/fetch-gemma.sh` (run by `scripts/setup.sh` unless `SHOAL_NO_MODEL=1`); without them
 //! the test prints a SKIP line and passes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

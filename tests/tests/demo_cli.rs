@@ -28,6 +28,7 @@ fn demo_json_splits_the_model_and_matches_single_process_generation() {
     let out = Command::new(shoal_bin())
         .args([
             "demo",
+            "--synth",
             "--json",
             "--greedy",
             "--prompt-ids",
@@ -69,10 +70,69 @@ fn demo_json_splits_the_model_and_matches_single_process_generation() {
     }
 }
 
+/// Runs `shoal demo --json --greedy` with `extra` arguments and returns its JSON.
+fn demo_json(extra: &[&str]) -> Value {
+    let out = Command::new(shoal_bin())
+        .args(["demo", "--json", "--greedy"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo {extra:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn demo_without_model_uses_the_fetched_gemma_and_prints_real_text() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma3-270m");
+    if !dir.join("gemma-3-270m-q4_k_m.gguf").is_file() {
+        eprintln!(
+            "SKIP demo_without_model_uses_the_fetched_gemma_and_prints_real_text: {} not fetched; run scripts/setup.sh",
+            dir.display()
+        );
+        return;
+    }
+    // The first run imports the GGUF into q4 shards beside it (once).
+    let v = demo_json(&["--prompt", "The capital of France is", "--max-tokens", "8"]);
+    let shards = dir.join("shards-q4");
+    let manifest = shoal_model::Manifest::load(&shards).unwrap();
+    assert_eq!(manifest.dtype.to_string(), "q4");
+    assert_eq!(v["plan"]["stages"].as_array().unwrap().len(), 3, "{v}");
+    let text = v["text"].as_str().unwrap();
+    // Gemma-3-270M's greedy continuation (llama.cpp's Q4 output begins the same way).
+    assert!(
+        text.starts_with(" the capital of"),
+        "not Gemma's greedy text: {text:?}"
+    );
+    let tokenizer = shoal_model::Tokenizer::load(&shards, &manifest)
+        .unwrap()
+        .unwrap();
+    let prompt = tokenizer.encode("The capital of France is").unwrap();
+    let ids: Vec<u32> = v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids, reference_tokens(&shards, &prompt, 8));
+
+    // --chat goes through the chat template and still gives words.
+    let chat = demo_json(&["--chat", "--prompt", "Say hello.", "--max-tokens", "8"]);
+    let reply = chat["text"].as_str().unwrap();
+    assert!(
+        reply.chars().any(char::is_alphabetic),
+        "chat reply without words: {reply:?}"
+    );
+}
+
 #[test]
 fn ctrl_c_stops_the_demo_and_every_node() {
     let mut demo = Command::new(shoal_bin())
-        .args(["demo", "--max-tokens", "1000"])
+        .args(["demo", "--synth", "--max-tokens", "1000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -1,8 +1,11 @@
 //! `shoal demo`: a swarm of real `shoal run` processes on loopback that splits one model
 //! across every node and generates text through the pipeline.
 //!
-//! It synthesises the built-in model when `--model` is absent, gives each node a memory
-//! budget that forces the plan to use every node (`launch::spanning_budget`), waits
+//! The model is `--model`, else the real Gemma-3-270M that `scripts/setup.sh` fetches into
+//! `.cache/gemma3-270m/` (imported into q4 shards beside it on first use, with a progress
+//! bar), else (or with `--synth`) the synthesised built-in model, whose random weights give
+//! noise. It gives each node a memory budget that forces the plan to use every node
+//! (`launch::spanning_budget`), waits
 //! for the signed plan, prints it, generates through node 0's OpenAI endpoint, prints the text,
 //! tokens/s and per-stage compute times (from each node's `/metrics`), and stops every child:
 //! on success, on error, and on Ctrl-C or SIGTERM (children are also killed if dropped).
@@ -21,6 +24,16 @@ use shoal_node::launch::{self, LaunchOptions, LocalSwarm};
 const PLAN_TIMEOUT: Duration = Duration::from_secs(90);
 /// The prompt when none is given.
 const DEFAULT_PROMPT: &str = "A shoal of small devices";
+/// The prompt when none is given and the model is the real Gemma.
+const DEFAULT_REAL_PROMPT: &str = "The three largest cities in France are";
+/// The chat message when none is given (`--chat`).
+const DEFAULT_CHAT: &str = "Name three things a small phone can do.";
+/// The folder `scripts/fetch-gemma.sh` writes, inside a `.cache` directory.
+const GEMMA_DIR: &str = "gemma3-270m";
+/// The GGUF in it.
+const GEMMA_GGUF: &str = "gemma-3-270m-q4_k_m.gguf";
+/// The q4 shards the demo imports from it, beside it.
+const GEMMA_SHARDS: &str = "shards-q4";
 
 /// Arguments of `shoal demo`.
 #[derive(Debug, Args)]
@@ -28,9 +41,17 @@ pub(crate) struct DemoArgs {
     /// Number of node processes.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Model directory; absent: a synthesised built-in model.
-    #[arg(long)]
+    /// Model directory; absent: the fetched Gemma-3-270M when `.cache/gemma3-270m/` holds it
+    /// (`scripts/setup.sh`), else the synthesised built-in model.
+    #[arg(long, conflicts_with = "synth")]
     model: Option<PathBuf>,
+    /// Use the synthesised built-in model (random weights) even when Gemma is fetched.
+    #[arg(long)]
+    synth: bool,
+    /// Send the prompt as a user message through `/v1/chat/completions` (the model's chat
+    /// template).
+    #[arg(long, conflicts_with = "prompt_ids")]
+    chat: bool,
     /// Prompt text.
     #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
@@ -76,24 +97,112 @@ fn work_dir() -> PathBuf {
     std::env::temp_dir().join(format!("shoal-demo-{}-{nanos}", std::process::id()))
 }
 
-/// The model to use: `--model`, or the built-in one synthesised into the work directory.
-pub(crate) fn demo_model(
-    given: Option<&PathBuf>,
-    dir: &std::path::Path,
-) -> anyhow::Result<PathBuf> {
-    if let Some(m) = given {
-        return Ok(m.clone());
+/// Which model the demo runs.
+#[derive(Debug)]
+pub(crate) enum DemoModel {
+    /// `--model DIR`.
+    Given(PathBuf),
+    /// The fetched Gemma-3-270M's q4 shards.
+    Gemma(PathBuf),
+    /// The synthesised built-in model in the work directory.
+    Synth(PathBuf),
+}
+
+impl DemoModel {
+    /// The model directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        match self {
+            DemoModel::Given(p) | DemoModel::Gemma(p) | DemoModel::Synth(p) => p,
+        }
+    }
+}
+
+/// The `.cache` directories searched for `gemma3-270m/`: `$SHOAL_CACHE`, `./.cache`, and the
+/// checkout this binary was built from (so `cargo run` finds it from any folder).
+fn cache_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("SHOAL_CACHE") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from(".cache"));
+    dirs.push(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../.cache"
+    )));
+    dirs
+}
+
+/// The fetched Gemma folder (GGUF and tokenizer present), if any.
+fn fetched_gemma() -> Option<PathBuf> {
+    cache_dirs()
+        .into_iter()
+        .map(|c| c.join(GEMMA_DIR))
+        .find(|d| d.join(GEMMA_GGUF).is_file() && d.join("tokenizer.json").is_file())
+}
+
+/// The q4 shards of the fetched Gemma in `dir`, imported on first use. The import writes a
+/// temporary folder and renames it, so an interrupted import is never taken for a model.
+fn gemma_shards(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let shards = dir.join(GEMMA_SHARDS);
+    if shards.join("manifest.json").is_file() {
+        return Ok(shards);
     }
     eprintln!(
-        "shoal demo: no --model, so the synthesised built-in model (random weights: the text is noise); \
-         for real text: scripts/fetch-gemma.sh && shoal model import --gguf \
-         .cache/gemma3-270m/gemma-3-270m-q4_k_m.gguf --tokenizer .cache/gemma3-270m/tokenizer.json \
-         --out .cache/gemma3-270m/shards, then shoal demo --model .cache/gemma3-270m/shards"
+        "shoal demo: importing {} into q4 shards in {} (once)",
+        dir.join(GEMMA_GGUF).display(),
+        shards.display()
     );
+    let tmp = dir.join(format!("{GEMMA_SHARDS}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let quant = shoal_model::QuantSpec::new(
+        shoal_model::WeightDtype::Q4,
+        shoal_model::quant::DEFAULT_BLOCK_SIZE,
+    )?;
+    let imported = shoal_model::gguf::import_as(
+        &dir.join(GEMMA_GGUF),
+        Some(&dir.join("tokenizer.json")),
+        &tmp,
+        true,
+        quant,
+    );
+    if let Err(e) = imported {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e).context("importing the fetched Gemma-3-270M");
+    }
+    if let Err(e) = std::fs::rename(&tmp, &shards) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Another demo may have finished the same import first.
+        if !shards.join("manifest.json").is_file() {
+            return Err(e)
+                .with_context(|| format!("moving {} to {}", tmp.display(), shards.display()));
+        }
+    }
+    Ok(shards)
+}
+
+/// The model to use: `--model`, else the fetched Gemma (imported on first use), else (or with
+/// `--synth`) the built-in one synthesised into the work directory.
+pub(crate) fn demo_model(
+    given: Option<&PathBuf>,
+    synth_only: bool,
+    dir: &std::path::Path,
+) -> anyhow::Result<DemoModel> {
+    if let Some(m) = given {
+        return Ok(DemoModel::Given(m.clone()));
+    }
+    if !synth_only {
+        if let Some(gemma) = fetched_gemma() {
+            return Ok(DemoModel::Gemma(gemma_shards(&gemma)?));
+        }
+        eprintln!(
+            "shoal demo: no real model fetched, so the built-in one (random weights: the text is noise); \
+             for real text run scripts/setup.sh (it fetches Gemma-3-270M into .cache/) and the demo again"
+        );
+    }
     let out = dir.join("model");
     let opts = shoal_model::synth::SynthOptions::default();
     shoal_model::synth::synth(&opts, &out, false).context("synthesising the built-in model")?;
-    Ok(out)
+    Ok(DemoModel::Synth(out))
 }
 
 /// Starts `nodes` processes whose memory forces the plan to span all of them.
@@ -118,17 +227,17 @@ pub(crate) async fn start_swarm(
 
 async fn demo(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let model = demo_model(args.model.as_ref(), dir)?;
+    let model = demo_model(args.model.as_ref(), args.synth, dir)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
     // Dropping the half-started swarm on a signal kills its children (kill_on_drop).
     let swarm = tokio::select! {
-        s = start_swarm(&model, args.nodes, dir) => s?,
+        s = start_swarm(model.dir(), args.nodes, dir) => s?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
         _ = term.recv() => bail!("terminated"),
     };
     let result = tokio::select! {
-        r = drive(args, &swarm) => r,
+        r = drive(args, &model, &swarm) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         _ = term.recv() => Err(anyhow::anyhow!("terminated")),
     };
@@ -141,31 +250,54 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Waits for the plan, generates, and prints (or returns the JSON object).
-async fn drive(args: &DemoArgs, swarm: &LocalSwarm) -> anyhow::Result<Value> {
+async fn drive(args: &DemoArgs, model: &DemoModel, swarm: &LocalSwarm) -> anyhow::Result<Value> {
     let plan = swarm.wait_plan(args.nodes, 0, PLAN_TIMEOUT).await?;
     swarm.wait_ready(&plan, PLAN_TIMEOUT).await?;
     if !args.json {
+        let name = shoal_model::Manifest::load(model.dir()).map_or_else(
+            |_| "?".to_string(),
+            |m| format!("{} ({}, {} layers)", m.name, m.dtype, m.dims.layers),
+        );
+        let what = match model {
+            DemoModel::Synth(_) => " [built-in, random weights]",
+            DemoModel::Gemma(_) | DemoModel::Given(_) => "",
+        };
+        println!("model: {name}{what} from {}", model.dir().display());
         print_plan(&plan, swarm);
     }
     let before = metrics_by_node(swarm).await;
+    let default_prompt = match (args.chat, model) {
+        (true, _) => DEFAULT_CHAT,
+        (false, DemoModel::Synth(_)) => DEFAULT_PROMPT,
+        (false, _) => DEFAULT_REAL_PROMPT,
+    };
     let prompt = match &args.prompt_ids {
         Some(ids) => json!(ids),
-        None => json!(args.prompt.as_deref().unwrap_or(DEFAULT_PROMPT)),
+        None => json!(args.prompt.as_deref().unwrap_or(default_prompt)),
     };
     let temperature = if args.greedy { 0.0 } else { 0.8 };
-    let body = json!({
-        "prompt": prompt, "max_tokens": args.max_tokens, "temperature": temperature,
+    let mut body = json!({
+        "max_tokens": args.max_tokens, "temperature": temperature,
         "top_p": if args.greedy { 1.0 } else { 0.95 }, "seed": 0,
     });
-    let (status, answer) = swarm.post_json(0, "/v1/completions", &body).await?;
+    let path = if args.chat {
+        body["messages"] = json!([{"role": "user", "content": prompt}]);
+        "/v1/chat/completions"
+    } else {
+        body["prompt"] = prompt.clone();
+        "/v1/completions"
+    };
+    let (status, answer) = swarm.post_json(0, path, &body).await?;
     if status != 200 {
         bail!("generation failed ({status}): {answer}");
     }
     let after = metrics_by_node(swarm).await;
     let stages = stage_timings(&plan, swarm, &before, &after);
     let shoal = &answer["shoal"];
-    let text = answer["choices"][0]["text"]
+    let choice = &answer["choices"][0];
+    let text = choice["text"]
         .as_str()
+        .or_else(|| choice["message"]["content"].as_str())
         .unwrap_or_default()
         .to_string();
     let out = json!({
