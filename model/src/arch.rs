@@ -79,6 +79,10 @@ pub struct WeightTensor {
     pub dims: Vec<usize>,
     /// Values.
     pub data: Vec<f32>,
+    /// Bits per value when the checkpoint stored the tensor block-quantised (a GGUF `Q5_0`
+    /// gives 5), `None` for float checkpoints. A 4-bit export keeps such a tensor at 8 bits
+    /// when it had more than 4 ([`crate::quant::QuantSpec::for_source`]).
+    pub source_bits: Option<u32>,
 }
 
 /// Where weights come from: a checkpoint reader, or the synthetic generator.

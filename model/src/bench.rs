@@ -310,3 +310,87 @@ pub fn measure_speed(dir: &Path, m: &Manifest, b: SpeedBench) -> Result<Speed> {
         read_bytes: m.layers.iter().map(|l| l.figures.read_bytes).sum(),
     })
 }
+
+/// Time one kind of ONNX Runtime node (or a whole `Run`) took in a profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTime {
+    /// The op type (`MatMulNBits`, ...), or `(session run)` for whole `Run` calls.
+    pub op: String,
+    /// Events of this kind.
+    pub count: u64,
+    /// Their summed duration, microseconds.
+    pub total_us: f64,
+}
+
+/// Where the time of a greedy decode goes on ONNX Runtime: `tokens` tokens after an 8-token
+/// prompt with every session profiled into `out` (one JSON file per shard), then summed per
+/// op type, largest first, with the whole `Run` calls as `(session run)` (their time beyond
+/// the nodes' is ONNX Runtime's per-call overhead) and the wall time of the decode as
+/// `(wall)`.
+pub fn profile_decode(
+    dir: &Path,
+    m: &Manifest,
+    threads: usize,
+    tokens: usize,
+    out: &Path,
+) -> Result<Vec<OpTime>> {
+    let cfg = RuntimeConfig {
+        backend: BackendChoice::Ort,
+        threads,
+        ort_profile: Some(out.to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    let mut runner = StageRunner::load(dir, m, 0..m.planner_layers(), &cfg)?;
+    let req = GenerateRequest {
+        prompt_ids: (0..8)
+            .map(|i| ((i * 7 + 3) % m.dims.vocab) as u32)
+            .collect(),
+        max_tokens: tokens.max(2),
+        sampling: SamplingConfig::greedy(),
+        stop_ids: Vec::new(),
+    };
+    let start = Instant::now();
+    generate(&mut runner, 1, &req, |_| true)?;
+    let wall = start.elapsed();
+    // Dropping the sessions writes their profiles.
+    drop(runner);
+    let mut table = std::collections::BTreeMap::<String, (u64, f64)>::new();
+    let files = std::fs::read_dir(out).map_err(Error::io(out))?;
+    for f in files {
+        let path = f.map_err(Error::io(out))?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+        let events: Vec<serde_json::Value> =
+            serde_json::from_str(&text).map_err(Error::json(&path))?;
+        for e in events {
+            let dur = e["dur"].as_f64().unwrap_or(0.0);
+            let key = match (e["cat"].as_str(), e["name"].as_str()) {
+                (Some("Node"), Some(n)) if n.ends_with("_kernel_time") => {
+                    e["args"]["op_name"].as_str().unwrap_or("?").to_owned()
+                }
+                (Some("Session"), Some("model_run")) => "(session run)".to_owned(),
+                _ => continue,
+            };
+            let slot = table.entry(key).or_default();
+            slot.0 += 1;
+            slot.1 += dur;
+        }
+    }
+    let mut rows: Vec<OpTime> = table
+        .into_iter()
+        .map(|(op, (count, total_us))| OpTime {
+            op,
+            count,
+            total_us,
+        })
+        .collect();
+    rows.push(OpTime {
+        op: "(wall)".to_owned(),
+        count: 1,
+        total_us: wall.as_secs_f64() * 1e6,
+    });
+    rows.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
+    Ok(rows)
+}

@@ -170,6 +170,7 @@ impl WeightSource for SafetensorsWeights {
         Ok(WeightTensor {
             dims: e.shape.clone(),
             data,
+            source_bits: None,
         })
     }
 

@@ -71,15 +71,21 @@ impl FromStr for WeightDtype {
     }
 }
 
-/// How the exporter quantises: bits and block size (a power of two, at least 16, as
-/// `MatMulNBits` requires).
+/// How the exporter quantises: bits, block size (a power of two, at least 16, as
+/// `MatMulNBits` requires) and the `MatMulNBits` accuracy level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantSpec {
     /// 4 or 8.
     pub bits: u32,
     /// Values per block along K.
     pub block_size: usize,
+    /// `MatMulNBits`' `accuracy_level`: 4 quantises activations to int8 per block (the fast
+    /// CPU kernels), 0 keeps them f32 (see `model/README.md` for what each costs).
+    pub accuracy_level: u32,
 }
+
+/// The default `accuracy_level`: int8 activations.
+pub const DEFAULT_ACCURACY_LEVEL: u32 = 4;
 
 /// Default block size: the one whose Gemma-3-270M parity was measured (128 decodes 22% faster,
 /// parity unmeasured); see `model/README.md`.
@@ -96,7 +102,35 @@ impl QuantSpec {
                 "block size {block_size}: must be a power of two >= 16"
             )));
         }
-        Ok(Some(QuantSpec { bits, block_size }))
+        Ok(Some(QuantSpec {
+            bits,
+            block_size,
+            accuracy_level: DEFAULT_ACCURACY_LEVEL,
+        }))
+    }
+
+    /// The same spec with another `accuracy_level` (0 to 4, as ONNX Runtime accepts).
+    pub fn with_accuracy_level(self, accuracy_level: u32) -> Result<Self> {
+        if accuracy_level > 4 {
+            return Err(Error::Config(format!(
+                "accuracy level {accuracy_level}: must be 0 to 4"
+            )));
+        }
+        Ok(QuantSpec {
+            accuracy_level,
+            ..self
+        })
+    }
+
+    /// The spec for a checkpoint tensor stored with `source_bits` bits per value: a 4-bit
+    /// spec becomes 8-bit for a tensor that had more than 4 (a GGUF `Q5_0`, `Q6_K` or `Q8_0`),
+    /// so an import never throws away precision the file's author chose to keep (llama.cpp's
+    /// `Q4_K_M` keeps Gemma-3-270M's q/k/v, gate and up at 5 bits); float sources keep `self`.
+    pub fn for_source(self, source_bits: Option<u32>) -> Self {
+        match source_bits {
+            Some(b) if b > self.bits => QuantSpec { bits: 8, ..self },
+            _ => self,
+        }
     }
 
     /// Blocks per row of `k` values.
@@ -228,7 +262,11 @@ mod tests {
     use super::*;
 
     fn spec(bits: u32, block_size: usize) -> QuantSpec {
-        QuantSpec { bits, block_size }
+        QuantSpec {
+            bits,
+            block_size,
+            accuracy_level: DEFAULT_ACCURACY_LEVEL,
+        }
     }
 
     #[test]
@@ -270,5 +308,20 @@ mod tests {
         assert!("q3".parse::<WeightDtype>().is_err());
         assert!(QuantSpec::new(WeightDtype::Q4, 48).is_err());
         assert_eq!(QuantSpec::new(WeightDtype::F32, 48).unwrap(), None);
+        let q4 = QuantSpec::new(WeightDtype::Q4, 32).unwrap().unwrap();
+        assert!(q4.with_accuracy_level(5).is_err());
+        assert_eq!(q4.with_accuracy_level(0).unwrap().accuracy_level, 0);
+    }
+
+    #[test]
+    fn a_4_bit_spec_widens_to_8_bits_for_sources_with_more_bits() {
+        let q4 = spec(4, 32);
+        assert_eq!(q4.for_source(None), q4);
+        assert_eq!(q4.for_source(Some(4)), q4);
+        assert_eq!(q4.for_source(Some(2)), q4);
+        assert_eq!(q4.for_source(Some(5)).bits, 8);
+        assert_eq!(q4.for_source(Some(6)).block_size, 32);
+        let q8 = spec(8, 32);
+        assert_eq!(q8.for_source(Some(5)), q8);
     }
 }

@@ -80,6 +80,10 @@ pub struct RuntimeConfig {
     /// Log ONNX Runtime's sessions at verbose level into [`StageRunner::ort_log`] (a
     /// diagnostic; default false).
     pub capture_ort_log: bool,
+    /// Write ONNX Runtime's per-node profile of every session into this folder (one JSON file
+    /// per shard, written when the runner is dropped; read by [`crate::bench::ort_profile`]).
+    /// A diagnostic; default none.
+    pub ort_profile: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -92,6 +96,7 @@ impl Default for RuntimeConfig {
             idle_timeout: Duration::from_secs(600),
             all_logits: false,
             capture_ort_log: false,
+            ort_profile: None,
         }
     }
 }
@@ -281,6 +286,7 @@ impl StageRunner {
                     config.threads,
                     config.ort_dylib_path.as_deref(),
                     ort_log.as_ref(),
+                    config.ort_profile.as_deref(),
                 )?),
                 Backend::Tract => Shard::Tract(TractShard::load(&path)?),
             };

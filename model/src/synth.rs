@@ -219,7 +219,11 @@ impl WeightSource for SynthWeights {
                     .for_each(|v| *v *= PRINTABLE_GAIN);
             }
         }
-        Ok(WeightTensor { dims, data })
+        Ok(WeightTensor {
+            dims,
+            data,
+            source_bits: None,
+        })
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -39,7 +39,10 @@ pub fn linear(
     let t = load(w, weight, &[out_dim, in_dim])?;
     g.count_matmul((out_dim * in_dim) as u64);
     let y = match g.quant() {
-        Some(spec) => matmul_nbits(g, x, weight, &t.data, (out_dim, in_dim), spec)?,
+        Some(spec) => {
+            let spec = spec.for_source(t.source_bits);
+            matmul_nbits(g, x, weight, &t.data, (out_dim, in_dim), spec)?
+        }
         None => {
             let wt = g.weight(
                 &format!("{weight}^T"),
@@ -67,8 +70,8 @@ fn quant_key(source: &str, spec: QuantSpec) -> String {
 }
 
 /// `x @ W^T` through `com.microsoft.MatMulNBits` for a `[n, k]` weight `data`: B is
-/// `[n, blocks, blob]` bytes, scales `[n * blocks]`, no zero points (symmetric), and
-/// `accuracy_level = 4` (int8 activations: the fast kernel on CPU).
+/// `[n, blocks, blob]` bytes, scales `[n * blocks]`, no zero points (symmetric), and the
+/// spec's `accuracy_level` (4, int8 activations, is the fast kernel on CPU).
 pub fn matmul_nbits(
     g: &mut GraphBuilder,
     x: &str,
@@ -91,7 +94,7 @@ pub fn matmul_nbits(
         attr_int("N", n as i64),
         attr_int("bits", i64::from(spec.bits)),
         attr_int("block_size", spec.block_size as i64),
-        attr_int("accuracy_level", 4),
+        attr_int("accuracy_level", i64::from(spec.accuracy_level)),
     ];
     Ok(g.ms_op("MatMulNBits", &[x, &b, &s], attrs))
 }

@@ -38,6 +38,20 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// Bits of each stored value of a block-quantised type (scales and mins not counted);
+    /// `None` for float types and types this crate does not know.
+    pub fn value_bits(self) -> Option<u32> {
+        match self {
+            Self::Q2K => Some(2),
+            Self::Q3K => Some(3),
+            Self::Q4_0 | Self::Q4_1 | Self::Q4K => Some(4),
+            Self::Q5_0 | Self::Q5_1 | Self::Q5K => Some(5),
+            Self::Q6K => Some(6),
+            Self::Q8_0 | Self::Q8K => Some(8),
+            Self::F32 | Self::F16 | Self::Bf16 | Self::Other(_) => None,
+        }
+    }
+
     /// The type with GGUF id `id`.
     pub fn from_id(id: u32) -> Self {
         match id {

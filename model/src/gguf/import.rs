@@ -113,7 +113,15 @@ impl GgufWeights {
         if names::is_offset_norm(self.family, gguf) {
             data.iter_mut().for_each(|v| *v -= 1.0);
         }
-        Ok(WeightTensor { dims, data })
+        let source_bits = self
+            .reader
+            .tensor_info(gguf)
+            .and_then(|t| t.ty.value_bits());
+        Ok(WeightTensor {
+            dims,
+            data,
+            source_bits,
+        })
     }
 }
 

@@ -56,6 +56,7 @@ pub(crate) fn dequantize_model(model: &mut pb::ModelProto, path: &Path) -> Resul
         let spec = QuantSpec {
             bits: need("bits")? as u32,
             block_size: need("block_size")? as usize,
+            accuracy_level: 0,
         };
         let (data_name, scales_name) = match node.input.as_slice() {
             [_, b, s, ..] if node.op_type == "MatMulNBits" => (b.clone(), s.clone()),

@@ -49,18 +49,28 @@ fn dims(shape: &[usize]) -> Vec<i64> {
 
 impl OrtShard {
     /// Loads `path` (external data resolved next to it). With `log`, the session logs at
-    /// verbose level into it (one `level category: message` line per record).
+    /// verbose level into it (one `level category: message` line per record); with `profile`,
+    /// ONNX Runtime profiles every node run into a JSON file in that folder, named after the
+    /// shard (written when the session is dropped).
     pub(crate) fn load(
         path: &Path,
         threads: usize,
         ort_path: Option<&Path>,
         log: Option<&OrtLog>,
+        profile: Option<&Path>,
     ) -> Result<Self> {
         let env = super::ort_lib::environment(ort_path, threads)?;
         let mut b = Session::builder(env).map_err(err)?;
         b = b
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(err)?;
+        if let Some(dir) = profile {
+            let stem = path
+                .file_stem()
+                .map_or_else(|| "shard".into(), |s| s.to_string_lossy().into_owned());
+            std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+            b = b.with_profiling(dir.join(stem)).map_err(err)?;
+        }
         if let Some(log) = log {
             let sink = Arc::clone(&log.0);
             b = b

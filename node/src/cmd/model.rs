@@ -43,6 +43,10 @@ pub(crate) struct ImportArgs {
     /// Values per quantisation block (a power of two >= 16).
     #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
     pub(crate) block_size: usize,
+    /// `MatMulNBits` accuracy level: 4 (int8 activations, the fast CPU kernel) or 0 (f32
+    /// activations).
+    #[arg(long, default_value_t = shoal_model::quant::DEFAULT_ACCURACY_LEVEL)]
+    pub(crate) accuracy_level: u32,
 }
 
 /// Shape and seed of the synthetic model.
@@ -108,7 +112,9 @@ pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
 }
 
 fn import(a: ImportArgs) -> anyhow::Result<()> {
-    let quant = QuantSpec::new(a.dtype, a.block_size)?;
+    let quant = QuantSpec::new(a.dtype, a.block_size)?
+        .map(|q| q.with_accuracy_level(a.accuracy_level))
+        .transpose()?;
     let m = match (&a.hf, &a.gguf) {
         (Some(dir), _) => shoal_model::hf::import_as(dir, &a.out, true, quant)
             .with_context(|| format!("importing {}", dir.display()))?,

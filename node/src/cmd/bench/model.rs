@@ -60,6 +60,11 @@ pub(crate) struct ModelBenchArgs {
     /// Add a peer row: `llama-cpp` runs `--peer-script GGUF THREADS`.
     #[arg(long, requires = "gguf")]
     pub(crate) peer: Option<Peer>,
+    /// Instead of the comparison, profile a greedy decode of `--tokens` tokens with ONNX
+    /// Runtime's profiler (one JSON file per shard into this folder) and print where the time
+    /// goes, per op type.
+    #[arg(long, conflicts_with_all = ["gguf", "dtypes"])]
+    pub(crate) ort_profile: Option<PathBuf>,
     /// The peer script (prints one JSON line with `decode_tok_s` and `prefill_tok_s`).
     #[arg(long, default_value = "scripts/peer-llama-cpp.sh")]
     pub(crate) peer_script: PathBuf,
@@ -98,6 +103,9 @@ pub(crate) fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
 
 fn bench(dir: &Path, args: &ModelBenchArgs) -> anyhow::Result<()> {
     let m = Manifest::load(dir)?;
+    if let Some(out) = &args.ort_profile {
+        return profile(dir, &m, args, out);
+    }
     let b = DecodeBench {
         tokens: args.tokens,
         prompt_len: args.prompt_len,
@@ -328,4 +336,37 @@ fn print_table(args: &ModelBenchArgs, name: &str, rows: &[Row], bw: f64) {
     if args.peer.is_none() {
         println!("peer: none asked (add --peer llama-cpp --gguf FILE for a llama.cpp row)");
     }
+}
+
+/// Prints where a profiled decode's time goes, per op type.
+fn profile(dir: &Path, m: &Manifest, args: &ModelBenchArgs, out: &Path) -> anyhow::Result<()> {
+    let rows = shoal_model::bench::profile_decode(dir, m, args.threads, args.tokens, out)?;
+    let wall = rows
+        .iter()
+        .find(|r| r.op == "(wall)")
+        .map_or(f64::MIN_POSITIVE, |r| r.total_us);
+    let steps = args.tokens.max(2) as f64;
+    println!(
+        "model {} ({}), {} tokens after an 8-token prompt, {} threads; profiles in {}",
+        m.name,
+        m.dtype,
+        args.tokens,
+        args.threads,
+        out.display()
+    );
+    println!(
+        "{:<28} {:>8} {:>12} {:>14} {:>8}",
+        "op", "count", "total ms", "us per token", "of wall"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:>8} {:>12.2} {:>14.1} {:>7.1}%",
+            r.op,
+            r.count,
+            r.total_us / 1e3,
+            r.total_us / steps,
+            100.0 * r.total_us / wall
+        );
+    }
+    Ok(())
 }
