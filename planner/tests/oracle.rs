@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use shoal_planner::{
     Device, EXHAUSTIVE_LIMIT, Layer, Link, Model, Net, Objective, Plan, PlanError, PlanOptions,
     Scenario, Strategy, candidates, evaluate, lower_bound, plan, plan_with, synthetic,
+    throughput_within,
 };
 
 /// Cases per objective; `SHOAL_ORACLE_CASES` raises it for a longer run.
@@ -156,7 +157,7 @@ fn check(objective: Objective, seed_base: u64) -> Counts {
         let seed = seed_base + case;
         let s = random_scenario(&mut ChaCha8Rng::seed_from_u64(seed));
         let oracle = plan(&s, objective, Strategy::Exhaustive);
-        for opts in variants(objective) {
+        for opts in variants() {
             let cold = plan_with(&s, objective, Strategy::Milp, &opts);
             agree(seed, objective, &cold, &oracle, &opts);
         }
@@ -200,24 +201,21 @@ fn check(objective: Objective, seed_base: u64) -> Counts {
     counts
 }
 
-/// The MILP without warm start and pruning, and the per-layer model with and without; for
-/// latency also the pruned segment MILP straight after the Lagrangian ascent and after a
-/// search cut short at 40 child evaluations.
-fn variants(objective: Objective) -> Vec<PlanOptions> {
+/// The MILP without warm start and pruning, and the per-layer model with and without; the
+/// segment MILP straight away (latency: after the Lagrangian ascent; throughput: for every
+/// feasibility check of the bisection) and after searches cut short at 40 child evaluations
+/// (latency) or 40 nodes per check (throughput); for throughput also the bisection's search
+/// without warm start.
+fn variants() -> Vec<PlanOptions> {
     let cold = PlanOptions {
         warm_start: false,
         ..PlanOptions::default()
     };
-    let pruned = [0, 40].map(|search_nodes| PlanOptions {
-        search_nodes,
-        ..PlanOptions::default()
-    });
-    let pruned = if objective == Objective::Latency {
-        pruned.to_vec()
-    } else {
-        Vec::new()
-    };
-    pruned
+    [0, 40]
+        .map(|search_nodes| PlanOptions {
+            search_nodes,
+            ..PlanOptions::default()
+        })
         .into_iter()
         .chain([
             cold.clone(),
@@ -348,4 +346,49 @@ fn fast_latency_matches_full_milp_on_heterogeneous_swarms() {
         compared >= 12,
         "too few feasible heterogeneous cases: {compared}"
     );
+}
+
+/// The feasibility check of the throughput bisection (`throughput_within`: the search of
+/// `search.rs`, and the segment MILP alone with `search_nodes: 0`) finds a placement for every
+/// threshold at or above the oracle's optimum, scoring at most the threshold, and none just
+/// below it; on infeasible scenarios never one.
+#[test]
+fn throughput_check_never_misses_the_optimum() {
+    let search = PlanOptions::default();
+    let milp = PlanOptions {
+        search_nodes: 0,
+        ..PlanOptions::default()
+    };
+    let mut feasible = 0;
+    for case in 0..cases() {
+        let seed = 50_000 + case;
+        let s = random_scenario(&mut ChaCha8Rng::seed_from_u64(seed));
+        let best = match plan(&s, Objective::Throughput, Strategy::Exhaustive) {
+            Ok(p) => Some(p.cost_s),
+            Err(PlanError::Infeasible { .. }) => None,
+            Err(e) => panic!("seed {seed}: oracle failed: {e}"),
+        };
+        for opts in [&search, &milp] {
+            let ctx = format!("seed {seed} search_nodes {}", opts.search_nodes);
+            let within = |t: f64| {
+                throughput_within(&s, t, opts).unwrap_or_else(|e| panic!("{ctx} at {t}: {e}"))
+            };
+            let Some(best) = best else {
+                assert!(within(f64::MAX).is_none(), "{ctx}: placement on infeasible");
+                continue;
+            };
+            for t in [best, best * (1.0 + 1e-6), best * 1.5, f64::MAX] {
+                let st = within(t).unwrap_or_else(|| panic!("{ctx}: infeasible at {t} >= {best}"));
+                let cost = evaluate(&s, &st, Objective::Throughput)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                assert!(cost <= t, "{ctx}: cost {cost} above the threshold {t}");
+            }
+            assert!(
+                within(best * (1.0 - 1e-6)).is_none(),
+                "{ctx}: a placement below the optimum {best}"
+            );
+        }
+        feasible += usize::from(best.is_some());
+    }
+    assert!(feasible >= 100, "too few feasible cases: {feasible}");
 }
