@@ -205,6 +205,8 @@ struct Search<'a> {
     /// `out[i]`, `inn[j]`: devices `i` may hand over to at some boundary, and back.
     out: Vec<Set>,
     inn: Vec<Set>,
+    /// Devices that can hold at least one layer within `t`.
+    viable: Set,
     /// Devices the origin may send the token to, and those that may send it back.
     first: Set,
     last: Set,
@@ -223,7 +225,7 @@ impl<'a> Search<'a> {
     fn new(inst: &'a Instance, hops: &Hops, t: f64, deadline: Instant, budget: u64) -> Self {
         let (d, l) = (inst.devices(), inst.layers());
         let reach = reach_table(inst, t);
-        let span = reach
+        let span: Vec<Vec<usize>> = reach
             .iter()
             .map(|r| {
                 let mut span = vec![0; l + 1];
@@ -260,6 +262,9 @@ impl<'a> Search<'a> {
             }
         }
         let within = |h: Option<f64>| h.is_some_and(|h| h <= t);
+        let viable = (0..d)
+            .filter(|&j| span[j][0] > 0)
+            .fold(0, |s, j| s | bit(j));
         let class = inst.classes();
         Self {
             inst,
@@ -267,6 +272,7 @@ impl<'a> Search<'a> {
             reach,
             span,
             ok,
+            viable,
             out,
             inn,
             first: (0..d)
@@ -289,11 +295,6 @@ impl<'a> Search<'a> {
             budget,
             deadline,
         }
-    }
-
-    fn all(&self) -> Set {
-        let d = self.inst.devices();
-        if d == 128 { !0 } else { (1 << d) - 1 }
     }
 
     /// The first stage: every device the origin may reach, from boundary 0.
@@ -367,7 +368,7 @@ impl<'a> Search<'a> {
     /// The devices a completion after `i` (stage ends in `marks`) may use, or `None` when
     /// they cannot cover the layers left.
     fn useful(&self, i: usize, marks: &Marks) -> Option<Set> {
-        let free = self.all() & !self.used;
+        let free = self.viable & !self.used;
         let ahead = closure(self.out[i] & free, free, &self.out);
         let behind = closure(self.last & free, free, &self.inn);
         let useful = ahead & behind;
@@ -375,14 +376,12 @@ impl<'a> Search<'a> {
             return None;
         }
         let (from, need) = (marks.min(), self.l - marks.max());
-        let mut have = 0;
-        for j in members(useful) {
-            have += self.span[j][from];
-            if have >= need {
-                return Some(useful);
-            }
+        let span = |j: usize| self.span[j][from];
+        if members(useful).map(span).sum::<usize>() < need {
+            return None;
         }
-        None
+        let chain = chains(self.out[i] & useful, useful, &self.out, span);
+        (chain >= need).then_some(useful)
     }
 
     /// The boundaries a stage on `j` can end at when it may start at any boundary of `from`.
@@ -451,6 +450,82 @@ fn closure(seeds: Set, free: Set, edges: &[Set]) -> Set {
         seen |= frontier;
     }
     seen
+}
+
+/// At least the most layers a simple path can collect when it starts at a device of `seeds`
+/// and moves along `edges` inside `nodes`, device `j` holding at most `weight(j)` layers: the
+/// heaviest chain of strongly connected components of `nodes` (Tarjan, which completes them
+/// sinks first). A path never returns to a component it left, so it collects at most the
+/// weights along one chain of components.
+fn chains(seeds: Set, nodes: Set, edges: &[Set], weight: impl Fn(usize) -> usize) -> usize {
+    const NONE: u8 = u8::MAX;
+    let mut index = [NONE; MAX_DEVICES];
+    let mut low = [0u8; MAX_DEVICES];
+    let mut comp = [NONE; MAX_DEVICES];
+    let mut best = [0usize; MAX_DEVICES];
+    let (mut counter, mut comps) = (0u8, 0u8);
+    let mut open: Set = 0;
+    let mut stack: Vec<usize> = Vec::with_capacity(MAX_DEVICES);
+    let mut calls: Vec<(usize, Set)> = Vec::with_capacity(MAX_DEVICES);
+    for root in members(seeds & nodes) {
+        if index[root] != NONE {
+            continue;
+        }
+        index[root] = counter;
+        low[root] = counter;
+        counter += 1;
+        stack.push(root);
+        open |= bit(root);
+        calls.push((root, edges[root] & nodes));
+        while let Some(top) = calls.last_mut() {
+            let v = top.0;
+            if top.1 != 0 {
+                let w = top.1.trailing_zeros() as usize;
+                top.1 &= top.1 - 1;
+                if index[w] == NONE {
+                    index[w] = counter;
+                    low[w] = counter;
+                    counter += 1;
+                    stack.push(w);
+                    open |= bit(w);
+                    calls.push((w, edges[w] & nodes));
+                } else if open & bit(w) != 0 {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(p, _)) = calls.last() {
+                low[p] = low[p].min(low[v]);
+            }
+            if low[v] != index[v] {
+                continue;
+            }
+            // `v` roots a component: pop it, its successors are complete already.
+            let mut members_of: Set = 0;
+            while let Some(k) = stack.pop() {
+                members_of |= bit(k);
+                open &= !bit(k);
+                comp[k] = comps;
+                if k == v {
+                    break;
+                }
+            }
+            let mut after = 0;
+            for k in members(members_of) {
+                for n in members(edges[k] & nodes & !members_of) {
+                    after = after.max(best[comp[n] as usize]);
+                }
+            }
+            let own: usize = members(members_of).map(&weight).sum();
+            best[comps as usize] = own + after;
+            comps += 1;
+        }
+    }
+    members(seeds & nodes)
+        .map(|k| best[comp[k] as usize])
+        .max()
+        .unwrap_or(0)
 }
 
 /// `reach[j][a]`: the furthest boundary a stage on `j` starting at `a` reaches with cost at

@@ -36,8 +36,13 @@ fn layer(rng: &mut ChaCha8Rng) -> Layer {
 }
 
 fn random_scenario(rng: &mut ChaCha8Rng) -> Scenario {
-    let d = rng.random_range(1..=4usize);
-    let l = rng.random_range(1..=6usize);
+    sized_scenario(rng, 4, 6)
+}
+
+/// A random scenario of up to `max_devices` devices and `max_layers` layers.
+fn sized_scenario(rng: &mut ChaCha8Rng, max_devices: usize, max_layers: usize) -> Scenario {
+    let d = rng.random_range(1..=max_devices);
+    let l = rng.random_range(1..=max_layers);
     let context = rng.random_range(64.0..1024.0);
     let mut layers: Vec<Layer> = (0..l).map(|_| layer(rng)).collect();
     if rng.random_bool(0.5) {
@@ -391,4 +396,69 @@ fn throughput_check_never_misses_the_optimum() {
         feasible += usize::from(best.is_some());
     }
     assert!(feasible >= 100, "too few feasible cases: {feasible}");
+}
+
+/// On heterogeneous memory-tight swarms, the default throughput solve (bisection with the
+/// search of `search.rs`) equals the bisection whose every check is the segment MILP
+/// (`search_nodes: 0`), and the oracle where the size allows; at the optimum the check finds
+/// a placement and just below it none (the search's bounds never cut off a placement).
+#[test]
+fn fast_throughput_matches_milp_checks_on_heterogeneous_swarms() {
+    let milp = PlanOptions {
+        search_nodes: 0,
+        ..PlanOptions::default()
+    };
+    let mut compared = 0;
+    for (d, l) in [(5, 8), (6, 10), (8, 12), (10, 16), (12, 20), (16, 24)] {
+        for seed in 1..=6 {
+            let s = synthetic::heterogeneous(d, l, seed);
+            let fast = plan(&s, Objective::Throughput, Strategy::Milp);
+            let slow = plan_with(&s, Objective::Throughput, Strategy::Milp, &milp);
+            let ctx = format!("{d}x{l} seed {seed}");
+            agree(seed, Objective::Throughput, &fast, &slow, &milp);
+            if candidates(d, l) <= EXHAUSTIVE_LIMIT {
+                let oracle = plan(&s, Objective::Throughput, Strategy::Exhaustive);
+                let opts = PlanOptions::default();
+                agree(seed, Objective::Throughput, &fast, &oracle, &opts);
+            }
+            let Ok(p) = &fast else { continue };
+            assert!(p.optimal, "{ctx}: not proven optimal");
+            let opts = PlanOptions::default();
+            let at =
+                throughput_within(&s, p.cost_s, &opts).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert!(at.is_some(), "{ctx}: no placement at the optimum");
+            let below = throughput_within(&s, p.cost_s * (1.0 - 1e-9), &opts)
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert!(below.is_none(), "{ctx}: a placement below the optimum");
+            compared += 1;
+        }
+    }
+    assert!(
+        compared >= 15,
+        "too few feasible heterogeneous cases: {compared}"
+    );
+}
+
+/// On random scenarios too big for the oracle (up to 10 devices and 14 layers: unequal layers
+/// and `out_bytes`, missing and lossy links), the default throughput solve equals the
+/// bisection whose every check is the segment MILP.
+#[test]
+fn fast_throughput_matches_milp_checks_on_larger_random_cases() {
+    let milp = PlanOptions {
+        search_nodes: 0,
+        ..PlanOptions::default()
+    };
+    let mut multi = 0;
+    for case in 0..cases() / 2 {
+        let seed = 60_000 + case;
+        let s = sized_scenario(&mut ChaCha8Rng::seed_from_u64(seed), 10, 14);
+        let fast = plan(&s, Objective::Throughput, Strategy::Milp);
+        let slow = plan_with(&s, Objective::Throughput, Strategy::Milp, &milp);
+        agree(seed, Objective::Throughput, &fast, &slow, &milp);
+        if let Ok(p) = &fast {
+            assert!(p.optimal, "seed {seed}: not proven optimal");
+            multi += usize::from(p.stages.len() > 2);
+        }
+    }
+    assert!(multi >= 10, "too few optima with 3 or more stages: {multi}");
 }
