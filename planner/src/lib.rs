@@ -128,7 +128,7 @@ pub fn plan_with(
                 }
                 (Objective::Throughput, false) => bottleneck::solve(
                     &inst,
-                    opts.time_limit_s,
+                    opts.time_limit_s - started.elapsed().as_secs_f64(),
                     opts.search_nodes,
                     warm.clone(),
                     &prune,

@@ -441,11 +441,17 @@ fn fast_throughput_matches_milp_checks_on_heterogeneous_swarms() {
 
 /// On random scenarios too big for the oracle (up to 10 devices and 14 layers: unequal layers
 /// and `out_bytes`, missing and lossy links), the default throughput solve equals the
-/// bisection whose every check is the segment MILP.
+/// bisection whose every check is the segment MILP. Where HiGHS fails on one of those checks
+/// ("HiGHS run failed: Error", seen once in 1000 cases: seed 60618), the per-layer min-`t`
+/// model is the reference instead.
 #[test]
 fn fast_throughput_matches_milp_checks_on_larger_random_cases() {
     let milp = PlanOptions {
         search_nodes: 0,
+        ..PlanOptions::default()
+    };
+    let per_layer = PlanOptions {
+        per_layer_model: true,
         ..PlanOptions::default()
     };
     let mut multi = 0;
@@ -453,12 +459,39 @@ fn fast_throughput_matches_milp_checks_on_larger_random_cases() {
         let seed = 60_000 + case;
         let s = sized_scenario(&mut ChaCha8Rng::seed_from_u64(seed), 10, 14);
         let fast = plan(&s, Objective::Throughput, Strategy::Milp);
-        let slow = plan_with(&s, Objective::Throughput, Strategy::Milp, &milp);
-        agree(seed, Objective::Throughput, &fast, &slow, &milp);
+        match plan_with(&s, Objective::Throughput, Strategy::Milp, &milp) {
+            Err(PlanError::Solver(_)) => {
+                let slow = plan_with(&s, Objective::Throughput, Strategy::Milp, &per_layer);
+                agree(seed, Objective::Throughput, &fast, &slow, &per_layer);
+            }
+            slow => agree(seed, Objective::Throughput, &fast, &slow, &milp),
+        }
         if let Ok(p) = &fast {
             assert!(p.optimal, "seed {seed}: not proven optimal");
             multi += usize::from(p.stages.len() > 2);
         }
     }
     assert!(multi >= 10, "too few optima with 3 or more stages: {multi}");
+}
+
+/// Anytime throughput: with no time at all on a large swarm the solve still returns a valid
+/// placement at once; when it is not proven optimal it carries a gap in [0, 1].
+#[test]
+fn throughput_without_time_returns_its_best_placement_with_a_gap() {
+    let opts = PlanOptions {
+        time_limit_s: 0.0,
+        ..PlanOptions::default()
+    };
+    for seed in 1..=3 {
+        let s = synthetic::heterogeneous(64, 80, seed);
+        let p = plan_with(&s, Objective::Throughput, Strategy::Milp, &opts)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let again = evaluate(&s, &p.stages, Objective::Throughput).expect("valid placement");
+        assert_eq!(again, p.cost_s, "seed {seed}");
+        match p.mip_gap {
+            Some(g) => assert!(!p.optimal && (0.0..=1.0).contains(&g), "seed {seed}: {p:?}"),
+            None => assert!(p.optimal, "seed {seed}: {p:?}"),
+        }
+        assert!(p.solve_ms < 2000.0, "seed {seed}: {} ms", p.solve_ms);
+    }
 }
