@@ -4,7 +4,8 @@
 //! Options: `--family hetero|cluster` (default hetero), `--devices 8,16,32,64`,
 //! `--layers 16,36,80`, `--seeds N` (seeds 1..=N, default 5), `--objective latency|throughput`
 //! (default both), `--time-limit-s S` (default 30), `--search-nodes N`, `--cold` (no warm start),
-//! `--before` (no Lagrangian ascent and no search: the pruned segment MILP of before issue 15),
+//! `--before` (no Lagrangian ascent and no search: for latency the pruned segment MILP of
+//! before issue 15, for throughput a segment MILP at every bisection step),
 //! `--write DIR` (also write each scenario to `DIR/<family>-<devices>x<layers>-s<seed>.json`
 //! for `shoal plan --scenario`).
 

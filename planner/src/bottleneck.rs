@@ -1,10 +1,15 @@
-//! Exact throughput placement by bisection over the bottleneck, each step a HiGHS feasibility
-//! MILP on stage segments.
+//! Exact throughput placement by bisection over the bottleneck, each step an exact
+//! feasibility check: the combinatorial search of `search.rs`, and a HiGHS feasibility MILP on
+//! stage segments when the search gives up.
 //!
 //! The throughput objective is the largest of finitely many numbers (stage costs of device
 //! segments, hop costs, origin hops), so the optimum is one of them: the smallest candidate
 //! value `T` for which a placement with every stage and hop at most `T` exists. Feasibility
-//! is monotone in `T`, so a binary search over the sorted candidates finds it exactly.
+//! is monotone in `T`, so a binary search over the sorted candidates finds it exactly. It
+//! starts between the incumbent's cost (feasible) and the larger of the relaxation's optimum
+//! and the capacity bound (below them nothing is); a feasible check moves the top down to the
+//! cost of the placement it found, which may beat the threshold. At the deadline the best
+//! placement comes back with the gap to the smallest value not yet proven infeasible.
 //!
 //! The feasibility MILP for a threshold `T` has one binary `w[i][a][b]` per segment "device
 //! `i` runs layers `[a, b)`" that fits in memory with stage cost at most `T` (and, at the ends,
@@ -13,31 +18,39 @@
 //! boundary 0; at every inner boundary the segments ending on `i` feed its hop arcs and the
 //! hop arcs into `j` feed the segments starting on `j`; each device holds at most one segment.
 //! Costs and memory are checked in Rust with the same functions that score placements, so the
-//! solver only decides combinatorics and no tolerance can change the answer. Thresholding
-//! removes expensive segments outright, which keeps the relaxation tight where the direct
-//! min-`t` model (`milp.rs`) spreads layers thinly.
+//! solver only decides combinatorics and no tolerance can change the answer.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::bound::Prune;
 use crate::cost::{IdxStage, Instance, prefix_sums};
 use crate::error::PlanError;
 use crate::milp::Solved;
 use crate::plan::Objective;
+use crate::search::{self, Check, Hops};
 use crate::segments::{self, Outcome, SegCost};
 
-/// The optimal throughput placement, seeded with a known placement and its cost.
+/// The optimal throughput placement, seeded with a known placement and its cost. Each
+/// feasibility check is the search of `search.rs` within `search_nodes` nodes, then the
+/// segment MILP; past `time_limit_s` the best placement comes back with its proven gap.
 pub(crate) fn solve(
     inst: &Instance,
     time_limit_s: f64,
+    search_nodes: u64,
     incumbent: Option<(f64, Vec<IdxStage>)>,
     prune: &Prune,
 ) -> Result<Solved, PlanError> {
-    let started = Instant::now();
-    let left = |started: &Instant| time_limit_s - started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs_f64(time_limit_s.clamp(0.0, 1e6));
+    let checker = Checker {
+        inst,
+        hops: Hops::new(inst),
+        prune,
+        deadline,
+        search_nodes,
+    };
     let (upper, mut best) = match incumbent {
         Some(inc) => inc,
-        None => match feasible(inst, f64::INFINITY, prune, left(&started))? {
+        None => match checker.check(f64::INFINITY)? {
             Step::Feasible(st) => match inst.score(&st, Objective::Throughput) {
                 Ok(c) => (c, st),
                 Err(reason) => return Err(PlanError::Solver(reason)),
@@ -58,19 +71,14 @@ pub(crate) fn solve(
     lo = lo.min(hi);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        let reach = crate::search::reach_table(inst, cands[mid]);
-        let quick = match crate::search::feasible(inst, cands[mid], &reach) {
-            Some(Some(st)) => Some(Step::Feasible(st)),
-            Some(None) => Some(Step::Infeasible),
-            None => crate::bound::chain_within(inst, cands[mid]).map(Step::Feasible),
-        };
-        let step = match quick {
-            Some(step) => step,
-            None => feasible(inst, cands[mid], prune, left(&started))?,
-        };
-        match step {
+        match checker.check(cands[mid])? {
             Step::Feasible(st) => {
-                hi = mid;
+                let cost = inst
+                    .score(&st, Objective::Throughput)
+                    .map_err(PlanError::Solver)?;
+                // The placement may beat the threshold: the first candidate at or above its
+                // cost is feasible too.
+                hi = cands.partition_point(|&c| c < cost).clamp(lo, mid);
                 best = st;
             }
             Step::Infeasible => lo = mid + 1,
@@ -91,6 +99,64 @@ pub(crate) fn solve(
         optimal: true,
         mip_gap: None,
     })
+}
+
+/// A placement with every stage, hop and origin hop at most `t`, or `None` when none exists
+/// (the check of one bisection step, without pruning); an error when the time limit stops it.
+pub(crate) fn within(
+    inst: &Instance,
+    t: f64,
+    time_limit_s: f64,
+    search_nodes: u64,
+) -> Result<Option<Vec<IdxStage>>, PlanError> {
+    let prune = Prune::none();
+    let checker = Checker {
+        inst,
+        hops: Hops::new(inst),
+        prune: &prune,
+        deadline: Instant::now() + Duration::from_secs_f64(time_limit_s.clamp(0.0, 1e6)),
+        search_nodes,
+    };
+    match checker.check(t)? {
+        Step::Feasible(st) => Ok(Some(st)),
+        Step::Infeasible => Ok(None),
+        Step::OutOfTime => Err(PlanError::Solver(
+            "time limit before the check was decided".into(),
+        )),
+    }
+}
+
+/// What one feasibility check needs.
+struct Checker<'a> {
+    inst: &'a Instance,
+    hops: Hops,
+    prune: &'a Prune,
+    deadline: Instant,
+    search_nodes: u64,
+}
+
+impl Checker<'_> {
+    /// Is there a placement with every stage and hop at most `t`? The search first; when it
+    /// gives up with time left, the heuristic chain and then the segment MILP.
+    fn check(&self, t: f64) -> Result<Step, PlanError> {
+        let inst = self.inst;
+        match search::feasible(inst, &self.hops, t, self.deadline, self.search_nodes) {
+            Check::Feasible(st) => return Ok(Step::Feasible(st)),
+            Check::Infeasible => return Ok(Step::Infeasible),
+            Check::Unknown => {}
+        }
+        let left = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        if left <= 0.0 {
+            return Ok(Step::OutOfTime);
+        }
+        if let Some(st) = crate::bound::chain_within(inst, t) {
+            return Ok(Step::Feasible(st));
+        }
+        feasible(inst, t, self.prune, left)
+    }
 }
 
 fn no_placement() -> Solved {

@@ -65,7 +65,9 @@ pub struct PlanOptions {
     pub per_layer_model: bool,
     /// Latency on the segment model with warm start: child evaluations the branch and bound
     /// over stage sequences (`elementary.rs`) may spend before the pruned segment MILP takes
-    /// over; 0 goes straight to the MILP. Default 20,000,000 (about a second).
+    /// over; 0 goes straight to the MILP. Throughput on the segment model: nodes each
+    /// feasibility check's search (`search.rs`) may spend before the segment MILP decides that
+    /// check; 0 always asks the MILP. Default 20,000,000 (about a second).
     pub search_nodes: u64,
     /// Latency on the segment model with warm start: subgradient steps of the Lagrangian
     /// ascent (`lagrange.rs`) that tightens the bounds; 0 keeps the plain relaxation (with
@@ -124,9 +126,13 @@ pub fn plan_with(
                 (Objective::Latency, false) => {
                     segments::latency(&inst, opts.time_limit_s, seed, &prune)?
                 }
-                (Objective::Throughput, false) => {
-                    bottleneck::solve(&inst, opts.time_limit_s, warm.clone(), &prune)?
-                }
+                (Objective::Throughput, false) => bottleneck::solve(
+                    &inst,
+                    opts.time_limit_s - started.elapsed().as_secs_f64(),
+                    opts.search_nodes,
+                    warm.clone(),
+                    &prune,
+                )?,
             };
             (
                 better(&inst, objective, r.stages, warm),
@@ -181,6 +187,21 @@ pub fn lower_bound(s: &Scenario, objective: Objective) -> Result<f64, PlanError>
         }
         Objective::Throughput => relax::Relaxation::new(&inst, objective).lower,
     })
+}
+
+/// A placement whose throughput cost is at most `t` seconds (every stage, hop and origin hop
+/// within `t`), or `None` when no placement is that fast: the exact check the throughput
+/// bisection runs at every step (the search of `search.rs` within `opts.search_nodes` nodes,
+/// then the segment MILP; `search_nodes: 0` asks the MILP alone). An error when
+/// `opts.time_limit_s` runs out first.
+pub fn throughput_within(
+    s: &Scenario,
+    t: f64,
+    opts: &PlanOptions,
+) -> Result<Option<Vec<Stage>>, PlanError> {
+    let inst = Instance::new(s)?;
+    let found = bottleneck::within(&inst, t, opts.time_limit_s, opts.search_nodes)?;
+    Ok(found.map(|st| inst.publish(&st)))
 }
 
 /// Every baseline placement that can be built (scored later).
