@@ -10,6 +10,14 @@
 //! absent. Packed bytes are `[N, n_blocks, blob]` with `blob = block_size * bits / 8`, two 4-bit
 //! values per byte, the lower index in the low nibble; a K that is not a multiple of the block
 //! size is padded with zeros. Scales are `[N, n_blocks]`, row-major.
+//!
+//! Linear layers at 4 bits use the affine form instead ([`quantize_affine`]): each block is
+//! `w' = s * q + a` with `q` in `0..=15`, its grid fitted to the block (the span of 8 to 15 steps
+//! and least-squares `s`, `a` with the smallest squared error; values that already lie on a
+//! 4-bit grid, as a GGUF `Q4_K` block's do, come back exactly). `MatMulNBits` takes `s` and an
+//! integer zero point `z` (its `zero_points` input, packed nibbles `[N, ceil(n_blocks / 2)]`)
+//! and computes `s * (q - z)`; the rest, `c = a + s * z` per block, is added by the graph as
+//! `block_sums(x) @ C^T` ([`crate::arch::common::matmul_nbits`]).
 
 use std::str::FromStr;
 
@@ -201,6 +209,135 @@ pub fn quantize(data: &[f32], n: usize, k: usize, spec: QuantSpec) -> Result<Qua
     Ok(Quantized { packed, scales })
 }
 
+/// A 4-bit affine-quantised `[N, K]` matrix ([`quantize_affine`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AffineQuantized {
+    /// Packed 4-bit values `[N, n_blocks, block_size / 2]`.
+    pub packed: Vec<u8>,
+    /// Scales `[N, n_blocks]`.
+    pub scales: Vec<f32>,
+    /// Zero points `[N, ceil(n_blocks / 2)]`, two per byte, the lower block in the low nibble.
+    pub zeros: Vec<u8>,
+    /// What `s * (q - z)` leaves out, per block: `[N, n_blocks]`.
+    pub offsets: Vec<f32>,
+}
+
+/// The best 4-bit affine grid of one block: `(scale, offset, q)` minimising the squared error.
+fn fit_block(vals: &[f32], q: &mut [u8]) -> (f32, f32) {
+    let lo = vals.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = vals.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    q.iter_mut().for_each(|x| *x = 0);
+    if vals.is_empty() || hi <= lo {
+        return (0.0, if vals.is_empty() { 0.0 } else { lo });
+    }
+    let assign = |s: f32, a: f32, q: &mut [u8]| -> f64 {
+        let inv = 1.0 / s;
+        let mut err = 0.0f64;
+        for (x, v) in q.iter_mut().zip(vals) {
+            *x = ((v - a) * inv).round().clamp(0.0, 15.0) as u8;
+            let d = f64::from(a + s * f32::from(*x) - v);
+            err += d * d;
+        }
+        err
+    };
+    let mut best = (f64::INFINITY, 0.0f32, 0.0f32);
+    let mut tmp = vec![0u8; vals.len()];
+    for steps in 8..=15u8 {
+        let s = (hi - lo) / f32::from(steps);
+        let mut e = assign(s, lo, &mut tmp);
+        let (mut s2, mut a2) = (s, lo);
+        // Least squares of `v = a + s * q` on this assignment, then one more rounding.
+        let n = vals.len() as f64;
+        let (mut sq, mut sv, mut sqq, mut sqv) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for (x, v) in tmp.iter().zip(vals) {
+            let (x, v) = (f64::from(*x), f64::from(*v));
+            sq += x;
+            sv += v;
+            sqq += x * x;
+            sqv += x * v;
+        }
+        let det = n * sqq - sq * sq;
+        if det > 0.0 {
+            let fs = ((n * sqv - sq * sv) / det) as f32;
+            let fa = ((sv * sqq - sq * sqv) / det) as f32;
+            if fs > 0.0 && fs.is_finite() && fa.is_finite() {
+                let mut tmp2 = vec![0u8; vals.len()];
+                let e2 = assign(fs, fa, &mut tmp2);
+                if e2 < e {
+                    (e, s2, a2) = (e2, fs, fa);
+                    tmp = tmp2;
+                }
+            }
+        }
+        if e < best.0 {
+            best = (e, s2, a2);
+            q[..vals.len()].copy_from_slice(&tmp);
+        }
+        if e == 0.0 {
+            break;
+        }
+    }
+    (best.1, best.2)
+}
+
+/// Quantises row-major `data` of `n` rows by `k` columns to 4-bit affine blocks of
+/// `block_size` (module docs).
+pub fn quantize_affine(
+    data: &[f32],
+    n: usize,
+    k: usize,
+    block_size: usize,
+) -> Result<AffineQuantized> {
+    let spec = QuantSpec {
+        bits: 4,
+        block_size,
+        accuracy_level: DEFAULT_ACCURACY_LEVEL,
+    };
+    if data.len() != n * k {
+        return Err(Error::BadInput(format!(
+            "{} values for a {n} x {k} matrix",
+            data.len()
+        )));
+    }
+    let (nb, blob, bs) = (spec.blocks(k), spec.blob(), block_size);
+    let zrow = nb.div_ceil(2);
+    let mut out = AffineQuantized {
+        packed: vec![0u8; n * nb * blob],
+        scales: vec![0f32; n * nb],
+        zeros: vec![0u8; n * zrow],
+        offsets: vec![0f32; n * nb],
+    };
+    let mut q = vec![0u8; bs];
+    for r in 0..n {
+        let row = &data[r * k..(r + 1) * k];
+        for b in 0..nb {
+            let vals = &row[b * bs..((b + 1) * bs).min(k)];
+            let (s, a) = fit_block(vals, &mut q);
+            // Any zero point is exact with the offset; the one nearest to the grid's zero
+            // keeps the offset small.
+            let z = if s > 0.0 {
+                (-a / s).round().clamp(0.0, 15.0) as u8
+            } else {
+                0
+            };
+            out.scales[r * nb + b] = s;
+            out.offsets[r * nb + b] = a + s * f32::from(z);
+            out.zeros[r * zrow + b / 2] |= z << (4 * (b % 2));
+            let dst = &mut out.packed[(r * nb + b) * blob..(r * nb + b + 1) * blob];
+            for (i, o) in dst.iter_mut().enumerate() {
+                *o = (q[2 * i] & 0x0f) | (q[2 * i + 1] << 4);
+            }
+            q.iter_mut().for_each(|x| *x = 0);
+        }
+    }
+    Ok(out)
+}
+
+/// The zero point of block `b` of a row from packed 4-bit zero points.
+pub fn zero_of(zeros_row: &[u8], b: usize) -> i32 {
+    i32::from((zeros_row[b / 2] >> (4 * (b % 2))) & 0x0f)
+}
+
 /// The scale of one block: maps the value of largest magnitude to the end of the range.
 fn block_scale(vals: &[f32], bits: u32) -> f32 {
     let m = vals
@@ -224,10 +361,24 @@ fn value(packed_row: &[u8], i: usize, bits: u32) -> i32 {
     }
 }
 
-/// Dequantises to row-major `[N, K]` f32, or `[K, N]` when `transposed` (a MatMul weight).
+/// Dequantises to row-major `[N, K]` f32, or `[K, N]` when `transposed` (a MatMul weight),
+/// with the default zero point.
 pub fn dequantize(
     packed: &[u8],
     scales: &[f32],
+    (n, k): (usize, usize),
+    spec: QuantSpec,
+    transposed: bool,
+) -> Result<Vec<f32>> {
+    dequantize_with_zeros(packed, scales, None, (n, k), spec, transposed)
+}
+
+/// [`dequantize`] with `zero_points` as `MatMulNBits` takes them (packed like the values,
+/// `[N, ceil(n_blocks * bits / 8)]`), or the default zero point when `None`.
+pub fn dequantize_with_zeros(
+    packed: &[u8],
+    scales: &[f32],
+    zeros: Option<&[u8]>,
     (n, k): (usize, usize),
     spec: QuantSpec,
     transposed: bool,
@@ -241,12 +392,25 @@ pub fn dequantize(
             spec.block_size
         )));
     }
+    let zrow = (nb * spec.bits as usize).div_ceil(8);
+    if let Some(z) = zeros
+        && z.len() != n * zrow
+    {
+        return Err(Error::BadInput(format!(
+            "{} zero-point bytes for {n} rows of {nb} blocks",
+            z.len()
+        )));
+    }
     let mut out = vec![0f32; n * k];
-    let zero = spec.zero();
     for r in 0..n {
         let row = &packed[r * nb * blob..(r + 1) * nb * blob];
         for c in 0..k {
-            let s = scales[r * nb + c / spec.block_size];
+            let b = c / spec.block_size;
+            let s = scales[r * nb + b];
+            let zero = match zeros {
+                Some(z) => value(&z[r * zrow..(r + 1) * zrow], b, spec.bits),
+                None => spec.zero(),
+            };
             let w = (value(row, c, spec.bits) - zero) as f32 * s;
             let at = if transposed { c * n + r } else { r * k + c };
             out[at] = w;
@@ -287,6 +451,55 @@ mod tests {
                 assert!((a - b).abs() <= tol + 1e-6, "{a} vs {b}, step {step}");
             }
         }
+    }
+
+    /// `s * (q - z) + c` of every value, row-major.
+    fn affine_values(q: &AffineQuantized, n: usize, k: usize, bs: usize) -> Vec<f32> {
+        let s = spec(4, bs);
+        let w =
+            dequantize_with_zeros(&q.packed, &q.scales, Some(&q.zeros), (n, k), s, false).unwrap();
+        let nb = s.blocks(k);
+        w.iter()
+            .enumerate()
+            .map(|(i, v)| v + q.offsets[(i / k) * nb + (i % k) / bs])
+            .collect()
+    }
+
+    #[test]
+    fn affine_blocks_on_a_4_bit_grid_come_back_exactly() {
+        // Q4_K-like blocks: d * q - m with q in 0..=15 (some blocks use fewer levels).
+        let (n, k, bs) = (4, 96, 32);
+        let mut data = Vec::new();
+        for r in 0..n {
+            for b in 0..k / bs {
+                let (d, m) = (0.01 + 0.003 * (r * 3 + b) as f32, 0.05 * b as f32);
+                let top = 15 - (r + b) % 5;
+                data.extend((0..bs).map(|i| d * ((i * 7 + r) % (top + 1)) as f32 - m));
+            }
+        }
+        let q = quantize_affine(&data, n, k, bs).unwrap();
+        for (a, b) in data.iter().zip(affine_values(&q, n, k, bs)) {
+            assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn affine_error_is_at_most_symmetric_error() {
+        let (n, k, bs) = (8, 64, 32);
+        let data: Vec<f32> = (0..n * k)
+            .map(|i| (((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.3).powi(3))
+            .collect();
+        let sse = |w: &[f32]| -> f64 {
+            data.iter()
+                .zip(w)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum()
+        };
+        let affine = quantize_affine(&data, n, k, bs).unwrap();
+        let sym = quantize(&data, n, k, spec(4, bs)).unwrap();
+        let sym_w = dequantize(&sym.packed, &sym.scales, (n, k), spec(4, bs), false).unwrap();
+        let (ea, es) = (sse(&affine_values(&affine, n, k, bs)), sse(&sym_w));
+        assert!(ea <= es, "affine {ea} > symmetric {es}");
     }
 
     #[test]

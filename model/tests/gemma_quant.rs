@@ -1,4 +1,4 @@
-//! Gemma-3-270M imported at q4 (requantised from the dequantised Q4_K_M GGUF) against the f32
+//! Gemma-3-270M imported at q4 (from the dequantised Q4_K_M GGUF: see `model/README.md`) against the f32
 //! import of the same file, both on ONNX Runtime: the greedy continuation of "The capital of
 //! France is" begins " the capital of" (what llama.cpp's own Q4 kernels print; measured
 //! " the capital of the United States of America"), and the q4 shards pick the f32 shards'
@@ -27,11 +27,11 @@ const TEXT: &str = "The river runs through the old town, past the market square 
     evening the bells of the church ring and the streets slowly become quiet again.";
 /// Positions compared.
 const POSITIONS: usize = 64;
-/// Required top-1 agreement with f32. Issue 11 asks for 0.90; measured 44/64 = 0.69 (block
-/// size 32, 4-bit layers requantised from Q4_K_M, 8-bit head, `accuracy_level = 4`), so this
-/// is a regression bound below the measurement, and the 90% target is open (see
-/// `model/README.md`).
-const MIN_AGREEMENT: f64 = 0.65;
+/// Required top-1 agreement with f32: issue 11's 90%. Measured 96% over 128 positions
+/// (`gemma_parity.rs`; block size 32, tensors the GGUF stored above 4 bits kept at 8, the
+/// `Q4_K` ones in 4-bit affine blocks that hold them exactly, 8-bit head, `accuracy_level = 4`);
+/// before those two choices, 69% (44/64).
+const MIN_AGREEMENT: f64 = 0.90;
 
 fn runner(dir: &std::path::Path, m: &Manifest, all_logits: bool) -> StageRunner {
     let config = RuntimeConfig {

@@ -70,8 +70,10 @@ fn quant_key(source: &str, spec: QuantSpec) -> String {
 }
 
 /// `x @ W^T` through `com.microsoft.MatMulNBits` for a `[n, k]` weight `data`: B is
-/// `[n, blocks, blob]` bytes, scales `[n * blocks]`, no zero points (symmetric), and the
-/// spec's `accuracy_level` (4, int8 activations, is the fast kernel on CPU).
+/// `[n, blocks, blob]` bytes, scales `[n * blocks]`, and the spec's `accuracy_level` (4, int8
+/// activations, is the fast kernel on CPU). 8 bits are symmetric (no zero points); 4 bits are
+/// affine ([`quant::quantize_affine`]): zero points `[n * ceil(blocks / 2)]`, and the blocks'
+/// offsets `C [n, blocks]` added as `block_sums(x) @ C^T`.
 pub fn matmul_nbits(
     g: &mut GraphBuilder,
     x: &str,
@@ -80,6 +82,9 @@ pub fn matmul_nbits(
     (n, k): (usize, usize),
     spec: QuantSpec,
 ) -> Result<String> {
+    if spec.bits == 4 {
+        return matmul_nbits_affine(g, x, source, data, (n, k), spec);
+    }
     let q = quant::quantize(data, n, k, spec)?;
     let key = quant_key(source, spec);
     let nb = spec.blocks(k);
@@ -97,6 +102,61 @@ pub fn matmul_nbits(
         attr_int("accuracy_level", i64::from(spec.accuracy_level)),
     ];
     Ok(g.ms_op("MatMulNBits", &[x, &b, &s], attrs))
+}
+
+/// The 4-bit affine form of [`matmul_nbits`].
+fn matmul_nbits_affine(
+    g: &mut GraphBuilder,
+    x: &str,
+    source: &str,
+    data: &[f32],
+    (n, k): (usize, usize),
+    spec: QuantSpec,
+) -> Result<String> {
+    let q = quant::quantize_affine(data, n, k, spec.block_size)?;
+    let key = format!("{}a", quant_key(source, spec));
+    let nb = spec.blocks(k);
+    let b = g.derived(&key, vec![n, nb, spec.blob()], InitData::U8(q.packed));
+    let s = g.derived(
+        &format!("{key}/scales"),
+        vec![n * nb],
+        InitData::F32(q.scales),
+    );
+    let z = g.derived(
+        &format!("{key}/zeros"),
+        vec![n * nb.div_ceil(2)],
+        InitData::U8(q.zeros),
+    );
+    let attrs = vec![
+        attr_int("K", k as i64),
+        attr_int("N", n as i64),
+        attr_int("bits", 4),
+        attr_int("block_size", spec.block_size as i64),
+        attr_int("accuracy_level", i64::from(spec.accuracy_level)),
+    ];
+    let y = g.ms_op("MatMulNBits", &[x, &b, &s, &z], attrs);
+    // Offsets: C^T [blocks, n] times the activations summed per block.
+    let c_t = g.weight(
+        &format!("{key}/offsets^T"),
+        vec![nb, n],
+        transpose(&q.offsets, n, nb),
+    );
+    let padded = nb * spec.block_size;
+    let xp = if padded == k {
+        x.to_owned()
+    } else {
+        let pads = g.const_i64(vec![6], vec![0, 0, 0, 0, 0, (padded - k) as i64]);
+        g.op("Pad", &[x, &pads], Vec::new())
+    };
+    let blocks = g.reshape(&xp, &[0, 0, nb as i64, spec.block_size as i64]);
+    let axes = g.const_i64(vec![1], vec![-1]);
+    let sums = g.op(
+        "ReduceSum",
+        &[&blocks, &axes],
+        vec![attr_int("keepdims", 0)],
+    );
+    let correction = g.matmul(&sums, &c_t);
+    Ok(g.add(&y, &correction))
 }
 
 /// Rows `input_ids` of the `[vocab, hidden]` checkpoint tensor `name`: a Gather on f32, or

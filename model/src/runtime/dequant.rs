@@ -76,7 +76,22 @@ pub(crate) fn dequantize_model(model: &mut pb::ModelProto, path: &Path) -> Resul
         let out = format!("{data_name}/f32");
         if node.op_type == "MatMulNBits" {
             let (k, n) = (need("K")? as usize, need("N")? as usize);
-            let w = quant::dequantize(&packed, &scales, (n, k), spec, true)?;
+            let zeros_name = node.input.get(3).filter(|z| !z.is_empty()).cloned();
+            let zeros = match &zeros_name {
+                Some(z) => Some(tensor_bytes(get(z)?, dir)?),
+                None => None,
+            };
+            let w = quant::dequantize_with_zeros(
+                &packed,
+                &scales,
+                zeros.as_deref(),
+                (n, k),
+                spec,
+                true,
+            )?;
+            if let Some(z) = zeros_name {
+                replaced.insert(z);
+            }
             added.push(f32_tensor(&out, &[k, n], w));
             let x = node.input[0].clone();
             node.input = vec![x, out];
