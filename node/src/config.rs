@@ -66,6 +66,10 @@ pub struct Config {
     /// ONNX Runtime shared library; when absent the `ORT_DYLIB_PATH` environment variable is
     /// used. Default: none.
     pub ort_dylib: Option<PathBuf>,
+    /// ONNX Runtime's threads spin between parallel sections: about 20% faster decode when the
+    /// node has the device's cores to itself; turn it off when several nodes share a machine.
+    /// Default: `true`.
+    pub ort_spin: bool,
     /// Membership and gossip timing.
     pub membership: MembershipConfig,
     /// Link probing.
@@ -212,6 +216,17 @@ pub struct PlannerConfig {
     pub overhead_s: f64,
     /// Extra latency charged per additional stage, in seconds. Default: `0.0`.
     pub stage_penalty_s: f64,
+    /// Time limit of a re-plan's solve, in seconds: past it the best placement found is
+    /// published with `optimal: false` (and its proven gap in the log). Default: `3.0`.
+    pub solve_time_limit_s: f64,
+    /// After a plan that is not proven optimal, the next epoch's coordinator keeps solving the
+    /// same view in the background for up to this long, in seconds (`0` turns it off).
+    /// Default: `60.0`.
+    pub improve_time_limit_s: f64,
+    /// A placement found in the background replaces the held plan (at the next epoch) only if
+    /// it costs at least this fraction less than the held plan in the same view. Default:
+    /// `0.05`.
+    pub improve_margin: f64,
 }
 
 impl Default for Config {
@@ -231,6 +246,7 @@ impl Default for Config {
             psk_file: None,
             memory_offered: None,
             ort_dylib: None,
+            ort_spin: true,
             membership: MembershipConfig::default(),
             probe: ProbeConfig::default(),
             planner: PlannerConfig::default(),
@@ -279,6 +295,9 @@ impl Default for PlannerConfig {
             risk_kappa: 1.0,
             overhead_s: 0.0005,
             stage_penalty_s: 0.0,
+            solve_time_limit_s: 3.0,
+            improve_time_limit_s: 60.0,
+            improve_margin: 0.05,
         }
     }
 }

@@ -31,6 +31,9 @@ pub(super) struct SolveOutcome {
     pub(super) members: Vec<NodeId>,
     /// The plan, or why there is none.
     pub(super) result: Result<shoal_planner::Plan, String>,
+    /// For a background improvement: the epoch of the plan it tries to beat and that plan's
+    /// cost in the same scenario (`None` for a re-plan).
+    pub(super) improves: Option<(u64, f64)>,
 }
 
 /// A bandwidth measurement of one peer.
@@ -84,6 +87,10 @@ pub(super) struct NodeTask {
     pub(super) store: Store,
     pub(super) clock: Instant,
     pub(super) solving: bool,
+    /// The held plan's epoch a background improvement was started for (once per epoch).
+    pub(super) improved_epoch: Option<u64>,
+    /// A background improvement is running.
+    pub(super) improving: bool,
     /// Members of the last view whose solve failed, with the number of links known then and
     /// when (not retried until either changes, or `FAILED_PLAN_RETRY` has passed: an early
     /// solve may have lacked some links, and a link's figures may change without its count).

@@ -147,6 +147,8 @@ pub async fn start(
         store,
         clock: Instant::now(),
         solving: false,
+        improved_epoch: None,
+        improving: false,
         failed_view: None,
         last_republish: Instant::now(),
         refused: BTreeMap::new(),
