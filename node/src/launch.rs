@@ -167,7 +167,7 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
     let boot: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
     format!(
         "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{}]\ndata_dir = {}\nkey_file = {}\nmodel = {}\n\
-         api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nmemory_offered = {}\n\n\
+         api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nort_spin = false\nmemory_offered = {}\n\n\
          [membership]\nliveness_timeout_ms = 2500\nannounce_interval_ms = 400\nsettle_ms = 1000\n\n\
          [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n",
         boot.join(", "),

@@ -43,6 +43,7 @@ const CONFIG: &str = r#"
 listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
 api = "127.0.0.1:0"
 mdns = false
+ort_spin = false
 memory_offered = 1073741824
 [membership]
 liveness_timeout_ms = 3000

@@ -255,7 +255,10 @@ pub fn rms_norm(
 
 /// RMSNorm with an already-added weight value.
 pub fn rms_norm_with(g: &mut GraphBuilder, x: &str, weight: &str, eps: f64) -> String {
-    let sq = g.mul(x, x);
+    // `Pow(x, 2)` rather than `x * x`: the form ONNX Runtime's optimizer fuses, with the rest,
+    // into one `SimplifiedLayerNormalization` node.
+    let two = g.scalar(2.0);
+    let sq = g.op("Pow", &[x, &two], Vec::new());
     let mean = g.reduce_mean(&sq, &[-1]);
     let e = g.scalar(eps as f32);
     let var = g.add(&mean, &e);

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 
@@ -27,14 +28,26 @@ in the Python install), or on Termux `pkg install onnxruntime`, or download a re
 https://github.com/microsoft/onnxruntime/releases and set ORT_DYLIB_PATH=/path/to/libonnxruntime.so \
 (or `ort_dylib_path` in the node config)";
 
+/// Whether the pool's threads spin ([`set_thread_spinning`]).
+static SPIN: AtomicBool = AtomicBool::new(true);
+
+/// Sets whether ONNX Runtime's pool threads spin between parallel sections (default on). Takes
+/// effect only before the first [`environment`] call of the process.
+pub fn set_thread_spinning(on: bool) {
+    SPIN.store(on, Ordering::Relaxed);
+}
+
 static ENV: OnceLock<std::result::Result<(PathBuf, Environment), String>> = OnceLock::new();
 
 /// The process-wide ONNX Runtime environment, loading the library on first use (shared by
 /// every session; the benchmark's direct loop uses it too).
 ///
-/// All sessions share one intra-op thread pool of `threads` threads (0: one per core) that
-/// does not spin between runs: with many small shard sessions on few cores, per-session pools
-/// and spinning threads cost 5-10x in decode speed. The first caller's `threads` wins.
+/// All sessions share one intra-op thread pool of `threads` threads (0: one per core): with
+/// many small shard sessions on few cores, per-session pools cost 5-10x in decode speed. Its
+/// threads spin between parallel sections unless [`set_thread_spinning`] turned that off
+/// before: Gemma-3-270M q4 on 2 threads decoded 49-53 tokens/s spinning, 42-43 not (the
+/// ~1900 small ops per token each wake the pool). Several shoal processes sharing a machine's
+/// cores (a local test swarm) should turn it off. The first caller's `threads` wins.
 pub fn environment(configured: Option<&Path>, threads: usize) -> Result<&'static Environment> {
     let r = ENV.get_or_init(|| {
         let path = find_library(configured).map_err(|e| match e {
@@ -45,7 +58,7 @@ pub fn environment(configured: Option<&Path>, threads: usize) -> Result<&'static
             ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
         let pool = GlobalThreadPoolOptions::default()
             .with_intra_threads(threads)
-            .and_then(|p| p.with_spin_control(false))
+            .and_then(|p| p.with_spin_control(SPIN.load(Ordering::Relaxed)))
             .map_err(|e| format!("thread pool: {e}"))?;
         let env = builder
             .with_name("shoal")

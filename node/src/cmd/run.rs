@@ -51,6 +51,7 @@ pub(crate) struct RunArgs {
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = config(args)?;
+    shoal_model::runtime::ort_lib::set_thread_spinning(config.ort_spin);
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     rt.block_on(serve(config))
 }

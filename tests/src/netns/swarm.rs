@@ -95,7 +95,7 @@ pub fn config_text(bed: &Testbed, i: usize, spec: &NodeSpec, bootstrap: &[String
     );
     let _ = writeln!(
         t,
-        "model = {}\napi = \"127.0.0.1:{API_PORT}\"\nmdns = false",
+        "model = {}\napi = \"127.0.0.1:{API_PORT}\"\nmdns = false\nort_spin = false",
         q(&spec.model)
     );
     let _ = writeln!(t, "memory_offered = {}\n{}", spec.memory, spec.top);
