@@ -42,7 +42,7 @@ use crate::view::View;
 use inbound::Inbound;
 use metrics::{HopRtt, Metrics};
 use net::Net;
-pub use origin::{GenerateParams, Generated};
+pub use origin::{GenerateParams, Generated, MAX_TOP_LOGPROBS, TokenLogprobs};
 use stage::StageCtx;
 
 /// Why a generation failed.
@@ -305,6 +305,7 @@ fn on_generate(handle: &PipelineHandle, req: Inbound<GenerateRequest>) {
             max_tokens: r.max_tokens as usize,
             sampling: sampling_config(&r.sampling),
             stop: r.stop.clone(),
+            logprobs: None,
         };
         let session = r.session;
         let answer = match handle.generate(&params, None).await {
@@ -490,6 +491,7 @@ mod tests {
             max_tokens,
             sampling: SamplingConfig::default(),
             stop: Vec::new(),
+            logprobs: None,
         }
     }
 

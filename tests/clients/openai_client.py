@@ -44,6 +44,14 @@ if stop is not None:
     check(s.choices[0].finish_reason == "stop", f"finish {s.choices[0].finish_reason}")
     seen["stopped"] = s.choices[0].text
 
+# Log-probabilities: one per generated token, with the alternatives asked for.
+lp = client.completions.create(model=c.model, prompt="Hello ", max_tokens=12, temperature=0,
+                               logprobs=2)
+check(lp.choices[0].text == text, f"logprobs changed the text {lp.choices[0].text!r}")
+check(len(lp.choices[0].logprobs.token_logprobs) == lp.usage.completion_tokens, "token_logprobs")
+check(all(len(t) <= 2 for t in lp.choices[0].logprobs.top_logprobs), "top_logprobs")
+seen["logprobs"] = lp.choices[0].logprobs.token_logprobs[:2]
+
 # Chat, plain and streamed.
 msgs = [{"role": "user", "content": "Hi"}]
 r = client.chat.completions.create(model=c.model, messages=msgs, max_tokens=8, temperature=0)
@@ -54,6 +62,10 @@ deltas = client.chat.completions.create(model=c.model, messages=msgs, max_tokens
 streamed_chat = "".join((d.choices[0].delta.content or "") for d in deltas if d.choices)
 check(streamed_chat == reply, f"chat stream {streamed_chat!r} != {reply!r}")
 seen["chat"] = reply
+rl = client.chat.completions.create(model=c.model, messages=msgs, max_tokens=8, temperature=0,
+                                    logprobs=True, top_logprobs=2)
+check(rl.choices[0].message.content == reply, "chat logprobs changed the reply")
+check(all(len(t.top_logprobs) == 2 for t in rl.choices[0].logprobs.content), "chat top_logprobs")
 
 # An error: the client raises BadRequestError with the server's message.
 try:

@@ -154,12 +154,56 @@ async fn openai_fields_and_request_errors_on_real_processes() {
         "stop"
     );
 
+    // Log-probabilities: the same greedy tokens, one entry per token, the picked token first
+    // among its alternatives (greedy), probabilities that are probabilities.
+    let mut req = greedy_request(&PROMPT, 24, false);
+    req["logprobs"] = json!(3);
+    let (status, with_lp) = swarm.post_json(0, "/v1/completions", &req).await.unwrap();
+    assert_eq!(status, 200, "{with_lp}");
+    assert_eq!(with_lp["choices"][0]["text"], plain["choices"][0]["text"]);
+    let lp = &with_lp["choices"][0]["logprobs"];
+    let n = with_lp["choices"][0]["token_ids"].as_array().unwrap().len();
+    let token_lps = lp["token_logprobs"].as_array().unwrap();
+    assert_eq!(token_lps.len(), n, "{lp}");
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n);
+    assert_eq!(lp["text_offset"][0], json!(0));
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 3, "{top:?}");
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        let picked = token_lps[i].as_f64().unwrap();
+        assert!(
+            picked <= 0.0 && (picked - best).abs() < 1e-4,
+            "{picked} vs {best}"
+        );
+    }
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+        "temperature": 0, "logprobs": true, "top_logprobs": 2});
+    let (status, answer) = swarm
+        .post_json(0, "/v1/chat/completions", &chat)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let content = answer["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert!(!content.is_empty(), "{answer}");
+    for c in content {
+        assert_eq!(c["top_logprobs"].as_array().unwrap().len(), 2, "{c}");
+        assert!(c["logprob"].as_f64().unwrap() <= 0.0);
+        assert!(c["bytes"].is_array());
+    }
+
     // Fields shoal does not implement are refused, saying which.
     let before = failovers(&swarm, 0).await;
     for (field, value, says) in [
         ("n", json!(2), "n = 1"),
         ("presence_penalty", json!(0.5), "presence_penalty"),
-        ("logprobs", json!(3), "logprobs"),
+        ("logprobs", json!(6), "logprobs"),
+        ("top_logprobs", json!(2), "top_logprobs"),
         ("stop", json!(["a", "b", "c", "d", "e"]), "stop"),
         ("max_tokens", json!(0), "max_tokens"),
         ("max_tokens", json!("ten"), "invalid type"),
@@ -171,6 +215,14 @@ async fn openai_fields_and_request_errors_on_real_processes() {
         let msg = error_message(status, 400, &answer);
         assert!(msg.contains(says), "{field}: {msg}");
     }
+    let mut streamed_lp = greedy_request(&PROMPT, 4, true);
+    streamed_lp["logprobs"] = json!(1);
+    let (status, answer) = swarm
+        .post_json(0, "/v1/completions", &streamed_lp)
+        .await
+        .unwrap();
+    let msg = error_message(status, 400, &answer);
+    assert!(msg.contains("stream"), "{msg}");
     let chat = json!({"messages": [], "max_tokens": 4});
     let (status, answer) = swarm
         .post_json(0, "/v1/chat/completions", &chat)

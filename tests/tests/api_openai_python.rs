@@ -1,6 +1,7 @@
 //! The official `openai` Python package against three real `shoal run` processes:
 //! completions and chat, plain and streamed (with `include_usage`), a stop sequence, usage
-//! and an error (`tests/clients/openai_client.py`). The package comes from PyPI into a venv
+//! sums, log-probabilities and an error (`tests/clients/openai_client.py`). The package comes
+//! from PyPI into a venv
 //! in the test's temporary target folder (kept between runs); without python3's venv or
 //! PyPI the test skips with a visible message.
 
@@ -71,5 +72,6 @@ async fn the_official_openai_client_talks_to_a_swarm() {
         seen["completion"].is_string() && seen["chat"].is_string(),
         "{seen}"
     );
+    assert!(seen["logprobs"].is_array(), "{seen}");
     swarm.shutdown().await;
 }

@@ -9,9 +9,13 @@
 //! clamped to it). Generation stops at the model's end-of-sequence tokens and at `stop`
 //! sequences (a string or up to four, matched on the decoded text, also when streaming; the
 //! stop sequence itself is not returned, see `stop.rs`). `usage` is in every plain answer and,
-//! with `stream_options.include_usage`, in a last streamed chunk with no choices. `n` must be 1;
-//! `logprobs`/`top_logprobs` and non-zero `presence_penalty`/`frequency_penalty` are refused
-//! with a 400 that says so; `user` and unknown fields are ignored, as OpenAI's server does.
+//! with `stream_options.include_usage`, in a last streamed chunk with no choices. `n` must be 1.
+//! Log-probabilities (of the model's distribution, natural log): completions take `logprobs`
+//! 0..=5 and answer in the legacy shape (`tokens`, `token_logprobs`, `top_logprobs`,
+//! `text_offset`), chat takes `logprobs: true` with `top_logprobs` 0..=20 and answers with
+//! `logprobs.content`; the last stage then returns logits even for greedy decoding; not with
+//! `stream` (refused). Non-zero `presence_penalty`/`frequency_penalty` are refused with a 400
+//! that says so; `user` and unknown fields are ignored, as OpenAI's server does.
 //! Every error, the framework's own (bad JSON, wrong types, a body over [`BODY_LIMIT`]) included,
 //! is a 4xx in OpenAI's error shape. Every non-streamed answer carries a `shoal` object (token
 //! ids, tokens/s, timings, epoch, retries); each streamed chunk's choice carries its
@@ -34,7 +38,9 @@ use tokio::sync::mpsc;
 
 use super::stop::{MAX_STOP_BYTES, MAX_STOPS, StopStep, StopText};
 use crate::pipeline::chat::Message;
-use crate::pipeline::{GenerateError, GenerateParams, Generated, PipelineHandle};
+use crate::pipeline::{
+    GenerateError, GenerateParams, Generated, MAX_TOP_LOGPROBS, PipelineHandle, TokenLogprobs,
+};
 
 /// Default `max_tokens`, as OpenAI's completions endpoint.
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -183,17 +189,59 @@ impl Common {
         Ok(stops)
     }
 
+    /// How many alternatives per token `logprobs` asks for (`None`: no logprobs). Completions
+    /// take `logprobs: 0..=5`; chat takes `logprobs: true` with `top_logprobs: 0..=20`. Not
+    /// with `stream`.
+    fn logprobs(&self, kind: Kind) -> Result<Option<usize>, ApiError> {
+        let count = |v: &Value, max: usize, name: &str| -> Result<usize, ApiError> {
+            v.as_u64()
+                .map(|n| n as usize)
+                .filter(|n| *n <= max)
+                .ok_or_else(|| bad(format!("{name} must be an integer from 0 to {max}")))
+        };
+        fn given(v: &Option<Value>) -> Option<&Value> {
+            v.as_ref().filter(|v| !v.is_null())
+        }
+        let k = match kind {
+            Kind::Text => {
+                if given(&self.top_logprobs).is_some() {
+                    return Err(bad(
+                        "top_logprobs is for chat; completions take logprobs: 0..=5",
+                    ));
+                }
+                given(&self.logprobs)
+                    .map(|v| count(v, 5, "logprobs"))
+                    .transpose()?
+            }
+            Kind::Chat => {
+                let on = match given(&self.logprobs) {
+                    None => false,
+                    Some(v) => v
+                        .as_bool()
+                        .ok_or_else(|| bad("logprobs must be true or false for chat"))?,
+                };
+                let top = given(&self.top_logprobs)
+                    .map(|v| count(v, MAX_TOP_LOGPROBS, "top_logprobs"))
+                    .transpose()?;
+                match (on, top) {
+                    (false, Some(_)) => {
+                        return Err(bad("top_logprobs needs logprobs: true"));
+                    }
+                    (false, None) => None,
+                    (true, t) => Some(t.unwrap_or(0)),
+                }
+            }
+        };
+        if k.is_some() && self.stream {
+            return Err(bad("logprobs are not supported with stream"));
+        }
+        Ok(k)
+    }
+
     /// Refuses the fields shoal does not implement, saying so.
     fn unsupported(&self) -> Result<(), ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(bad("only n = 1 is supported: one choice per request"));
-        }
-        let set = |v: &Option<Value>| {
-            v.as_ref()
-                .is_some_and(|v| !(v.is_null() || *v == json!(false) || *v == json!(0)))
-        };
-        if set(&self.logprobs) || set(&self.top_logprobs) {
-            return Err(bad("logprobs and top_logprobs are not supported"));
         }
         let nonzero = |v: Option<f32>| v.is_some_and(|v| v != 0.0);
         if nonzero(self.presence_penalty) || nonzero(self.frequency_penalty) {
@@ -204,8 +252,14 @@ impl Common {
         Ok(())
     }
 
-    fn params(&self, p: &PipelineHandle, prompt: Vec<u32>) -> Result<GenerateParams, ApiError> {
+    fn params(
+        &self,
+        p: &PipelineHandle,
+        prompt: Vec<u32>,
+        kind: Kind,
+    ) -> Result<GenerateParams, ApiError> {
         self.unsupported()?;
+        let logprobs = self.logprobs(kind)?;
         if let (Some(want), Some(have)) = (&self.model, p.model_name())
             && *want != have
         {
@@ -226,6 +280,7 @@ impl Common {
                 seed: self.seed.unwrap_or(0),
             },
             stop: p.eos_ids(),
+            logprobs,
         };
         // The origin's checks (prompt, vocabulary, context, sampling), before anything is
         // streamed.
@@ -264,7 +319,7 @@ async fn answer(
     prompt: Vec<u32>,
     kind: Kind,
 ) -> Result<Response, ApiError> {
-    let params = common.params(&p, prompt)?;
+    let params = common.params(&p, prompt, kind)?;
     let stops = StopText::new(common.stops()?);
     if common.stream {
         let usage = common
@@ -384,6 +439,55 @@ fn finish_label(f: shoal_protocol::FinishReason) -> &'static str {
 }
 
 impl Kind {
+    /// The `logprobs` object of a choice: completions' legacy form (`tokens`,
+    /// `token_logprobs`, `top_logprobs`, `text_offset`) or chat's `content` list.
+    fn logprobs(self, p: &PipelineHandle, lps: &[TokenLogprobs]) -> Value {
+        let text = |t: u32| p.decode(&[t]).unwrap_or_default();
+        match self {
+            Kind::Text => {
+                let tokens: Vec<String> = lps.iter().map(|l| text(l.token)).collect();
+                let mut offset = 0;
+                let offsets: Vec<usize> = tokens
+                    .iter()
+                    .map(|t| {
+                        let at = offset;
+                        offset += t.len();
+                        at
+                    })
+                    .collect();
+                let top: Vec<Value> = lps
+                    .iter()
+                    .map(|l| {
+                        let m: serde_json::Map<String, Value> =
+                            l.top.iter().map(|(t, lp)| (text(*t), json!(lp))).collect();
+                        Value::Object(m)
+                    })
+                    .collect();
+                json!({
+                    "tokens": tokens,
+                    "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+            Kind::Chat => {
+                let entry = |t: u32, lp: f32| {
+                    let s = text(t);
+                    json!({"token": s, "logprob": lp, "bytes": s.as_bytes()})
+                };
+                let content: Vec<Value> = lps
+                    .iter()
+                    .map(|l| {
+                        let mut e = entry(l.token, l.logprob);
+                        e["top_logprobs"] = l.top.iter().map(|(t, lp)| entry(*t, *lp)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content})
+            }
+        }
+    }
+
     fn object(self, chunk: bool) -> &'static str {
         match (self, chunk) {
             (Kind::Text, _) => "text_completion",
@@ -401,12 +505,20 @@ impl Kind {
         done: &Done,
     ) -> Value {
         let (text, finish) = (&done.text, done.finish);
+        // A stop sequence may end the text inside the generated tokens: report the tokens
+        // that were kept.
+        let lps = &g.logprobs[..g.logprobs.len().min(done.tokens.len())];
+        let logprobs = if params.logprobs.is_some() {
+            self.logprobs(p, lps)
+        } else {
+            Value::Null
+        };
         let choice = match self {
             Kind::Text => {
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish, "token_ids": done.tokens})
+                json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish, "token_ids": done.tokens})
             }
             Kind::Chat => {
-                json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "token_ids": done.tokens})
+                json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish, "token_ids": done.tokens})
             }
         };
         let secs = g.elapsed.as_secs_f64();

@@ -48,6 +48,61 @@ pub struct GenerateParams {
     pub sampling: SamplingConfig,
     /// Tokens that end the generation (not included in the output).
     pub stop: Vec<u32>,
+    /// `Some(k)`: report each generated token's log-probability and the `k` most likely
+    /// tokens at its position ([`Generated::logprobs`]); the last stage then returns the
+    /// logits even for greedy decoding. At most [`MAX_TOP_LOGPROBS`].
+    pub logprobs: Option<usize>,
+}
+
+/// Most alternatives [`GenerateParams::logprobs`] may ask for (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The log-probabilities of one generated token (natural log, of the model's distribution
+/// before temperature and top-p).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The token generated.
+    pub token: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens at this position, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// `token`'s log-probability under `logits` and the `k` most likely tokens.
+    pub fn from_logits(logits: &[f32], token: u32, k: usize) -> TokenLogprobs {
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|x| !x.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits
+            .iter()
+            .filter(|x| !x.is_nan())
+            .map(|x| f64::from(x - max).exp())
+            .sum();
+        let log_z = f64::from(max) + sum.ln();
+        let lp = |i: usize| (f64::from(logits[i]) - log_z) as f32;
+        let mut top: Vec<usize> = Vec::with_capacity(k + 1);
+        for (i, x) in logits.iter().enumerate() {
+            if x.is_nan() || k == 0 {
+                continue;
+            }
+            if top.len() < k || *x > logits[top[top.len() - 1]] {
+                let at = top.partition_point(|j| logits[*j] >= *x);
+                top.insert(at, i);
+                top.truncate(k);
+            }
+        }
+        TokenLogprobs {
+            token,
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |_| lp(token as usize)),
+            top: top.into_iter().map(|i| (i as u32, lp(i))).collect(),
+        }
+    }
 }
 
 /// A finished generation.
@@ -65,6 +120,8 @@ pub struct Generated {
     pub epoch: u64,
     /// Attempts beyond the first (failovers and retries).
     pub retries: u32,
+    /// One entry per generated token when [`GenerateParams::logprobs`] asked for them.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// What the last stage returned for a step.
@@ -109,6 +166,7 @@ struct Progress<'a> {
     stream: Option<&'a mpsc::Sender<u32>>,
     started: Instant,
     prefill: Option<Duration>,
+    logprobs: Vec<TokenLogprobs>,
 }
 
 impl Origin {
@@ -133,6 +191,7 @@ impl Origin {
             stream,
             started: Instant::now(),
             prefill: None,
+            logprobs: Vec::new(),
         };
         let result = self.run(&mut p).await;
         match &result {
@@ -160,6 +219,7 @@ impl Origin {
                         prefill: p.prefill.unwrap_or_default(),
                         epoch: plan.epoch,
                         retries: failovers + transients,
+                        logprobs: std::mem::take(&mut p.logprobs),
                     });
                 }
                 Err(AttemptError::Fatal(e)) => return Err(e),
@@ -255,7 +315,8 @@ impl Origin {
                 let i = step as usize - 1;
                 (&p.tokens[i..=i], prompt_len + i)
             };
-            let sample = p.params.sampling.is_greedy().then_some(Sampling::GREEDY);
+            let sample = (p.params.sampling.is_greedy() && p.params.logprobs.is_none())
+                .then_some(Sampling::GREEDY);
             let next = match self
                 .step(plan, &mut gate, (session, step), input, position, sample)
                 .await
@@ -270,14 +331,22 @@ impl Origin {
             if (step as usize) <= done {
                 continue; // replayed a known step: its token is already in the history
             }
-            let tok = match next {
-                Next::Token(t) => t,
-                Next::Logits(l) => p.sampler.sample(&l),
+            let (tok, logprobs) = match next {
+                Next::Token(t) => (t, None),
+                Next::Logits(l) => {
+                    let t = p.sampler.sample(&l);
+                    let lp = p
+                        .params
+                        .logprobs
+                        .map(|k| TokenLogprobs::from_logits(&l, t, k.min(MAX_TOP_LOGPROBS)));
+                    (t, lp)
+                }
             };
             if p.params.stop.contains(&tok) {
                 break Ok(FinishReason::Stop);
             }
             p.tokens.push(tok);
+            p.logprobs.extend(logprobs);
             if let Some(tx) = p.stream {
                 // A client that went away stops the generation.
                 if tx.send(tok).await.is_err() {
