@@ -173,6 +173,13 @@ impl NodeTask {
         {
             return;
         }
+        // Baselines are not optimal by design, and solving them again gives the same placement.
+        let Ok((objective, strategy)) = self.objective_strategy() else {
+            return;
+        };
+        if strategy != shoal_planner::Strategy::Milp {
+            return;
+        }
         let entries: Vec<_> = self
             .membership
             .iter()
@@ -183,9 +190,6 @@ impl NodeTask {
             return;
         }
         let scen = scenario::build(model, &devices, links, self.me, &self.cfg.planner);
-        let Ok((objective, strategy)) = self.objective_strategy() else {
-            return;
-        };
         let stages: Vec<shoal_planner::Stage> = held
             .stages
             .iter()
