@@ -19,32 +19,35 @@ fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+/// Runs `shoal demo --json --greedy` with `extra` arguments and returns its JSON.
+fn demo_json(extra: &[&str]) -> Value {
+    let out = Command::new(shoal_bin())
+        .args(["demo", "--json", "--greedy"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo {extra:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
 #[test]
 fn demo_json_splits_the_model_and_matches_single_process_generation() {
     let dir = tempfile::tempdir().unwrap();
     let model = synth_model(dir.path());
     let prompt = [72u32, 105, 33, 32];
     let reference = reference_tokens(&model, &prompt, 16);
-    let out = Command::new(shoal_bin())
-        .args([
-            "demo",
-            "--synth",
-            "--json",
-            "--greedy",
-            "--prompt-ids",
-            "72,105,33,32",
-            "--max-tokens",
-            "16",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let v = demo_json(&[
+        "--synth",
+        "--prompt-ids",
+        "72,105,33,32",
+        "--max-tokens",
+        "16",
+    ]);
     let stages = v["plan"]["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 3, "{v}");
     let mut devices: Vec<&str> = stages
@@ -68,22 +71,6 @@ fn demo_json_splits_the_model_and_matches_single_process_generation() {
             "node process {n} outlived the demo"
         );
     }
-}
-
-/// Runs `shoal demo --json --greedy` with `extra` arguments and returns its JSON.
-fn demo_json(extra: &[&str]) -> Value {
-    let out = Command::new(shoal_bin())
-        .args(["demo", "--json", "--greedy"])
-        .args(extra)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo {extra:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 #[test]

@@ -180,26 +180,9 @@ impl NodeTask {
         if strategy != shoal_planner::Strategy::Milp {
             return;
         }
-        let entries: Vec<_> = self
-            .membership
-            .iter()
-            .map(|(id, m)| (id, &m.info))
-            .collect();
-        let devices = scenario::devices(model, entries);
-        if devices.is_empty() {
-            return;
-        }
-        let scen = scenario::build(model, &devices, links, self.me, &self.cfg.planner);
-        let stages: Vec<shoal_planner::Stage> = held
-            .stages
-            .iter()
-            .map(|s| shoal_planner::Stage {
-                device: s.node.to_string(),
-                layers: [s.start as usize, s.end as usize],
-            })
-            .collect();
         self.improved_epoch = Some(held.epoch);
-        let held_cost = match shoal_planner::evaluate(&scen, &stages, objective) {
+        let (scen, held_cost) = self.view_cost(model, links, &held, objective);
+        let held_cost = match held_cost {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(epoch = held.epoch, error = %e, "held plan not scorable in this view; not improving it");
@@ -395,6 +378,21 @@ impl NodeTask {
     fn predicted_latency(&self, links: &crate::coordinator::LinkMatrix) -> Option<f64> {
         let model = self.model.as_ref()?;
         let plan = self.plan.as_ref()?.unverified();
+        let (_, cost) = self.view_cost(model, links, plan, shoal_planner::Objective::Latency);
+        cost.ok()
+    }
+
+    /// The planner scenario of the current view and `plan`'s cost in it under `objective`.
+    fn view_cost(
+        &self,
+        model: &super::model::ModelInfo,
+        links: &crate::coordinator::LinkMatrix,
+        plan: &Plan,
+        objective: shoal_planner::Objective,
+    ) -> (
+        shoal_planner::Scenario,
+        Result<f64, shoal_planner::PlanError>,
+    ) {
         let entries: Vec<_> = self
             .membership
             .iter()
@@ -410,7 +408,8 @@ impl NodeTask {
                 layers: [s.start as usize, s.end as usize],
             })
             .collect();
-        shoal_planner::evaluate(&scen, &stages, shoal_planner::Objective::Latency).ok()
+        let cost = shoal_planner::evaluate(&scen, &stages, objective);
+        (scen, cost)
     }
 }
 
