@@ -280,11 +280,7 @@ pub fn measure_speed(dir: &Path, m: &Manifest, b: SpeedBench) -> Result<Speed> {
         ..RuntimeConfig::default()
     };
     let mut runner = StageRunner::load(dir, m, 0..m.planner_layers(), &cfg)?;
-    let ids = |n: usize| -> Vec<u32> {
-        (0..n)
-            .map(|i| ((i * 7 + 3) % m.dims.vocab) as u32)
-            .collect()
-    };
+    let ids = |n: usize| bench_prompt(m, n);
     let decode = GenerateRequest {
         prompt_ids: ids(8),
         max_tokens: b.tokens,
@@ -309,6 +305,13 @@ pub fn measure_speed(dir: &Path, m: &Manifest, b: SpeedBench) -> Result<Speed> {
         prefill_tok_s: median(pre),
         read_bytes: m.layers.iter().map(|l| l.figures.read_bytes).sum(),
     })
+}
+
+/// A fixed `n`-token prompt within the model's vocabulary (the speed measurements' input).
+fn bench_prompt(m: &Manifest, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 7 + 3) % m.dims.vocab) as u32)
+        .collect()
 }
 
 /// Time one kind of ONNX Runtime node (or a whole `Run`) took in a profile.
@@ -342,14 +345,12 @@ pub fn profile_decode(
     };
     let mut runner = StageRunner::load(dir, m, 0..m.planner_layers(), &cfg)?;
     let req = GenerateRequest {
-        prompt_ids: (0..8)
-            .map(|i| ((i * 7 + 3) % m.dims.vocab) as u32)
-            .collect(),
+        prompt_ids: bench_prompt(m, 8),
         max_tokens: tokens.max(2),
         sampling: SamplingConfig::greedy(),
         stop_ids: Vec::new(),
     };
-    let start = Instant::now();
+    let (start, since) = (Instant::now(), std::time::SystemTime::now());
     generate(&mut runner, 1, &req, |_| true)?;
     let wall = start.elapsed();
     // Dropping the sessions writes their profiles.
@@ -357,8 +358,14 @@ pub fn profile_decode(
     let mut table = std::collections::BTreeMap::<String, (u64, f64)>::new();
     let files = std::fs::read_dir(out).map_err(Error::io(out))?;
     for f in files {
-        let path = f.map_err(Error::io(out))?.path();
-        if path.extension().is_none_or(|e| e != "json") {
+        let f = f.map_err(Error::io(out))?;
+        let path = f.path();
+        // Only this run's profiles: the folder may hold earlier ones.
+        let fresh = f
+            .metadata()
+            .and_then(|md| md.modified())
+            .is_ok_and(|t| t >= since);
+        if path.extension().is_none_or(|e| e != "json") || !fresh {
             continue;
         }
         let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;

@@ -200,9 +200,7 @@ pub fn quantize(data: &[f32], n: usize, k: usize, spec: QuantSpec) -> Result<Qua
             if spec.bits == 8 {
                 out.copy_from_slice(&q);
             } else {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = (q[2 * i] & 0x0f) | (q[2 * i + 1] << 4);
-                }
+                pack_nibbles(&q, out);
             }
         }
     }
@@ -220,6 +218,13 @@ pub struct AffineQuantized {
     pub zeros: Vec<u8>,
     /// What `s * (q - z)` leaves out, per block: `[N, n_blocks]`.
     pub offsets: Vec<f32>,
+}
+
+/// Packs 4-bit values two per byte, the lower index in the low nibble.
+fn pack_nibbles(q: &[u8], out: &mut [u8]) {
+    for (o, pair) in out.iter_mut().zip(q.chunks_exact(2)) {
+        *o = (pair[0] & 0x0f) | (pair[1] << 4);
+    }
 }
 
 /// The best 4-bit affine grid of one block: `(scale, offset, q)` minimising the squared error.
@@ -241,7 +246,7 @@ fn fit_block(vals: &[f32], q: &mut [u8]) -> (f32, f32) {
         err
     };
     let mut best = (f64::INFINITY, 0.0f32, 0.0f32);
-    let mut tmp = vec![0u8; vals.len()];
+    let (mut tmp, mut refit) = (vec![0u8; vals.len()], vec![0u8; vals.len()]);
     for steps in 8..=15u8 {
         let s = (hi - lo) / f32::from(steps);
         let mut e = assign(s, lo, &mut tmp);
@@ -261,11 +266,10 @@ fn fit_block(vals: &[f32], q: &mut [u8]) -> (f32, f32) {
             let fs = ((n * sqv - sq * sv) / det) as f32;
             let fa = ((sv * sqq - sq * sqv) / det) as f32;
             if fs > 0.0 && fs.is_finite() && fa.is_finite() {
-                let mut tmp2 = vec![0u8; vals.len()];
-                let e2 = assign(fs, fa, &mut tmp2);
+                let e2 = assign(fs, fa, &mut refit);
                 if e2 < e {
                     (e, s2, a2) = (e2, fs, fa);
-                    tmp = tmp2;
+                    std::mem::swap(&mut tmp, &mut refit);
                 }
             }
         }
@@ -323,19 +327,13 @@ pub fn quantize_affine(
             out.scales[r * nb + b] = s;
             out.offsets[r * nb + b] = a + s * f32::from(z);
             out.zeros[r * zrow + b / 2] |= z << (4 * (b % 2));
-            let dst = &mut out.packed[(r * nb + b) * blob..(r * nb + b + 1) * blob];
-            for (i, o) in dst.iter_mut().enumerate() {
-                *o = (q[2 * i] & 0x0f) | (q[2 * i + 1] << 4);
-            }
-            q.iter_mut().for_each(|x| *x = 0);
+            pack_nibbles(
+                &q,
+                &mut out.packed[(r * nb + b) * blob..(r * nb + b + 1) * blob],
+            );
         }
     }
     Ok(out)
-}
-
-/// The zero point of block `b` of a row from packed 4-bit zero points.
-pub fn zero_of(zeros_row: &[u8], b: usize) -> i32 {
-    i32::from((zeros_row[b / 2] >> (4 * (b % 2))) & 0x0f)
 }
 
 /// The scale of one block: maps the value of largest magnitude to the end of the range.

@@ -19,6 +19,16 @@ fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+/// The generated token ids of the demo's JSON.
+fn demo_token_ids(v: &Value) -> Vec<u32> {
+    v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// Runs `shoal demo --json --greedy` with `extra` arguments and returns its JSON.
 fn demo_json(extra: &[&str]) -> Value {
     let out = Command::new(shoal_bin())
@@ -56,12 +66,7 @@ fn demo_json_splits_the_model_and_matches_single_process_generation() {
         .collect();
     devices.dedup();
     assert_eq!(devices.len(), 3);
-    let ids: Vec<u32> = v["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
+    let ids = demo_token_ids(&v);
     assert_eq!(ids, reference);
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["text"].is_string());
@@ -99,12 +104,7 @@ fn demo_without_model_uses_the_fetched_gemma_and_prints_real_text() {
         .unwrap()
         .unwrap();
     let prompt = tokenizer.encode("The capital of France is").unwrap();
-    let ids: Vec<u32> = v["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
+    let ids = demo_token_ids(&v);
     assert_eq!(ids, reference_tokens(&shards, &prompt, 8));
 
     // --chat goes through the chat template and still gives words.

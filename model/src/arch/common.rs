@@ -82,17 +82,20 @@ pub fn matmul_nbits(
     (n, k): (usize, usize),
     spec: QuantSpec,
 ) -> Result<String> {
-    if spec.bits == 4 {
-        return matmul_nbits_affine(g, x, source, data, (n, k), spec);
-    }
-    let q = quant::quantize(data, n, k, spec)?;
-    let key = quant_key(source, spec);
+    let (key, packed, scales, affine) = if spec.bits == 4 {
+        let q = quant::quantize_affine(data, n, k, spec.block_size)?;
+        let key = format!("{}a", quant_key(source, spec));
+        (key, q.packed, q.scales, Some((q.zeros, q.offsets)))
+    } else {
+        let q = quant::quantize(data, n, k, spec)?;
+        (quant_key(source, spec), q.packed, q.scales, None)
+    };
     let nb = spec.blocks(k);
-    let b = g.derived(&key, vec![n, nb, spec.blob()], InitData::U8(q.packed));
+    let b = g.derived(&key, vec![n, nb, spec.blob()], InitData::U8(packed));
     let s = g.derived(
         &format!("{key}/scales"),
         vec![n * nb],
-        InitData::F32(q.scales),
+        InitData::F32(scales),
     );
     let attrs = vec![
         attr_int("K", k as i64),
@@ -101,45 +104,20 @@ pub fn matmul_nbits(
         attr_int("block_size", spec.block_size as i64),
         attr_int("accuracy_level", i64::from(spec.accuracy_level)),
     ];
-    Ok(g.ms_op("MatMulNBits", &[x, &b, &s], attrs))
-}
-
-/// The 4-bit affine form of [`matmul_nbits`].
-fn matmul_nbits_affine(
-    g: &mut GraphBuilder,
-    x: &str,
-    source: &str,
-    data: &[f32],
-    (n, k): (usize, usize),
-    spec: QuantSpec,
-) -> Result<String> {
-    let q = quant::quantize_affine(data, n, k, spec.block_size)?;
-    let key = format!("{}a", quant_key(source, spec));
-    let nb = spec.blocks(k);
-    let b = g.derived(&key, vec![n, nb, spec.blob()], InitData::U8(q.packed));
-    let s = g.derived(
-        &format!("{key}/scales"),
-        vec![n * nb],
-        InitData::F32(q.scales),
-    );
+    let Some((zeros, offsets)) = affine else {
+        return Ok(g.ms_op("MatMulNBits", &[x, &b, &s], attrs));
+    };
     let z = g.derived(
         &format!("{key}/zeros"),
         vec![n * nb.div_ceil(2)],
-        InitData::U8(q.zeros),
+        InitData::U8(zeros),
     );
-    let attrs = vec![
-        attr_int("K", k as i64),
-        attr_int("N", n as i64),
-        attr_int("bits", 4),
-        attr_int("block_size", spec.block_size as i64),
-        attr_int("accuracy_level", i64::from(spec.accuracy_level)),
-    ];
     let y = g.ms_op("MatMulNBits", &[x, &b, &s, &z], attrs);
     // Offsets: C^T [blocks, n] times the activations summed per block.
     let c_t = g.weight(
         &format!("{key}/offsets^T"),
         vec![nb, n],
-        transpose(&q.offsets, n, nb),
+        transpose(&offsets, n, nb),
     );
     let padded = nb * spec.block_size;
     let xp = if padded == k {

@@ -162,7 +162,7 @@ impl NodeTask {
         epoch: u64,
     ) {
         let limit = self.cfg.planner.improve_time_limit_s;
-        let Some(held) = self.plan.as_ref().map(|p| p.unverified().clone()) else {
+        let Some(held) = self.plan.as_ref().map(|p| p.unverified()) else {
             return;
         };
         if held.optimal
@@ -180,21 +180,22 @@ impl NodeTask {
         if strategy != shoal_planner::Strategy::Milp {
             return;
         }
-        self.improved_epoch = Some(held.epoch);
-        let (scen, held_cost) = self.view_cost(model, links, &held, objective);
+        let held_epoch = held.epoch;
+        let (scen, held_cost) = self.view_cost(model, links, held, objective);
+        self.improved_epoch = Some(held_epoch);
         let held_cost = match held_cost {
             Ok(c) => c,
             Err(e) => {
-                tracing::info!(epoch = held.epoch, error = %e, "held plan not scorable in this view; not improving it");
+                tracing::info!(epoch = held_epoch, error = %e, "held plan not scorable in this view; not improving it");
                 return;
             }
         };
         tracing::info!(
-            node = %self.me.short(), held = held.epoch, held_cost, limit_s = limit,
+            node = %self.me.short(), held = held_epoch, held_cost, limit_s = limit,
             "improving a plan not proven optimal in the background"
         );
         self.improving = true;
-        let improves = Some((held.epoch, held_cost));
+        let improves = Some((held_epoch, held_cost));
         self.spawn_solve(
             scen,
             (objective, strategy),
@@ -229,11 +230,14 @@ impl NodeTask {
             Some(_) => self.improving = false,
             None => self.solving = false,
         }
-        if let (Some((held_epoch, _)), Err(e)) = (out.improves, &out.result) {
-            tracing::info!(held = held_epoch, error = %e, "background improvement failed");
-            return;
-        }
-        if let (Some((held_epoch, held_cost)), Ok(p)) = (out.improves, &out.result) {
+        if let Some((held_epoch, held_cost)) = out.improves {
+            let p = match &out.result {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(held = held_epoch, error = %e, "background improvement failed");
+                    return;
+                }
+            };
             let margin = self.cfg.planner.improve_margin;
             if !improvement_accepted((held_epoch, held_cost), self.gate.epoch(), p.cost_s, margin)
                 || self.solving
