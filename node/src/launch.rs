@@ -237,20 +237,7 @@ impl LocalSwarm {
         path: &str,
         body: &Value,
     ) -> Result<(u16, Value), LaunchError> {
-        let url = format!("http://{}{path}", self.nodes[i].api);
-        let r = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))?;
-        let status = r.status().as_u16();
-        let v = r
-            .json()
-            .await
-            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))?;
-        Ok((status, v))
+        self.client().post_json(i, path, body).await
     }
 
     /// POSTs `body` to `path` of node `i` and feeds each server-sent event's `data` to
@@ -260,27 +247,35 @@ impl LocalSwarm {
         i: usize,
         path: &str,
         body: &Value,
-        mut on_data: impl FnMut(&str),
+        on_data: impl FnMut(&str),
     ) -> Result<u16, LaunchError> {
-        use futures::StreamExt;
-        let url = format!("http://{}{path}", self.nodes[i].api);
-        let http = |e: reqwest::Error| LaunchError::Http(format!("{url}: {e}"));
-        let r = self.http.post(&url).json(body).send().await.map_err(http)?;
-        let status = r.status().as_u16();
-        let mut bytes = r.bytes_stream();
-        let mut buf = String::new();
-        while let Some(chunk) = bytes.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk.map_err(http)?));
-            while let Some(end) = buf.find("\n\n") {
-                let event: String = buf.drain(..end + 2).collect();
-                for line in event.lines() {
-                    if let Some(data) = line.strip_prefix("data:") {
-                        on_data(data.trim_start());
-                    }
-                }
-            }
+        self.client().post_sse(i, path, body, on_data).await
+    }
+
+    /// A client of the nodes' APIs that does not borrow the swarm (for requests that run
+    /// while the swarm changes: a node killed or joining). Node indices are those of now.
+    pub fn client(&self) -> ApiClient {
+        ApiClient {
+            http: self.http.clone(),
+            apis: self.nodes.iter().map(|n| n.api.clone()).collect(),
         }
-        Ok(status)
+    }
+
+    /// Starts one more node, index `self.nodes.len()`, offering `memory` bytes, with node 0
+    /// as its bootstrap peer; returns its index once it printed its ready line.
+    pub async fn join(&mut self, opts: &LaunchOptions, memory: u64) -> Result<usize, LaunchError> {
+        let i = self.nodes.len();
+        let mut opts = opts.clone();
+        opts.memory.resize(i, 0);
+        opts.memory.push(memory);
+        let bootstrap = self
+            .nodes
+            .first()
+            .map(|n| n.listen.clone())
+            .unwrap_or_default();
+        let node = spawn_node(&opts, i, &bootstrap).await?;
+        self.nodes.push(node);
+        Ok(i)
     }
 
     /// Waits until every running node reports the same plan with at least `stages` stages
@@ -400,6 +395,68 @@ impl LocalSwarm {
                 let _ = n.child.wait().await;
             }
         }
+    }
+}
+
+/// The nodes' HTTP APIs, by node index (see [`LocalSwarm::client`]).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    apis: Vec<String>,
+}
+
+impl ApiClient {
+    /// POSTs `body` to `path` of node `i` and returns the status and JSON answer.
+    pub async fn post_json(
+        &self,
+        i: usize,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Value), LaunchError> {
+        let url = format!("http://{}{path}", self.apis[i]);
+        let r = self
+            .http
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))?;
+        let status = r.status().as_u16();
+        let v = r
+            .json()
+            .await
+            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))?;
+        Ok((status, v))
+    }
+
+    /// POSTs `body` to `path` of node `i` and feeds each server-sent event's `data` to
+    /// `on_data` as it arrives; returns the HTTP status once the stream ends.
+    pub async fn post_sse(
+        &self,
+        i: usize,
+        path: &str,
+        body: &Value,
+        mut on_data: impl FnMut(&str),
+    ) -> Result<u16, LaunchError> {
+        use futures::StreamExt;
+        let url = format!("http://{}{path}", self.apis[i]);
+        let http = |e: reqwest::Error| LaunchError::Http(format!("{url}: {e}"));
+        let r = self.http.post(&url).json(body).send().await.map_err(http)?;
+        let status = r.status().as_u16();
+        let mut bytes = r.bytes_stream();
+        let mut buf = String::new();
+        while let Some(chunk) = bytes.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.map_err(http)?));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                for line in event.lines() {
+                    if let Some(data) = line.strip_prefix("data:") {
+                        on_data(data.trim_start());
+                    }
+                }
+            }
+        }
+        Ok(status)
     }
 }
 
