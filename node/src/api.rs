@@ -97,6 +97,11 @@ pub fn status_json(view: &Arc<View>) -> Value {
         "plan": view.plan().map(plan_json),
         "predicted_latency_s": view.predicted_latency_s,
         "refused": view.refused,
+        "relayed": view
+            .relayed
+            .iter()
+            .map(|(peer, relay)| json!({"peer": peer.to_string(), "via": relay.to_string()}))
+            .collect::<Vec<_>>(),
     })
 }
 

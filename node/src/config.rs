@@ -40,6 +40,15 @@ pub struct Config {
     pub listen: Vec<String>,
     /// Multiaddrs of peers to join through, each ending in `/p2p/<node id>`. Default: none.
     pub bootstrap: Vec<String>,
+    /// Serve as a circuit relay (libp2p relay v2) for peers that cannot be dialled (behind
+    /// NAT): they reserve a slot here and others reach them through this node. Circuits carry
+    /// activations, so they have no byte limit and last a day. Default: `false`.
+    pub relay_server: bool,
+    /// Relays to reserve a slot on, each ending in `/p2p/<node id>` (a node with
+    /// `relay_server = true`): the node then also listens at `<relay>/p2p-circuit` and announces
+    /// that address, so peers that cannot dial it directly reach it through the relay; DCUtR
+    /// then tries to upgrade each relayed connection to a direct one. Default: none.
+    pub relays: Vec<String>,
     /// Directory of the sled store (peer addresses, last accepted plan). Default: `~/.shoal/data`
     /// (empty path: resolved by the CLI).
     pub data_dir: PathBuf,
@@ -237,6 +246,8 @@ impl Default for Config {
                 "/ip4/0.0.0.0/udp/0/quic-v1".to_string(),
             ],
             bootstrap: Vec::new(),
+            relay_server: false,
+            relays: Vec::new(),
             data_dir: PathBuf::new(),
             key_file: PathBuf::new(),
             model: None,

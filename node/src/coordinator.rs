@@ -245,6 +245,29 @@ pub struct ReplanPolicy {
 /// A link matrix: metrics of each directed pair (from, to).
 pub type LinkMatrix = BTreeMap<(NodeId, NodeId), LinkMetrics>;
 
+/// Charges each relayed link `(from, to, relay)` as its two legs, `from -> relay` then
+/// `relay -> to` ([`LinkMetrics::through`]), in place of what was measured over the circuit.
+/// A leg's figure is the measured direction when the planner can use it, else the reverse
+/// one (a node behind NAT answers no UDP echo, so the relay's figures towards it count every
+/// probe lost). A link whose legs are not both known keeps its measured figures.
+pub fn charge_relayed(m: &mut LinkMatrix, relayed: &[(NodeId, NodeId, NodeId)]) {
+    let leg = |m: &LinkMatrix, a: NodeId, b: NodeId| {
+        [m.get(&(a, b)), m.get(&(b, a))]
+            .into_iter()
+            .flatten()
+            .find(|l| l.plannable())
+            .copied()
+    };
+    let charged: Vec<_> = relayed
+        .iter()
+        .filter_map(|&(from, to, relay)| {
+            let (first, second) = (leg(m, from, relay)?, leg(m, relay, to)?);
+            Some(((from, to), first.through(&second)))
+        })
+        .collect();
+    m.extend(charged);
+}
+
 /// Decides whether to re-plan. `plan` is the held plan's members and the link matrix as it
 /// was when the plan was adopted; `since_plan` is the time since then.
 pub fn replan_trigger(

@@ -29,6 +29,12 @@
 //!   waits for a retransmission timeout and a ping waits behind other traffic; their EWMA
 //!   (mean and spread) is the fallback while there are too few echoes (e.g. a peer without
 //!   an echo port).
+//! - **UDP-blind links**: until a peer answers one loss probe, the loss is unknown and counts as
+//!   none ([`LinkEstimator::measured_loss`]): a peer behind NAT never answers, though the swarm's
+//!   connection to it works.
+//! - **relayed links**: a peer reached only through a relay (both behind NAT, no hole punched)
+//!   gets no UDP probes (UDP does not cross a circuit); its link is charged as the relay's
+//!   two legs, [`LinkMetrics::through`].
 //! - **bandwidth** is the link's rate, as DESIGN.md's `t_ser` needs it (loss is charged
 //!   separately): a UDP datagram train ([`train_rate`]) queues at the narrowest link and
 //!   arrives spaced at its rate; the arrivals are thinned by the loss behind that link, so the
@@ -80,6 +86,19 @@ impl LinkMetrics {
             && non_negative(self.loss)
             && self.loss < 1.0
     }
+
+    /// The link made of `self` then `next` through a relay (a libp2p relay v2 circuit): the
+    /// two legs' round trips add, their independent jitters add in variance, a packet
+    /// survives only if both legs keep it, and the rate is the slower leg's (the relay
+    /// forwards at the rate its links allow, so its bandwidth is the narrower of the two).
+    pub fn through(&self, next: &LinkMetrics) -> LinkMetrics {
+        LinkMetrics {
+            rtt_s: self.rtt_s + next.rtt_s,
+            jitter_s: self.jitter_s.hypot(next.jitter_s),
+            bandwidth_bps: self.bandwidth_bps.min(next.bandwidth_bps),
+            loss: 1.0 - (1.0 - self.loss) * (1.0 - next.loss),
+        }
+    }
 }
 
 /// The running estimate of one link.
@@ -95,6 +114,8 @@ pub struct LinkEstimator {
     window: usize,
     probes: VecDeque<bool>,
     lost: usize,
+    /// Whether any loss probe was ever answered (see [`LinkEstimator::measured_loss`]).
+    answered: bool,
     echoes: VecDeque<f64>,
 }
 
@@ -113,6 +134,7 @@ impl LinkEstimator {
             window: window.max(1),
             probes: VecDeque::new(),
             lost: 0,
+            answered: false,
             echoes: VecDeque::new(),
         }
     }
@@ -251,6 +273,7 @@ impl LinkEstimator {
 
     /// Records one loss probe: `lost` if it went unanswered within the probe timeout.
     pub fn on_probe(&mut self, lost: bool) {
+        self.answered |= !lost;
         self.probes.push_back(lost);
         self.lost += usize::from(lost);
         while self.probes.len() > self.window {
@@ -309,13 +332,22 @@ impl LinkEstimator {
         1.0 - (1.0 - self.round_trip_loss()).max(0.0).sqrt()
     }
 
-    /// The metrics, once both an RTT and a bandwidth have been measured.
+    /// The one-way loss, once any probe was answered. Until then it is unknown: no probes yet,
+    /// or a path UDP does not cross (a peer behind NAT answers none, while the swarm's own
+    /// connection to it, dialled from inside or hole-punched, works). A peer that answered
+    /// before and now answers nothing (gone, or restarted on another echo port) has loss 1.
+    pub fn measured_loss(&self) -> Option<f64> {
+        self.answered.then(|| self.loss())
+    }
+
+    /// The metrics, once both an RTT and a bandwidth have been measured (an unknown loss
+    /// counts as none).
     pub fn metrics(&self) -> Option<LinkMetrics> {
         Some(LinkMetrics {
             rtt_s: self.rtt()?,
             jitter_s: self.jitter(),
             bandwidth_bps: self.bandwidth()?,
-            loss: self.loss(),
+            loss: self.measured_loss().unwrap_or(0.0),
         })
     }
 }
@@ -431,6 +463,26 @@ mod tests {
         ] {
             assert!(!bad.plannable(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_peer_that_never_answered_a_probe_has_unknown_loss_one_that_stopped_has_all() {
+        let mut e = LinkEstimator::new(0.25, 100);
+        e.on_rtt(0.05);
+        e.on_transfers((1_000, 0.01), (100_000, 0.05));
+        for _ in 0..100 {
+            e.on_probe(true);
+        }
+        assert_eq!(e.measured_loss(), None);
+        let m = e.metrics().unwrap();
+        assert_eq!(m.loss, 0.0);
+        assert!(m.plannable());
+        e.on_probe(false);
+        for _ in 0..100 {
+            e.on_probe(true);
+        }
+        assert_eq!(e.measured_loss(), Some(1.0));
+        assert!(!e.metrics().unwrap().plannable());
     }
 
     #[test]

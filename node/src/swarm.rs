@@ -127,6 +127,14 @@ pub enum NetEvent {
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
+    /// How a peer is reached changed: `via` is the relay when every connection to it is a
+    /// relayed circuit, `None` once a direct connection exists (or none is left).
+    Route {
+        /// The peer.
+        peer: PeerId,
+        /// Its relay, if only relayed.
+        via: Option<PeerId>,
+    },
 }
 
 /// A request that arrived on one of shoal's request protocols.

@@ -48,6 +48,8 @@ pub struct View {
     pub next_coordinator: Option<NodeId>,
     /// Refused messages by reason (plans and gossip), since start.
     pub refused: BTreeMap<String, u64>,
+    /// Peers this node reaches only through a relay, with the relay.
+    pub relayed: BTreeMap<NodeId, NodeId>,
 }
 
 impl View {
@@ -61,6 +63,7 @@ impl View {
             predicted_latency_s: None,
             next_coordinator: None,
             refused: BTreeMap::new(),
+            relayed: BTreeMap::new(),
         }
     }
 

@@ -34,6 +34,11 @@ pub struct LinkEntry {
     pub loss_samples: u32,
     /// Seconds since the newest sample of this link.
     pub age_s: f64,
+    /// The relay this link runs through, when the only connection to `to` is a relayed
+    /// circuit (libp2p relay v2): the planner then charges the two legs `from -> via` and
+    /// `via -> to` instead of this entry's figures. Absent for a direct connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<NodeId>,
 }
 
 /// A node's view of its outgoing links.
@@ -80,6 +85,12 @@ impl Message for LinkReport {
             }
             if let Some(loss) = link.loss {
                 fraction(k, "loss", loss)?;
+            }
+            if link.via.is_some_and(|v| v == self.from || v == link.to) {
+                return Err(ProtocolError::invalid(
+                    k,
+                    format!("link to {} relayed through one of its ends", link.to),
+                ));
             }
         }
         Ok(())

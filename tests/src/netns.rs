@@ -38,7 +38,7 @@ pub mod runs;
 pub mod swarm;
 mod sys;
 
-pub use bed::{ProcId, Testbed};
+pub use bed::{Nat, ProcId, Testbed};
 pub use profile::{LinkProfile, PathFigures};
 
 /// Whether this process may build beds (effective uid 0).

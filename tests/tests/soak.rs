@@ -297,8 +297,8 @@ async fn sixteen_streams_through_a_kill_a_freeze_and_a_join() {
     // After the storm, the swarm still answers every prompt with its undisturbed tokens.
     let final_plan = swarm.wait_plan(2, 0, PLAN_TIMEOUT).await;
     let mut after = 0;
-    for p in 0..4 {
-        let r = one_request(&api, p, &want[p]).await;
+    for (p, w) in want.iter().enumerate().take(4) {
+        let r = one_request(&api, p, w).await;
         after += usize::from(matches!(r.outcome, Outcome::Identical));
     }
     let metrics = api_metrics(&swarm).await;

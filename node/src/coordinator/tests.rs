@@ -285,3 +285,33 @@ fn only_the_newest_plan_above_the_held_one_is_deferred() {
     );
     assert_eq!(gate.deferred(), None);
 }
+
+#[test]
+fn a_relayed_link_is_charged_as_its_two_legs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let n = ids(&mut rng, 4);
+    let (a, b, relay, other) = (n[0], n[1], n[2], n[3]);
+    let leg = |rtt_s: f64, jitter_s: f64, bandwidth_bps: f64, loss: f64| LinkMetrics {
+        rtt_s,
+        jitter_s,
+        bandwidth_bps,
+        loss,
+    };
+    let mut m = LinkMatrix::new();
+    m.insert((a, relay), leg(0.040, 0.003, 10e6, 0.01));
+    // The relay's own figure towards b lost every UDP echo (b is behind NAT); b's is sound.
+    m.insert((relay, b), leg(0.080, 0.004, 5e6, 1.0));
+    m.insert((b, relay), leg(0.080, 0.004, 5e6, 0.02));
+    // What a ping over the circuit measured, without loss figures.
+    m.insert((a, b), leg(0.130, 0.010, 4e6, 0.0));
+    // A relayed link with an unknown leg keeps its measured figures.
+    m.insert((a, other), leg(0.2, 0.0, 1e6, 0.0));
+    charge_relayed(&mut m, &[(a, b, relay), (a, other, relay)]);
+    let ab = m[&(a, b)];
+    assert!((ab.rtt_s - 0.120).abs() < 1e-12);
+    assert!((ab.jitter_s - 0.005).abs() < 1e-12);
+    assert_eq!(ab.bandwidth_bps, 5e6);
+    assert!((ab.loss - (1.0 - 0.99 * 0.98)).abs() < 1e-12);
+    assert!(ab.plannable());
+    assert_eq!(m[&(a, other)], leg(0.2, 0.0, 1e6, 0.0));
+}

@@ -368,6 +368,7 @@ impl NodeTask {
             plan: self.plan.clone(),
             next_coordinator: coordinator(self.next_epoch(), &ids),
             refused: self.refused.clone(),
+            relayed: self.routes.clone(),
         };
         self.view_tx.send_if_modified(|v| {
             let changed = **v != view;

@@ -228,13 +228,14 @@ impl NodeTask {
                     rtt_s: e.rtt()?,
                     jitter_s: e.jitter(),
                     bandwidth_bps: e.bandwidth(),
-                    loss: (e.probe_count() > 0).then(|| e.loss()),
+                    loss: e.measured_loss(),
                     samples: e.rtt_samples(),
                     loss_samples: u32::try_from(e.probe_count()).unwrap_or(u32::MAX),
                     age_s: self
                         .last_sample
                         .get(to)
                         .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                    via: self.routes.get(to).copied(),
                 })
             })
             .take(shoal_protocol::MAX_SWARM)

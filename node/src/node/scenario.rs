@@ -2,8 +2,10 @@
 //! a planner [`Scenario`] (pure, no IO).
 //!
 //! Device ids are the members' base58 node ids. A directed link `a -> b` comes from `a`'s link
-//! report; when only `b -> a` was measured, it stands in for both directions (links are close
-//! to symmetric, and a missing link would forbid the hop). Members that do not hold the
+//! report; when only `b -> a` was measured or only it is plannable, it stands in for both
+//! directions (links are close to symmetric, and a missing link would forbid the hop; a node
+//! behind NAT answers no UDP echo, so its peers' figures towards it count every probe lost
+//! while its own towards them are sound). Members that do not hold the
 //! model are not devices.
 
 use shoal_keys::NodeId;
@@ -51,10 +53,10 @@ pub(crate) fn build(
                 continue;
             }
             // A pair whose link the planner cannot use (e.g. every probe lost) gets no hop.
-            let Some(m) = links
-                .get(&(*a, *b))
-                .or_else(|| links.get(&(*b, *a)))
-                .filter(|m| m.plannable())
+            let Some(m) = [links.get(&(*a, *b)), links.get(&(*b, *a))]
+                .into_iter()
+                .flatten()
+                .find(|m| m.plannable())
             else {
                 continue;
             };

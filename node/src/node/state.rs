@@ -104,6 +104,8 @@ pub(super) struct NodeTask {
     pub(super) bw_tx: mpsc::Sender<BandwidthResult>,
     pub(super) solve_tx: mpsc::Sender<SolveOutcome>,
     pub(super) connected: std::collections::BTreeSet<PeerId>,
+    /// Peers reached only through a relay, with the relay.
+    pub(super) routes: BTreeMap<NodeId, NodeId>,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -104,7 +104,8 @@ pub async fn start(
             }
         }
     }
-    let listen = wait_listen(&net, cfg.listen.len()).await;
+    // A relay's circuit address counts as one more listener once the reservation is granted.
+    let listen = wait_listen(&net, cfg.listen.len() + cfg.relays.len()).await;
     let listen: Vec<Multiaddr> = listen.iter().map(|a| with_peer(a, me)).collect();
 
     let own = Capability {
@@ -160,6 +161,7 @@ pub async fn start(
         train_activity: activity,
         solve_tx,
         connected: Default::default(),
+        routes: BTreeMap::new(),
     };
     task.restore_plan();
     task.announce().await;
@@ -204,10 +206,12 @@ fn swarm_parts(cfg: &Config) -> Result<SwarmParts, NodeError> {
             .filter(|a| (cfg!(feature = "quic") && cfg.quic && psk.is_none()) || !is_quic(a))
             .collect(),
         bootstrap: parse(&cfg.bootstrap, "bootstrap address")?,
+        relays: parse(&cfg.relays, "relay address")?,
         psk,
         quic: cfg.quic,
         options: swarm::BehaviourOptions {
             mdns: cfg.mdns,
+            relay_server: cfg.relay_server,
             ping_interval: ms(cfg.probe.ping_interval_ms),
             activation_max: swarm::ACTIVATION_FRAME_MAX,
             generate_max: GENERATE_MAX,
@@ -300,6 +304,19 @@ impl NodeTask {
             }
             NetEvent::Disconnected(peer) => {
                 self.connected.remove(&peer);
+            }
+            NetEvent::Route { peer, via } => {
+                let (Ok(peer), via) = (
+                    NodeId::from_peer_id(peer),
+                    via.and_then(|v| NodeId::from_peer_id(v).ok()),
+                ) else {
+                    return;
+                };
+                match via {
+                    Some(relay) => self.routes.insert(peer, relay),
+                    None => self.routes.remove(&peer),
+                };
+                self.update_loss_targets();
             }
         }
     }
@@ -402,11 +419,13 @@ impl NodeTask {
         self.recheck_deferred_plan();
     }
 
-    /// Loss-probe targets: every member with an echo port and an IP address we can reach.
-    fn update_loss_targets(&mut self) {
+    /// Loss-probe targets: every member with an echo port and an IP address we can reach
+    /// (not the peers reached only through a relay: UDP does not cross a circuit, and their
+    /// links are charged as the relay's two legs).
+    pub(super) fn update_loss_targets(&mut self) {
         let mut targets = BTreeMap::new();
         for (id, m) in self.membership.iter() {
-            if *id == self.me {
+            if *id == self.me || self.routes.contains_key(id) {
                 continue;
             }
             let Some(port) = m.info.loss_probe_port else {
@@ -521,13 +540,20 @@ impl NodeTask {
     /// The link matrix: own estimates plus members' reports.
     pub(super) fn link_matrix(&self) -> LinkMatrix {
         let mut m = LinkMatrix::new();
+        let mut relayed = Vec::new();
         for (peer, e) in &self.estimators {
             if let Some(metrics) = e.metrics() {
                 m.insert((self.me, *peer), metrics);
             }
+            if let Some(relay) = self.routes.get(peer) {
+                relayed.push((self.me, *peer, *relay));
+            }
         }
         for (from, report) in &self.reports {
             for l in &report.links {
+                if let Some(relay) = l.via {
+                    relayed.push((*from, l.to, relay));
+                }
                 let (Some(bw), true) = (l.bandwidth_bps, self.membership.contains(&l.to)) else {
                     continue;
                 };
@@ -542,6 +568,7 @@ impl NodeTask {
                 );
             }
         }
+        crate::coordinator::charge_relayed(&mut m, &relayed);
         m
     }
 }

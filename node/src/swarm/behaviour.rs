@@ -1,5 +1,6 @@
 //! The composed libp2p behaviour: identify, ping, Kademlia, mDNS (optional), gossipsub with
-//! explicit validation and peer scoring, relay client + DCUtR, a block list, a
+//! explicit validation and peer scoring, relay client + DCUtR, a relay server when the node
+//! offers one, a block list, a
 //! request/response behaviour for probes and for client requests, and the streams of the
 //! activation lanes (`lanes.rs`).
 
@@ -41,6 +42,7 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) relay: relay::client::Behaviour,
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) probe: request_response::Behaviour<FrameCodec>,
     pub(crate) generate: request_response::Behaviour<FrameCodec>,
@@ -51,6 +53,8 @@ pub(crate) struct Behaviour {
 #[derive(Debug, Clone)]
 pub(crate) struct BehaviourOptions {
     pub(crate) mdns: bool,
+    /// Serve as a circuit relay (see [`relay_server`]).
+    pub(crate) relay_server: bool,
     pub(crate) ping_interval: Duration,
     /// Largest activation-protocol frame (request or answer, on the activation lanes).
     pub(crate) activation_max: usize,
@@ -108,12 +112,33 @@ impl Behaviour {
             mdns: mdns.into(),
             gossipsub: gossip(key)?,
             relay,
+            relay_server: opts.relay_server.then(|| relay_server(id)).into(),
             dcutr: dcutr::Behaviour::new(id),
             probe: rr(PROBE_MAX, Proto::Probe),
             generate: rr(opts.generate_max, Proto::Generate),
             lanes: libp2p_stream::Behaviour::new(),
         })
     }
+}
+
+/// Circuits a relay carries at once, and per peer.
+const RELAY_CIRCUITS: (usize, usize) = (256, 32);
+/// How long a circuit may last: libp2p's default of 2 minutes would cut a long generation.
+const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A relay v2 server for the swarm's members behind NAT. A circuit carries activations, so
+/// it has no byte limit (libp2p's default of 128 KiB is a few tokens of a large model) and
+/// lasts a day; reservations keep libp2p's defaults (an hour, rate-limited per peer and IP).
+fn relay_server(id: libp2p::PeerId) -> relay::Behaviour {
+    let config = relay::Config {
+        max_circuits: RELAY_CIRCUITS.0,
+        max_circuits_per_peer: RELAY_CIRCUITS.1,
+        max_circuit_duration: RELAY_CIRCUIT_DURATION,
+        // 0: no limit.
+        max_circuit_bytes: 0,
+        ..relay::Config::default()
+    };
+    relay::Behaviour::new(id, config)
 }
 
 /// Gossipsub with signed messages, strict validation, explicit acceptance and peer scoring.

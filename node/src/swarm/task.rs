@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, kad, mdns, noise, ping, yamux};
 use shoal_keys::Identity;
 use shoal_protocol::Topic;
@@ -36,6 +38,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(crate) struct SwarmParts {
     pub(crate) listen: Vec<Multiaddr>,
     pub(crate) bootstrap: Vec<Multiaddr>,
+    /// Relays to reserve a slot on (each ends in `/p2p/<relay>`).
+    pub(crate) relays: Vec<Multiaddr>,
     pub(crate) psk: Option<libp2p::pnet::PreSharedKey>,
     pub(crate) quic: bool,
     pub(crate) options: BehaviourOptions,
@@ -78,6 +82,13 @@ struct SwarmTask {
     scores: PeerScores,
     dropped_events: u64,
     last_maintenance: Instant,
+    /// Open connections per peer: `None` for a direct one, `Some(relay)` for a circuit.
+    conns: HashMap<PeerId, HashMap<ConnectionId, Option<PeerId>>>,
+    /// The relay each peer is reached through, for peers whose only connections are circuits.
+    routes: HashMap<PeerId, PeerId>,
+    relay_server: bool,
+    /// The relays to hold a reservation on: address, and the circuit listener while it is open.
+    relays: HashMap<PeerId, (Multiaddr, Option<ListenerId>)>,
 }
 
 /// Builds the swarm, starts listening and dialing, and spawns its task. Returns the handle,
@@ -95,6 +106,20 @@ pub(crate) fn spawn(
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
+    }
+    // Relays: dialled here; the reservation is asked for once the connection stands (the relay
+    // client's own dial would lose the race against this one and close the listener).
+    let mut relays = HashMap::new();
+    for relay in &parts.relays {
+        let Some(Protocol::P2p(peer)) = relay.iter().last() else {
+            tracing::warn!(addr = %relay, "relay address without /p2p/<id>: ignored");
+            continue;
+        };
+        swarm.behaviour_mut().kad.add_address(&peer, relay.clone());
+        if let Err(e) = swarm.dial(relay.clone()) {
+            tracing::warn!(addr = %relay, error = %e, "cannot dial relay");
+        }
+        relays.insert(peer, (relay.clone(), None));
     }
     for addr in &parts.bootstrap {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
@@ -129,6 +154,10 @@ pub(crate) fn spawn(
         scores: PeerScores::default(),
         dropped_events: 0,
         last_maintenance: Instant::now(),
+        conns: HashMap::new(),
+        routes: HashMap::new(),
+        relay_server: parts.options.relay_server,
+        relays,
     };
     let span = tracing::info_span!("swarm", id = %identity.node_id().short());
     tokio::spawn(task.run(cancel).instrument(span));
@@ -167,6 +196,25 @@ fn build(identity: &Identity, parts: &SwarmParts) -> Result<Swarm<Behaviour>, Sw
         })
         .build();
     Ok(swarm)
+}
+
+/// Whether `addr` goes through a relay (has a `/p2p-circuit` part).
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// The relay of a circuit address (the peer named right before `/p2p-circuit`); `None` for a
+/// direct address.
+pub(crate) fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(id) => relay = Some(id),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The builder's error type for fallible constructors.
@@ -298,6 +346,10 @@ impl SwarmTask {
         if self.swarm.connected_peers().next().is_some() {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
+        let relays: Vec<PeerId> = self.relays.keys().copied().collect();
+        for relay in relays {
+            self.reserve(relay);
+        }
         if self.dropped_events > 0 {
             tracing::warn!(
                 dropped = self.dropped_events,
@@ -317,23 +369,76 @@ impl SwarmTask {
             SwarmEvent::Behaviour(e) => self.on_behaviour(e),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A relay hands its external addresses out with each reservation and stays
+                // off without one: whoever runs a relay made its listen addresses reachable.
+                if self.relay_server && !is_circuit(&address) {
+                    self.swarm.add_external_address(address);
+                }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 endpoint,
                 ..
             } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let addr = endpoint.get_remote_address();
+                // An inbound circuit names only its source as the remote address; the relay
+                // is in the local (circuit listen) address.
+                let via = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => relay_of(address),
+                    ConnectedPoint::Listener { local_addr, .. } => relay_of(local_addr),
+                };
+                tracing::debug!(peer = %peer_id, %addr, relayed = via.is_some(), "connected");
+                self.conns
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, via);
+                self.update_route(peer_id);
+                if via.is_none() {
+                    self.reserve(peer_id);
+                }
                 if num_established.get() == 1 {
                     self.emit(NetEvent::Connected(peer_id));
                 }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
-            } => self.emit(NetEvent::Disconnected(peer_id)),
+            } => {
+                if let Some(c) = self.conns.get_mut(&peer_id) {
+                    c.remove(&connection_id);
+                    if c.is_empty() {
+                        self.conns.remove(&peer_id);
+                    }
+                }
+                self.update_route(peer_id);
+                if num_established == 0 {
+                    self.emit(NetEvent::Disconnected(peer_id));
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                tracing::warn!(?addresses, ?reason, "listener closed");
+                // A lost reservation is asked for again at the next connection to the relay
+                // (or the next maintenance tick while one stands).
+                for (_, listener) in self.relays.values_mut() {
+                    if *listener == Some(listener_id) {
+                        *listener = None;
+                    }
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address");
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
             }
@@ -350,10 +455,78 @@ impl SwarmTask {
             BehaviourEvent::Mdns(e) => self.on_mdns(e),
             BehaviourEvent::Probe(e) => self.on_rr(Proto::Probe, e),
             BehaviourEvent::Generate(e) => self.on_rr(Proto::Generate, e),
-            BehaviourEvent::Block(_)
-            | BehaviourEvent::Relay(_)
-            | BehaviourEvent::Dcutr(_)
-            | BehaviourEvent::Lanes(()) => {}
+            BehaviourEvent::Relay(e) => tracing::info!(event = ?e, "relay client"),
+            BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
+            BehaviourEvent::Dcutr(e) => match e.result {
+                Ok(_) => {
+                    tracing::info!(peer = %e.remote_peer_id, "hole punch: direct connection")
+                }
+                Err(err) => {
+                    tracing::info!(peer = %e.remote_peer_id, error = %err, "hole punch failed")
+                }
+            },
+            BehaviourEvent::Block(_) | BehaviourEvent::Lanes(()) => {}
+        }
+    }
+
+    /// Asks `relay` for a reservation (listens on its circuit address) when it is one of the
+    /// configured relays, a direct connection to it stands and no circuit listener is open.
+    fn reserve(&mut self, relay: PeerId) {
+        let Some((addr, None)) = self.relays.get(&relay) else {
+            return;
+        };
+        let connected = self
+            .conns
+            .get(&relay)
+            .is_some_and(|c| c.values().any(Option::is_none));
+        if !connected {
+            return;
+        }
+        let circuit = addr.clone().with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(id) => {
+                tracing::info!(addr = %circuit, "asking the relay for a reservation");
+                if let Some((_, listener)) = self.relays.get_mut(&relay) {
+                    *listener = Some(id);
+                }
+            }
+            Err(e) => tracing::warn!(addr = %circuit, error = %e, "cannot listen through relay"),
+        }
+    }
+
+    /// Recomputes how `peer` is reached (direct when any connection is; else through the
+    /// relay of a circuit) and tells the node when that changed.
+    fn update_route(&mut self, peer: PeerId) {
+        let route = self.conns.get(&peer).and_then(|c| {
+            if c.values().any(Option::is_none) {
+                None
+            } else {
+                c.values().flatten().next().copied()
+            }
+        });
+        let changed = match route {
+            Some(relay) => self.routes.insert(peer, relay) != Some(relay),
+            None => self.routes.remove(&peer).is_some(),
+        };
+        // Once a direct connection stands (dialled, or hole-punched by DCUtR), circuits to the
+        // same peer only load the relay: close them so every stream takes the direct path.
+        if route.is_none()
+            && let Some(c) = self.conns.get(&peer)
+            && c.values().any(Option::is_none)
+        {
+            let circuits: Vec<ConnectionId> = c
+                .iter()
+                .filter(|(_, via)| via.is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in circuits {
+                tracing::debug!(peer = %peer, "closing a circuit: a direct connection stands");
+                self.swarm.close_connection(id);
+            }
+        }
+        if changed {
+            tracing::info!(peer = %peer, via = ?route, "route");
+            self.emit(NetEvent::Route { peer, via: route });
         }
     }
 
@@ -391,6 +564,15 @@ impl SwarmTask {
     }
 
     fn on_ping(&mut self, event: ping::Event) {
+        // Pings run on every connection; the relayed one says nothing about a direct path.
+        let relayed = self
+            .conns
+            .get(&event.peer)
+            .and_then(|c| c.get(&event.connection))
+            .is_some_and(Option::is_some);
+        if relayed && !self.routes.contains_key(&event.peer) {
+            return;
+        }
         if let Ok(rtt) = event.result {
             self.emit(NetEvent::Rtt {
                 peer: event.peer,
@@ -523,5 +705,27 @@ impl SwarmTask {
                 self.dropped_events += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_of_a_circuit_is_the_peer_before_p2p_circuit() {
+        let relay = PeerId::random();
+        let target = PeerId::random();
+        let circuit: Multiaddr =
+            format!("/ip4/198.18.0.2/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{target}")
+                .parse()
+                .unwrap();
+        assert_eq!(relay_of(&circuit), Some(relay));
+        assert!(is_circuit(&circuit));
+        let direct: Multiaddr = format!("/ip4/198.18.1.2/tcp/4001/p2p/{target}")
+            .parse()
+            .unwrap();
+        assert_eq!(relay_of(&direct), None);
+        assert!(!is_circuit(&direct));
     }
 }

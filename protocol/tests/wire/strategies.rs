@@ -92,6 +92,7 @@ fn link_entry(to: NodeId) -> impl Strategy<Value = LinkEntry> {
                 samples,
                 loss_samples,
                 age_s,
+                via: None,
             },
         )
 }

@@ -153,6 +153,7 @@ fn link_and_capability_rules() {
         samples: 10,
         loss_samples: 400,
         age_s: 1.0,
+        via: None,
     };
     let report = |links: Vec<LinkEntry>| LinkReport {
         from: node(0),
@@ -176,6 +177,20 @@ fn link_and_capability_rules() {
     }]));
     refused(report(vec![LinkEntry {
         bandwidth_bps: Some(0.0),
+        ..entry.clone()
+    }]));
+    report(vec![LinkEntry {
+        via: Some(node(2)),
+        ..entry.clone()
+    }])
+    .validate()
+    .unwrap();
+    refused(report(vec![LinkEntry {
+        via: Some(node(0)),
+        ..entry.clone()
+    }]));
+    refused(report(vec![LinkEntry {
+        via: Some(node(1)),
         ..entry
     }]));
 
@@ -299,6 +314,8 @@ fn largest_gossip_messages_fit_gossipsub() {
             samples: u32::MAX,
             loss_samples: u32::MAX,
             age_s: 12.3456789,
+            // Every link relayed: the largest entry there is.
+            via: Some(if to == ids[0] { ids[1] } else { ids[0] }),
         })
         .collect();
     let report = LinkReport {

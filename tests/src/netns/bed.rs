@@ -13,6 +13,14 @@
 //!        -> back in on up{i} -> main table -> ... -> dn{j}[tbf] -> delay line
 //!        -> back in on dn{j} -(rule iif dn{j}: table 1000+j, nft loss)-> h{j} --> node j
 //! ```
+//!
+//! A node behind NAT ([`Testbed::with_nat`]) lives one namespace further in: `shoal-TAG-n{i}`
+//! has `eth0` with 10.77.i.2/24 and its default route via 10.77.i.1, which is `lan0` of the
+//! router namespace `shoal-TAG-nat{i}`; the router's `eth0` takes the node's place on the hub
+//! (198.18.i.2) and masquerades what leaves through it. Its forward chain lets in only what
+//! belongs to connections opened from inside, so the node cannot be dialled. [`Nat::Cone`]
+//! keeps the inside port (hole punching can work); [`Nat::Symmetric`] maps every connection
+//! to a random port (it cannot).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -28,6 +36,17 @@ use super::profile::{LinkProfile, PathFigures, path};
 /// Every bed's namespaces start with this, then the test's tag and a dash.
 pub const NS_PREFIX: &str = "shoal-";
 
+/// How a node reaches the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    /// Directly: it can be dialled.
+    None,
+    /// Behind a masquerading router that keeps the inside port when it can (Linux's default).
+    Cone,
+    /// Behind a masquerading router that picks a random port for every connection.
+    Symmetric,
+}
+
 /// Handle to a process started with [`Testbed::spawn`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcId(usize);
@@ -37,6 +56,7 @@ pub struct ProcId(usize);
 pub struct Testbed {
     prefix: String,
     profiles: Vec<LinkProfile>,
+    nat: Vec<Nat>,
     procs: Vec<NsProcess>,
     delay: Option<DelayLine>,
     logs: tempfile::TempDir,
@@ -46,6 +66,14 @@ impl Testbed {
     /// Builds a bed with one node per profile. `tag` must be unique per test (it names the
     /// namespaces); leftovers of an earlier run with the same tag are removed first.
     pub fn new(tag: &str, profiles: &[LinkProfile]) -> Result<Self> {
+        Self::with_nat(tag, profiles, &vec![Nat::None; profiles.len()])
+    }
+
+    /// Like [`Testbed::new`], with node `i` behind `nat[i]` (see the module doc).
+    pub fn with_nat(tag: &str, profiles: &[LinkProfile], nat: &[Nat]) -> Result<Self> {
+        if nat.len() != profiles.len() {
+            bail!("{} NAT kinds for {} nodes", nat.len(), profiles.len());
+        }
         if !(1..=200).contains(&profiles.len()) {
             bail!("a bed has 1..=200 nodes, not {}", profiles.len());
         }
@@ -60,6 +88,7 @@ impl Testbed {
         let mut bed = Testbed {
             prefix,
             profiles: profiles.to_vec(),
+            nat: nat.to_vec(),
             procs: Vec::new(),
             delay: None,
             // SHOAL_BED_KEEP=1 keeps the logs (and prints where) for a look after the test.
@@ -100,9 +129,22 @@ impl Testbed {
         format!("{}n{i}", self.prefix)
     }
 
-    /// IPv4 address of node `i`.
+    /// IPv4 address of node `i` (inside its NAT, for a node behind one).
     pub fn addr(&self, i: usize) -> Ipv4Addr {
+        match self.nat[i] {
+            Nat::None => self.public_addr(i),
+            Nat::Cone | Nat::Symmetric => Ipv4Addr::new(10, 77, i as u8, 2),
+        }
+    }
+
+    /// The address node `i`'s traffic comes from on the hub (its NAT's, behind one).
+    pub fn public_addr(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, i as u8, 2)
+    }
+
+    /// Namespace of node `i`'s NAT router (exists only behind a NAT).
+    pub fn nat_ns(&self, i: usize) -> String {
+        format!("{}nat{i}", self.prefix)
     }
 
     /// The profile imposed on node `i`'s access link.
@@ -201,6 +243,9 @@ impl Testbed {
     }
 
     fn add_node(&self, i: usize) -> Result<()> {
+        if self.nat[i] != Nat::None {
+            return self.add_natted_node(i);
+        }
         let (ns, hub) = (self.ns(i), self.hub());
         let (h, addr) = (format!("h{i}"), self.addr(i));
         let gw = Ipv4Addr::new(198, 18, i as u8, 1);
@@ -234,6 +279,78 @@ impl Testbed {
         run(
             "ip",
             &["-n", &ns, "route", "add", "default", "via", &gw.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Node `i` behind its NAT router (see the module doc).
+    fn add_natted_node(&self, i: usize) -> Result<()> {
+        let (ns, nat, hub) = (self.ns(i), self.nat_ns(i), self.hub());
+        let h = format!("h{i}");
+        let (inside, lan_gw) = (self.addr(i), Ipv4Addr::new(10, 77, i as u8, 1));
+        let (outside, hub_gw) = (self.public_addr(i), Ipv4Addr::new(198, 18, i as u8, 1));
+        for n in [&ns, &nat] {
+            run("ip", &["netns", "add", n])?;
+            run("ip", &["-n", n, "link", "set", "lo", "up"])?;
+        }
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            sysctl_in(&nat, key, value)?;
+        }
+        let link = |a: &str, a_ns: &str, b: &str, b_ns: &str| {
+            run(
+                "ip",
+                &[
+                    "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns",
+                    b_ns,
+                ],
+            )
+        };
+        link("eth0", &ns, "lan0", &nat)?;
+        link("eth0", &nat, &h, &hub)?;
+        for (n, dev, addr) in [
+            (&ns, "eth0", inside),
+            (&nat, "lan0", lan_gw),
+            (&nat, "eth0", outside),
+            (&hub, h.as_str(), hub_gw),
+        ] {
+            run(
+                "ip",
+                &["-n", n, "addr", "add", &format!("{addr}/24"), "dev", dev],
+            )?;
+            run("ip", &["-n", n, "link", "set", dev, "up"])?;
+        }
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &lan_gw.to_string(),
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &nat,
+                "route",
+                "add",
+                "default",
+                "via",
+                &hub_gw.to_string(),
+            ],
+        )?;
+        run_with_input(
+            "ip",
+            &["netns", "exec", &nat, "nft", "-f", "-"],
+            Some(&nat_ruleset(self.nat[i])),
         )?;
         Ok(())
     }
@@ -362,6 +479,19 @@ pub fn nft_ruleset(profiles: &[LinkProfile]) -> String {
     )
 }
 
+/// A NAT router's nftables ruleset: masquerade what leaves through `eth0` (keeping the inside
+/// port when it can, or a random port per connection for [`Nat::Symmetric`]) and forward
+/// inwards only what belongs to connections opened from inside.
+pub fn nat_ruleset(nat: Nat) -> String {
+    let how = match nat {
+        Nat::Symmetric => " random,fully-random",
+        Nat::None | Nat::Cone => "",
+    };
+    format!(
+        "table ip shoalnat {{\n  chain outbound {{\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"eth0\" masquerade{how}\n  }}\n  chain inbound {{\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    iifname \"lan0\" accept\n  }}\n}}\n"
+    )
+}
+
 /// Runs `f` on a fresh thread moved into namespace `ns`.
 pub fn in_netns<T, F>(ns: &str, f: F) -> Result<T>
 where
@@ -414,6 +544,14 @@ mod tests {
         assert!(r.contains("iifname \"h1\" numgen random mod 100 < 10 drop"));
         assert!(r.contains("iifname \"dn1\" numgen random mod 100 < 10 drop"));
         assert!(!r.contains("\"h0\""));
+    }
+
+    #[test]
+    fn a_nat_lets_in_only_answers_and_symmetric_ones_randomise_ports() {
+        let cone = nat_ruleset(Nat::Cone);
+        assert!(cone.contains("oifname \"eth0\" masquerade\n"));
+        assert!(cone.contains("policy drop;\n    ct state established,related accept"));
+        assert!(nat_ruleset(Nat::Symmetric).contains("masquerade random,fully-random"));
     }
 
     #[test]
