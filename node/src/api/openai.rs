@@ -140,6 +140,9 @@ struct ChatRequest {
     common: Common,
 }
 
+/// Seconds a client is asked to wait before retrying a 503 (`Retry-After`).
+const RETRY_AFTER_S: u64 = 1;
+
 /// An error in OpenAI's shape.
 struct ApiError(StatusCode, String);
 
@@ -150,11 +153,14 @@ impl IntoResponse for ApiError {
         } else {
             "server_error"
         };
-        (
-            self.0,
-            Json(json!({"error": {"message": self.1, "type": kind, "code": self.0.as_u16()}})),
-        )
-            .into_response()
+        let body =
+            Json(json!({"error": {"message": self.1, "type": kind, "code": self.0.as_u16()}}));
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Busy (every generation slot taken) or no plan yet: both pass within seconds.
+            let retry = [(header::RETRY_AFTER, RETRY_AFTER_S.to_string())];
+            return (self.0, retry, body).into_response();
+        }
+        (self.0, body).into_response()
     }
 }
 
@@ -651,4 +657,24 @@ fn stream(
         rx.recv().await.map(|e| (Ok(e), rx))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_node_answers_503_with_retry_after_and_a_bad_request_without() {
+        let busy = ApiError::from(GenerateError::Busy).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            busy.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(RETRY_AFTER_S.to_string().as_bytes())
+        );
+        let bad = bad("no").into_response();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert!(bad.headers().get(header::RETRY_AFTER).is_none());
+    }
 }
