@@ -1,6 +1,7 @@
 //! `shoal bench <target>`: measurements that print a table. One module per target under
 //! `bench/`; add a variant and a match arm here for a new one.
 
+mod concurrent;
 mod model;
 mod pipeline;
 mod planner;
@@ -16,6 +17,8 @@ pub(crate) enum BenchCommand {
     Model(model::ModelBenchArgs),
     /// Per-token decode of a loopback swarm vs single-process generation, and the ratio.
     Pipeline(pipeline::PipelineArgs),
+    /// Aggregate tokens/s of a loopback swarm under concurrent streaming requests.
+    Concurrent(concurrent::ConcurrentArgs),
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -23,5 +26,6 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Planner(args) => planner::run(&args),
         BenchCommand::Pipeline(args) => pipeline::run(&args),
         BenchCommand::Model(args) => model::run(&args),
+        BenchCommand::Concurrent(args) => concurrent::run(&args),
     }
 }
