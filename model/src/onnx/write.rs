@@ -35,6 +35,20 @@ pub struct ExternalIndex {
     written: HashMap<String, Location>,
 }
 
+impl ExternalIndex {
+    /// Where `init`'s bytes already are when it is a slice of a tensor written before.
+    fn slice(&self, init: &Initializer) -> Option<Location> {
+        let (parent, offset) = init.slice_of.as_ref()?;
+        let whole = self.written.get(parent)?;
+        let length = init.data.byte_len() as u64;
+        (offset + length <= whole.length).then(|| Location {
+            file: whole.file.clone(),
+            offset: whole.offset + offset,
+            length,
+        })
+    }
+}
+
 /// What writing one graph produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenGraph {
@@ -66,7 +80,8 @@ pub fn write_graph(
                 .source
                 .as_ref()
                 .and_then(|s| index.written.get(s))
-                .cloned();
+                .cloned()
+                .or_else(|| index.slice(&init));
             let loc = match known {
                 Some(loc) => loc,
                 None => {
@@ -142,6 +157,10 @@ fn inline_tensor(init: Initializer) -> pb::TensorProto {
             t.data_type = pb::tensor_proto::DataType::Uint8 as i32;
             t.raw_data = v;
         }
+        InitData::F16(v) => {
+            t.data_type = pb::tensor_proto::DataType::Float16 as i32;
+            t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        }
     }
     t
 }
@@ -151,6 +170,7 @@ fn external_tensor(init: &Initializer, loc: &Location) -> pb::TensorProto {
         InitData::F32(_) => pb::tensor_proto::DataType::Float,
         InitData::I64(_) => pb::tensor_proto::DataType::Int64,
         InitData::U8(_) => pb::tensor_proto::DataType::Uint8,
+        InitData::F16(_) => pb::tensor_proto::DataType::Float16,
     };
     let entry = |k: &str, v: String| pb::StringStringEntryProto {
         key: k.to_owned(),
@@ -226,5 +246,6 @@ fn le_bytes(data: &InitData) -> Vec<u8> {
         InitData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         InitData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         InitData::U8(v) => v.clone(),
+        InitData::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }
 }
