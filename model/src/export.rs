@@ -17,7 +17,7 @@ use crate::manifest::{FORMAT, LayerEntry, LayerFigures, LayerKind, Manifest, sha
 use crate::onnx::{self, DType, Dim, ExternalIndex, GraphBuilder};
 use crate::quant::{QuantSpec, WeightDtype};
 
-/// Bytes per element of the exported weights and activations (f32).
+/// Bytes per element of the activations and the KV cache (f32).
 const ELEM: u64 = 4;
 
 /// Graph input and output names shared by the exporter and the runtime.
@@ -80,7 +80,7 @@ pub fn export(
     let dtype = dtype_of(opts.quant);
     // The embedding and the head (one matrix when tied) stay at 8 bits under q4, as llama.cpp's
     // Q4_K_M keeps them at 6: at 4 bits Gemma-3-270M's greedy continuation flipped.
-    let table_quant = opts.quant.map(|q| QuantSpec { bits: 8, ..q });
+    let table_quant = opts.quant.map(QuantSpec::for_table);
     let table_dtype = dtype_of(table_quant);
     let mut g = GraphBuilder::new("embedding");
     g.set_quant(table_quant);
@@ -205,6 +205,7 @@ pub fn export(
 fn dtype_of(quant: Option<QuantSpec>) -> WeightDtype {
     match quant.map(|q| q.bits) {
         Some(4) => WeightDtype::Q4,
+        Some(16) => WeightDtype::F16,
         Some(_) => WeightDtype::Q8,
         None => WeightDtype::F32,
     }

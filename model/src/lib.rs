@@ -14,6 +14,7 @@ pub mod error;
 pub mod export;
 pub mod generate;
 pub mod gguf;
+pub mod heap;
 pub mod hf;
 pub mod manifest;
 pub mod onnx;

@@ -72,6 +72,8 @@ pub enum InitData {
     I64(Vec<i64>),
     /// Bytes (packed quantised weights).
     U8(Vec<u8>),
+    /// IEEE half floats (`--dtype f16` weight matrices), row-major.
+    F16(Vec<half::f16>),
 }
 
 impl InitData {
@@ -81,6 +83,7 @@ impl InitData {
             InitData::F32(v) => v.len() * 4,
             InitData::I64(v) => v.len() * 8,
             InitData::U8(v) => v.len(),
+            InitData::F16(v) => v.len() * 2,
         }
     }
 }
@@ -96,6 +99,10 @@ pub struct Initializer {
     pub data: InitData,
     /// Checkpoint tensor this came from: the writer stores each source once across shards.
     pub source: Option<String>,
+    /// A part of the tensor stored under another key, starting this many bytes into it: the
+    /// writer points at those bytes when that key was written already (a tied head's slices
+    /// of the embedding table), and stores `data` itself otherwise.
+    pub slice_of: Option<(String, u64)>,
 }
 
 /// Builds one ONNX graph: inputs, nodes, initializers, outputs.
@@ -184,9 +191,33 @@ impl GraphBuilder {
                 dims,
                 data,
                 source: Some(source.to_owned()),
+                slice_of: None,
             });
         }
         name
+    }
+
+    /// Adds `data`, the part of the tensor stored under key `parent` that starts `offset` bytes
+    /// into it, as the initializer `name` (a fresh checkpoint key): a graph that reads a large
+    /// tensor in row slices (the head, [`crate::arch::common::head_logits`]) shares the bytes
+    /// another shard stored whole.
+    pub fn derived_slice(
+        &mut self,
+        name: &str,
+        (parent, offset): (&str, u64),
+        dims: Vec<usize>,
+        data: InitData,
+    ) -> String {
+        if !self.inits.iter().any(|i| i.name == name) {
+            self.inits.push(Initializer {
+                name: name.to_owned(),
+                dims,
+                data,
+                source: Some(name.to_owned()),
+                slice_of: Some((parent.to_owned(), offset)),
+            });
+        }
+        name.to_owned()
     }
 
     /// The weight quantisation of the graph being built (`None`: f32).
@@ -208,9 +239,28 @@ impl GraphBuilder {
                 dims,
                 data: InitData::F32(data),
                 source: Some(source.to_owned()),
+                slice_of: None,
             });
         }
         name
+    }
+
+    /// Adds the weight `source` (f32 values) stored as f16 under the key `{source}@f16` and
+    /// returns the value of a `Cast` of it to f32: graphs stay f32 between ops, ONNX Runtime
+    /// folds the cast of a constant into an f32 initializer at load, and tract likewise.
+    pub fn weight_f16(&mut self, source: &str, dims: Vec<usize>, data: &[f32]) -> String {
+        let name = format!("{source}@f16");
+        if !self.inits.iter().any(|i| i.name == name) {
+            let data = data.iter().map(|v| half::f16::from_f32(*v)).collect();
+            self.inits.push(Initializer {
+                name: name.clone(),
+                dims,
+                data: InitData::F16(data),
+                source: Some(name.clone()),
+                slice_of: None,
+            });
+        }
+        self.cast(&name, DType::F32)
     }
 
     /// Adds a derived f32 constant (not stored under a checkpoint name).
@@ -221,6 +271,7 @@ impl GraphBuilder {
             dims,
             data: InitData::F32(data),
             source: None,
+            slice_of: None,
         });
         name
     }
@@ -233,6 +284,7 @@ impl GraphBuilder {
             dims,
             data: InitData::I64(data),
             source: None,
+            slice_of: None,
         });
         name
     }

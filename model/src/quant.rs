@@ -32,6 +32,9 @@ pub enum WeightDtype {
     /// 32-bit float (the unquantised reference).
     #[default]
     F32,
+    /// 16-bit float (IEEE half) weight matrices, cast to f32 in the graph (see
+    /// [`QuantSpec::is_f16`]).
+    F16,
     /// 8-bit block quantised linear layers and embedding.
     Q8,
     /// 4-bit block quantised linear layers and embedding.
@@ -39,10 +42,11 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
-    /// Bits per quantised weight, `None` for f32.
+    /// Bits per stored weight, `None` for f32 (16 for f16).
     pub fn bits(self) -> Option<u32> {
         match self {
             WeightDtype::F32 => None,
+            WeightDtype::F16 => Some(16),
             WeightDtype::Q8 => Some(8),
             WeightDtype::Q4 => Some(4),
         }
@@ -52,6 +56,7 @@ impl WeightDtype {
     pub fn as_str(self) -> &'static str {
         match self {
             WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
             WeightDtype::Q8 => "q8",
             WeightDtype::Q4 => "q4",
         }
@@ -70,20 +75,23 @@ impl FromStr for WeightDtype {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "f32" => Ok(WeightDtype::F32),
+            "f16" => Ok(WeightDtype::F16),
             "q8" => Ok(WeightDtype::Q8),
             "q4" => Ok(WeightDtype::Q4),
             other => Err(Error::Config(format!(
-                "dtype {other:?}: expected q4, q8 or f32"
+                "dtype {other:?}: expected q4, q8, f16 or f32"
             ))),
         }
     }
 }
 
-/// How the exporter quantises: bits, block size (a power of two, at least 16, as
-/// `MatMulNBits` requires) and the `MatMulNBits` accuracy level.
+/// How the exporter stores weight matrices other than f32: bits, block size (a power of two,
+/// at least 16, as `MatMulNBits` requires) and the `MatMulNBits` accuracy level. 16 bits is
+/// not a quantisation but f16 storage ([`QuantSpec::is_f16`]); block size and accuracy level
+/// then do not apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantSpec {
-    /// 4 or 8.
+    /// 4 or 8 (block-quantised), or 16 (f16).
     pub bits: u32,
     /// Values per block along K.
     pub block_size: usize,
@@ -136,8 +144,25 @@ impl QuantSpec {
     /// `Q4_K_M` keeps Gemma-3-270M's q/k/v, gate and up at 5 bits); float sources keep `self`.
     pub fn for_source(self, source_bits: Option<u32>) -> Self {
         match source_bits {
-            Some(b) if b > self.bits => QuantSpec { bits: 8, ..self },
+            Some(b) if b > self.bits && !self.is_f16() => QuantSpec { bits: 8, ..self },
             _ => self,
+        }
+    }
+
+    /// Whether weight matrices are stored as f16 (linear weights, the embedding, an untied
+    /// head), each followed by a `Cast` to f32 in the graph: ONNX Runtime's CPU provider has
+    /// no f16 `MatMul`, so its constant folding turns the cast weights into f32 at load.
+    pub fn is_f16(&self) -> bool {
+        self.bits == 16
+    }
+
+    /// The spec of the embedding and head: 8 bits under q4 and q8 (see `model/README.md`),
+    /// f16 stays f16.
+    pub fn for_table(self) -> Self {
+        if self.is_f16() {
+            self
+        } else {
+            QuantSpec { bits: 8, ..self }
         }
     }
 
@@ -158,6 +183,9 @@ impl QuantSpec {
 
     /// Bytes of one quantised row of `k` values: packed blocks plus their f32 scales.
     pub fn row_bytes(&self, k: usize) -> usize {
+        if self.is_f16() {
+            return k * 2;
+        }
         self.blocks(k) * (self.blob() + 4)
     }
 }

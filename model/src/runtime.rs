@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::manifest::{LayerKind, Manifest};
+use crate::quant::WeightDtype;
 use ort_backend::{OrtKv, OrtLog, OrtShard};
 use sessions::SessionTable;
 use tract_backend::{TractKv, TractShard};
@@ -297,9 +298,21 @@ impl StageRunner {
             .first()
             .map(|l| l.dtype)
             .unwrap_or_default();
+        // Graph copies and load-time buffers freed by the engines stay resident otherwise.
+        crate::heap::release_free_heap();
         tracing::info!(?layers, %backend, %dtype, "stage loaded");
-        if backend == Backend::Tract && dtype != crate::quant::WeightDtype::F32 {
-            tracing::info!(%dtype, "tract has no quantised kernels: weights dequantised to f32 at load");
+        match (backend, dtype) {
+            (_, WeightDtype::F32) => {}
+            (Backend::Tract, WeightDtype::F16) => {
+                tracing::info!(%dtype, "f16 weights cast to f32 at load (tract folds the casts)");
+            }
+            (Backend::Ort, WeightDtype::F16) => {
+                tracing::info!(%dtype, "f16 weights cast to f32 at load (no f16 MatMul on the CPU provider)");
+            }
+            (Backend::Tract, _) => {
+                tracing::info!(%dtype, "tract has no quantised kernels: weights dequantised to f32 at load");
+            }
+            (Backend::Ort, _) => {}
         }
         let d = &manifest.dims;
         Ok(StageRunner {

@@ -54,6 +54,8 @@ impl Tokenizer {
                 .unwrap_or(false);
             chat = chat_template(&v);
         }
+        // The parse's temporaries (several times the file) stay resident otherwise.
+        crate::heap::release_free_heap();
         Ok(Some(Tokenizer {
             inner,
             bos: manifest.bos_token_id,

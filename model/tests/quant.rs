@@ -1,7 +1,8 @@
-//! Quantised shards (q8, q4) against the f32 shards of the same weights: the synthesised
-//! model and the Hugging Face fixtures, on ONNX Runtime (contrib ops) and tract (dequantised at
-//! load). Also: the planner figures are the bytes really stored, a tied head shares the
-//! embedding's packed bytes, and no `MatMulNBits` falls back to its unpacked compute mode.
+//! Quantised shards (q8, q4) and f16 shards against the f32 shards of the same weights: the
+//! synthesised model and the Hugging Face fixtures, on ONNX Runtime (contrib ops; f16 cast at
+//! load) and tract (dequantised or cast at load). Also: the planner figures are the bytes
+//! really stored (q4 and f16), a tied head shares the embedding's packed or f16 bytes, and no
+//! `MatMulNBits` falls back to its unpacked compute mode.
 //!
 //! Metrics, each over a fixed token text run teacher-forced (every position's logits from one
 //! prefill of the whole text): the largest |logit difference| relative to the f32 logits'
@@ -101,8 +102,13 @@ fn synth_opts(dtype: WeightDtype) -> SynthOptions {
 /// nearly flat logits (top-2 margins far below the quantisation noise), so the q4 bound here is
 /// loose (0.3, 60%); it still fails for a wrong layout, zero point or offset (relative error near
 /// 1, agreement near 1/V), and the real q4 quality bound is Gemma-3-270M's in `gemma_quant.rs`.
+///
+/// f16 rounds each weight to 11 significant bits (relative error at most 2^-11): measured
+/// relative logit error 0.0005-0.0008 and full top-1 agreement on the synthesised model (both
+/// backends) and both fixtures, so (0.005, 0.98): a wrong layout or a lost cast fails it.
 fn bound(dtype: WeightDtype) -> (f32, f64) {
     match dtype {
+        WeightDtype::F16 => (0.005, 0.98),
         WeightDtype::Q8 => (0.05, 0.90),
         _ => (0.3, 0.6),
     }
@@ -114,15 +120,20 @@ fn quantised_synth_model_tracks_f32_on_both_backends() {
     let mf = synth(&SynthOptions::default(), f32_dir.path(), false).unwrap();
     let ids = text(mf.dims.vocab, 64);
     let reference = all_logits(f32_dir.path(), &mf, BackendChoice::Ort, &ids);
-    for dtype in [WeightDtype::Q8, WeightDtype::Q4] {
+    for dtype in [WeightDtype::F16, WeightDtype::Q8, WeightDtype::Q4] {
         let dir = tempfile::tempdir().unwrap();
         let m = synth(&synth_opts(dtype), dir.path(), false).unwrap();
         assert_eq!(m.dtype, dtype.as_str());
         let n = m.planner_layers();
         assert!(m.layers[1..n - 1].iter().all(|l| l.dtype == dtype));
-        // Embedding and head stay at 8 bits.
-        assert_eq!(m.layers[0].dtype, WeightDtype::Q8);
-        assert_eq!(m.layers[n - 1].dtype, WeightDtype::Q8);
+        // Embedding and head stay at 8 bits when quantised; f16 tables are f16.
+        let table = if dtype == WeightDtype::F16 {
+            WeightDtype::F16
+        } else {
+            WeightDtype::Q8
+        };
+        assert_eq!(m.layers[0].dtype, table);
+        assert_eq!(m.layers[n - 1].dtype, table);
         let (max_rel, min_agree) = bound(dtype);
         for backend in [BackendChoice::Ort, BackendChoice::Tract] {
             let got = all_logits(dir.path(), &m, backend, &ids);
@@ -148,7 +159,7 @@ fn quantised_hf_fixtures_track_f32() {
         let mf = hf::import(&fixture(name), f32_dir.path(), false).unwrap();
         let ids = text(mf.dims.vocab, 48);
         let reference = all_logits(f32_dir.path(), &mf, BackendChoice::Ort, &ids);
-        for dtype in [WeightDtype::Q8, WeightDtype::Q4] {
+        for dtype in [WeightDtype::F16, WeightDtype::Q8, WeightDtype::Q4] {
             let dir = tempfile::tempdir().unwrap();
             let m = hf::import_as(&fixture(name), dir.path(), false, spec(dtype)).unwrap();
             m.verify_files(dir.path()).unwrap();
@@ -232,6 +243,38 @@ fn figures_are_the_stored_bytes_and_a_tied_head_shares_them() {
     let ratio = dec(&mf) as f64 / dec(&m) as f64;
     assert!(ratio > 4.8 && ratio < 5.6, "decoder layer f32/q4 {ratio}");
     assert!(sum(&m) < sum(&mf));
+}
+
+#[test]
+fn f16_figures_are_the_stored_bytes_and_a_tied_head_shares_them() {
+    let f32_dir = tempfile::tempdir().unwrap();
+    let mf = synth(&SynthOptions::default(), f32_dir.path(), false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = synth(&synth_opts(WeightDtype::F16), dir.path(), false).unwrap();
+    for (l, entry) in m.layers.iter().enumerate() {
+        let (bytes, _) = initializer_bytes(&m.shard_path(dir.path(), l).unwrap());
+        assert_eq!(entry.figures.param_bytes, bytes, "layer {l}");
+        assert_eq!(entry.dtype, WeightDtype::F16, "layer {l}");
+    }
+    let d = &m.dims;
+    // The embedding reads one f16 row per token; the tied head holds the f16 table, written
+    // once, in embed.weights.
+    assert_eq!(m.layers[0].figures.read_bytes, (d.hidden * 2) as u64);
+    let head = m.layers.last().unwrap();
+    assert!(head.figures.param_bytes >= (d.vocab * d.hidden * 2) as u64);
+    assert!(head.files.contains(&"embed.weights".to_owned()));
+    let table = (d.vocab * d.hidden * 2) as u64;
+    let embed_file = std::fs::metadata(dir.path().join("embed.weights"))
+        .unwrap()
+        .len();
+    assert!(embed_file >= table && embed_file < table + 4096);
+    // Every matrix at 2 bytes instead of 4; the norm weights stay f32, so a little under 2x.
+    for l in 0..m.planner_layers() - 1 {
+        let ratio =
+            mf.layers[l].figures.param_bytes as f64 / m.layers[l].figures.param_bytes as f64;
+        assert!(ratio > 1.95 && ratio <= 2.0, "layer {l}: f32/f16 {ratio}");
+        assert_eq!(mf.layers[l].figures.flops, m.layers[l].figures.flops);
+    }
 }
 
 fn run_logged(dir: &Path, m: &Manifest) -> Vec<String> {

@@ -39,6 +39,14 @@ pub fn linear(
     let t = load(w, weight, &[out_dim, in_dim])?;
     g.count_matmul((out_dim * in_dim) as u64);
     let y = match g.quant() {
+        Some(spec) if spec.is_f16() => {
+            let wt = g.weight_f16(
+                &format!("{weight}^T"),
+                vec![in_dim, out_dim],
+                &transpose(&t.data, out_dim, in_dim),
+            );
+            g.matmul(x, &wt)
+        }
         Some(spec) => {
             let spec = spec.for_source(t.source_bits);
             matmul_nbits(g, x, weight, &t.data, (out_dim, in_dim), spec)?
@@ -97,13 +105,7 @@ pub fn matmul_nbits(
         vec![n * nb],
         InitData::F32(scales),
     );
-    let attrs = vec![
-        attr_int("K", k as i64),
-        attr_int("N", n as i64),
-        attr_int("bits", i64::from(spec.bits)),
-        attr_int("block_size", spec.block_size as i64),
-        attr_int("accuracy_level", i64::from(spec.accuracy_level)),
-    ];
+    let attrs = nbits_attrs((n, k), spec);
     let Some((zeros, offsets)) = affine else {
         return Ok(g.ms_op("MatMulNBits", &[x, &b, &s], attrs));
     };
@@ -137,6 +139,31 @@ pub fn matmul_nbits(
     Ok(g.add(&y, &correction))
 }
 
+/// `MatMulNBits`' attributes for a `[n, k]` weight.
+fn nbits_attrs((n, k): (usize, usize), spec: QuantSpec) -> Vec<tract_onnx::pb::AttributeProto> {
+    vec![
+        attr_int("K", k as i64),
+        attr_int("N", n as i64),
+        attr_int("bits", i64::from(spec.bits)),
+        attr_int("block_size", spec.block_size as i64),
+        attr_int("accuracy_level", i64::from(spec.accuracy_level)),
+    ]
+}
+
+/// Largest packed bytes of one head slice ([`head_logits`]). ONNX Runtime prepacks each
+/// `MatMulNBits` weight into a copy of its own and unmaps the file pages it read only after
+/// the prepack: one 168 MB head (Gemma-3's 262144 x 640 at 8 bits) raised the peak resident
+/// memory of a load by 180 MB above what it keeps; in 16 MiB slices, by 22 MB
+/// (`tests/gemma_rss.rs`).
+pub const HEAD_SLICE_BYTES: usize = 16 << 20;
+
+/// Rows of one head slice of `hidden`-wide rows: as many as fit [`HEAD_SLICE_BYTES`], a
+/// multiple of 1024 (so every slice starts on a page of the file).
+pub fn head_slice_rows(hidden: usize, spec: QuantSpec) -> usize {
+    let row = spec.blocks(hidden) * spec.blob();
+    (HEAD_SLICE_BYTES / row.max(1) / 1024).max(1) * 1024
+}
+
 /// Rows `input_ids` of the `[vocab, hidden]` checkpoint tensor `name`: a Gather on f32, or
 /// `com.microsoft.GatherBlockQuantized` on the same bytes and scales a tied head's
 /// `MatMulNBits` reads (declared `[vocab, blocks * blob]` and `[vocab, blocks]` here).
@@ -152,6 +179,12 @@ pub fn embedding_rows(
         let table = g.weight(name, t.dims, t.data);
         return Ok(g.gather(&table, input_ids, 0));
     };
+    if spec.is_f16() {
+        // Gather the f16 rows, then cast only those: the table stays f16 in memory.
+        let table = g.derived(&format!("{name}@f16"), t.dims, f16_data(&t.data));
+        let rows = g.gather(&table, input_ids, 0);
+        return Ok(g.cast(&rows, DType::F32));
+    }
     if !hidden.is_multiple_of(spec.block_size) {
         return Err(Error::Config(format!(
             "hidden size {hidden} is not a multiple of the block size {}",
@@ -188,15 +221,68 @@ pub fn head_logits(
 ) -> Result<String> {
     let t = load(w, name, &[vocab, hidden])?;
     match g.quant() {
+        Some(spec) if spec.is_f16() => {
+            let rows = g.weight_f16(name, t.dims, &t.data);
+            Ok(logits_from_rows(g, x, &rows, vocab, hidden))
+        }
         Some(spec) => {
             g.count_matmul((vocab * hidden) as u64);
-            matmul_nbits(g, x, name, &t.data, (vocab, hidden), spec)
+            let rows = head_slice_rows(hidden, spec);
+            if vocab <= rows || spec.bits != 8 {
+                return matmul_nbits(g, x, name, &t.data, (vocab, hidden), spec);
+            }
+            head_in_slices(g, x, name, &t.data, (vocab, hidden), spec, rows)
         }
         None => {
             let rows = g.weight(name, t.dims, t.data);
             Ok(logits_from_rows(g, x, &rows, vocab, hidden))
         }
     }
+}
+
+/// The 8-bit head as one `MatMulNBits` per `rows` vocabulary rows, logits concatenated. Each
+/// slice's bytes and scales are declared as a part of the whole table's (the keys
+/// [`embedding_rows`] stores), so a tied head still reads the embedding's bytes and the file
+/// holds them once.
+fn head_in_slices(
+    g: &mut GraphBuilder,
+    x: &str,
+    name: &str,
+    data: &[f32],
+    (vocab, hidden): (usize, usize),
+    spec: QuantSpec,
+    rows: usize,
+) -> Result<String> {
+    let q = quant::quantize(data, vocab, hidden, spec)?;
+    let key = quant_key(name, spec);
+    let scales_key = format!("{key}/scales");
+    let (nb, blob) = (spec.blocks(hidden), spec.blob());
+    let row = nb * blob;
+    let mut outs = Vec::new();
+    for (c, a) in (0..vocab).step_by(rows).enumerate() {
+        let b = (a + rows).min(vocab);
+        let bytes = g.derived_slice(
+            &format!("{key}#{c}"),
+            (&key, (a * row) as u64),
+            vec![b - a, nb, blob],
+            InitData::U8(q.packed[a * row..b * row].to_vec()),
+        );
+        let s = g.derived_slice(
+            &format!("{scales_key}#{c}"),
+            (&scales_key, (a * nb * 4) as u64),
+            vec![(b - a) * nb],
+            InitData::F32(q.scales[a * nb..b * nb].to_vec()),
+        );
+        let attrs = nbits_attrs((b - a, hidden), spec);
+        outs.push(g.ms_op("MatMulNBits", &[x, &bytes, &s], attrs));
+    }
+    let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
+    Ok(g.concat(&outs, -1))
+}
+
+/// f32 values as f16 initializer data.
+fn f16_data(data: &[f32]) -> InitData {
+    InitData::F16(data.iter().map(|v| half::f16::from_f32(*v)).collect())
 }
 
 /// Row-major transpose of a `rows x cols` matrix.

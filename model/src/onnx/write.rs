@@ -35,6 +35,20 @@ pub struct ExternalIndex {
     written: HashMap<String, Location>,
 }
 
+impl ExternalIndex {
+    /// Where `init`'s bytes already are when it is a slice of a tensor written before.
+    fn slice(&self, init: &Initializer) -> Option<Location> {
+        let (parent, offset) = init.slice_of.as_ref()?;
+        let whole = self.written.get(parent)?;
+        let length = init.data.byte_len() as u64;
+        (offset + length <= whole.length).then(|| Location {
+            file: whole.file.clone(),
+            offset: whole.offset + offset,
+            length,
+        })
+    }
+}
+
 /// What writing one graph produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenGraph {
@@ -66,7 +80,8 @@ pub fn write_graph(
                 .source
                 .as_ref()
                 .and_then(|s| index.written.get(s))
-                .cloned();
+                .cloned()
+                .or_else(|| index.slice(&init));
             let loc = match known {
                 Some(loc) => loc,
                 None => {
@@ -142,6 +157,10 @@ fn inline_tensor(init: Initializer) -> pb::TensorProto {
             t.data_type = pb::tensor_proto::DataType::Uint8 as i32;
             t.raw_data = v;
         }
+        InitData::F16(v) => {
+            t.data_type = pb::tensor_proto::DataType::Float16 as i32;
+            t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        }
     }
     t
 }
@@ -151,6 +170,7 @@ fn external_tensor(init: &Initializer, loc: &Location) -> pb::TensorProto {
         InitData::F32(_) => pb::tensor_proto::DataType::Float,
         InitData::I64(_) => pb::tensor_proto::DataType::Int64,
         InitData::U8(_) => pb::tensor_proto::DataType::Uint8,
+        InitData::F16(_) => pb::tensor_proto::DataType::Float16,
     };
     let entry = |k: &str, v: String| pb::StringStringEntryProto {
         key: k.to_owned(),
@@ -226,5 +246,73 @@ fn le_bytes(data: &InitData) -> Vec<u8> {
         InitData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         InitData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         InitData::U8(v) => v.clone(),
+        InitData::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// (offset, length) of each external initializer of `dir/file`, by name.
+    fn external(dir: &Path, file: &str) -> HashMap<String, (u64, u64)> {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let proto = pb::ModelProto::decode(bytes.as_slice()).unwrap();
+        let mut out = HashMap::new();
+        for t in proto.graph.unwrap().initializer {
+            if t.external_data.is_empty() {
+                continue;
+            }
+            let get = |k: &str| -> u64 {
+                let e = t.external_data.iter().find(|e| e.key == k).unwrap();
+                e.value.parse().unwrap()
+            };
+            out.insert(t.name.clone(), (get("offset"), get("length")));
+        }
+        out
+    }
+
+    #[test]
+    fn slices_of_a_written_tensor_point_into_it_and_others_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = ExternalIndex::default();
+        let table: Vec<u8> = (0..=255).collect();
+        let mut g = GraphBuilder::new("whole");
+        g.const_f32("pad", vec![3], vec![1.0, 2.0, 3.0]);
+        g.derived("table", vec![16, 16], InitData::U8(table.clone()));
+        write_graph(g, dir.path(), "a.onnx", "a.weights", &mut index).unwrap();
+        let whole = external(dir.path(), "a.onnx")["table"];
+
+        let mut g = GraphBuilder::new("slices");
+        for (c, rows) in [(0usize, 0..10usize), (1, 10..16)] {
+            let bytes = table[rows.start * 16..rows.end * 16].to_vec();
+            let at = (rows.start * 16) as u64;
+            g.derived_slice(
+                &format!("table#{c}"),
+                ("table", at),
+                vec![rows.len(), 16],
+                InitData::U8(bytes),
+            );
+        }
+        // A slice of a key never written is stored itself.
+        g.derived_slice("other#0", ("other", 0), vec![4], InitData::U8(vec![7; 4]));
+        let w = write_graph(g, dir.path(), "b.onnx", "b.weights", &mut index).unwrap();
+        assert_eq!(w.param_bytes, 256 + 4);
+        assert_eq!(w.files, vec!["b.onnx", "a.weights", "b.weights"]);
+        let got = external(dir.path(), "b.onnx");
+        assert_eq!(got["table#0"], (whole.0, 160));
+        assert_eq!(got["table#1"], (whole.0 + 160, 96));
+        assert_eq!(got["other#0"], (0, 4));
+        let a = std::fs::read(dir.path().join("a.weights")).unwrap();
+        let (o, l) = got["table#1"];
+        assert_eq!(&a[o as usize..(o + l) as usize], &table[160..]);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("b.weights"))
+                .unwrap()
+                .len(),
+            4
+        );
     }
 }

@@ -37,7 +37,9 @@ pub(crate) struct ImportArgs {
     #[arg(long)]
     pub(crate) out: PathBuf,
     /// Weight element type: q4 and q8 quantise linear layers, embedding and head
-    /// (ONNX Runtime contrib ops; tract dequantises them at load), f32 keeps full precision.
+    /// (ONNX Runtime contrib ops; tract dequantises them at load), f16 stores them as half
+    /// floats (half the f32 files; cast to f32 at load, so f32 memory and speed), f32 keeps full
+    /// precision.
     #[arg(long, default_value = "q4", value_parser = parse_dtype)]
     pub(crate) dtype: WeightDtype,
     /// Values per quantisation block (a power of two >= 16).
@@ -76,7 +78,7 @@ pub(crate) struct SynthArgs {
     /// Give the head its own matrix instead of sharing the embedding.
     #[arg(long)]
     pub(crate) untied: bool,
-    /// Weight element type (q4, q8, f32).
+    /// Weight element type (q4, q8, f16, f32).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub(crate) dtype: WeightDtype,
     /// Values per quantisation block (a power of two >= 16).
@@ -98,7 +100,7 @@ pub(crate) struct InfoArgs {
     pub(crate) verify: bool,
 }
 
-/// Parses `q4`, `q8` or `f32` (clap value parser).
+/// Parses `q4`, `q8`, `f16` or `f32` (clap value parser).
 pub(crate) fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
     s.parse().map_err(|e: shoal_model::Error| e.to_string())
 }
