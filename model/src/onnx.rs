@@ -184,17 +184,7 @@ impl GraphBuilder {
     /// weights) under the key `source`; graphs that add the same key share the stored bytes,
     /// each with its own `dims`.
     pub fn derived(&mut self, source: &str, dims: Vec<usize>, data: InitData) -> String {
-        let name = source.to_owned();
-        if !self.inits.iter().any(|i| i.name == name) {
-            self.inits.push(Initializer {
-                name: name.clone(),
-                dims,
-                data,
-                source: Some(source.to_owned()),
-                slice_of: None,
-            });
-        }
-        name
+        self.add_derived(source, dims, data, None)
     }
 
     /// Adds `data`, the part of the tensor stored under key `parent` that starts `offset` bytes
@@ -208,13 +198,24 @@ impl GraphBuilder {
         dims: Vec<usize>,
         data: InitData,
     ) -> String {
+        self.add_derived(name, dims, data, Some((parent.to_owned(), offset)))
+    }
+
+    /// Adds the derived initializer `name` (its own checkpoint key), once per graph.
+    fn add_derived(
+        &mut self,
+        name: &str,
+        dims: Vec<usize>,
+        data: InitData,
+        slice_of: Option<(String, u64)>,
+    ) -> String {
         if !self.inits.iter().any(|i| i.name == name) {
             self.inits.push(Initializer {
                 name: name.to_owned(),
                 dims,
                 data,
                 source: Some(name.to_owned()),
-                slice_of: Some((parent.to_owned(), offset)),
+                slice_of,
             });
         }
         name.to_owned()

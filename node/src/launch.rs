@@ -204,30 +204,12 @@ impl LocalSwarm {
 
     /// GETs `path` of node `i`'s API as JSON.
     pub async fn get_json(&self, i: usize, path: &str) -> Result<Value, LaunchError> {
-        let (url, r) = self.get(i, path).await?;
-        r.json()
-            .await
-            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))
+        self.client().get_json(i, path).await
     }
 
     /// GETs `path` of node `i`'s API as text.
     pub async fn get_text(&self, i: usize, path: &str) -> Result<String, LaunchError> {
-        let (url, r) = self.get(i, path).await?;
-        r.text()
-            .await
-            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))
-    }
-
-    /// Sends a GET for `path` to node `i`'s API; returns the URL (for errors) and the response.
-    async fn get(&self, i: usize, path: &str) -> Result<(String, reqwest::Response), LaunchError> {
-        let url = format!("http://{}{path}", self.nodes[i].api);
-        let r = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))?;
-        Ok((url, r))
+        self.client().get_text(i, path).await
     }
 
     /// POSTs `body` to `path` of node `i` and returns the status and JSON answer.
@@ -406,6 +388,34 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// GETs `path` of node `i`'s API as JSON.
+    pub async fn get_json(&self, i: usize, path: &str) -> Result<Value, LaunchError> {
+        let (url, r) = self.get(i, path).await?;
+        r.json()
+            .await
+            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))
+    }
+
+    /// GETs `path` of node `i`'s API as text.
+    pub async fn get_text(&self, i: usize, path: &str) -> Result<String, LaunchError> {
+        let (url, r) = self.get(i, path).await?;
+        r.text()
+            .await
+            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))
+    }
+
+    /// Sends a GET for `path` to node `i`'s API; returns the URL (for errors) and the response.
+    async fn get(&self, i: usize, path: &str) -> Result<(String, reqwest::Response), LaunchError> {
+        let url = format!("http://{}{path}", self.apis[i]);
+        let r = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| LaunchError::Http(format!("{url}: {e}")))?;
+        Ok((url, r))
+    }
+
     /// POSTs `body` to `path` of node `i` and returns the status and JSON answer.
     pub async fn post_json(
         &self,

@@ -24,7 +24,7 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use shoal_tests::netns::runs::{PROBE_TOML, PROMPT};
 use shoal_tests::netns::swarm::{self, BedNode, NodeSpec, P2P_PORT};
@@ -36,16 +36,9 @@ const EPOCHS: u64 = 6;
 
 /// Secret keys for four nodes such that node 0 coordinates epochs `1..=EPOCHS`.
 fn secrets() -> Result<Vec<[u8; 32]>> {
-    let id = |s: &[u8; 32]| shoal_keys::Identity::from_secret_bytes(*s).node_id();
-    let mut secrets: Vec<[u8; 32]> = (0..4).map(|k| [k as u8 + 1; 32]).collect();
-    for attempt in 0u64..1_000_000 {
-        secrets[0][..8].copy_from_slice(&attempt.to_le_bytes());
-        let ids: Vec<_> = secrets.iter().map(id).collect();
-        if (1..=EPOCHS).all(|e| shoal_node::coordinator::coordinator(e, &ids) == Some(ids[0])) {
-            return Ok(secrets);
-        }
-    }
-    bail!("no identity makes node 0 coordinate epochs 1..={EPOCHS}")
+    swarm::secrets_where(4, 0, |ids| {
+        (1..=EPOCHS).all(|e| shoal_node::coordinator::coordinator(e, ids) == Some(ids[0]))
+    })
 }
 
 /// The `relayed` entries of node `i`'s status: (peer id, relay id).
@@ -76,6 +69,15 @@ fn link(doc: &Value, a: &str, b: &str) -> Option<(f64, f64, f64, f64)> {
             )
         })
     })
+}
+
+/// The figure of the leg between `x` and `y` the planner uses: either direction, whichever
+/// is plannable (loss below 1).
+fn leg(doc: &Value, x: &str, y: &str) -> Option<(f64, f64, f64, f64)> {
+    [link(doc, x, y), link(doc, y, x)]
+        .into_iter()
+        .flatten()
+        .find(|l| l.3 < 1.0)
 }
 
 /// Whether node `i`'s log has a line containing `needle`.
@@ -112,18 +114,7 @@ fn nodes_behind_nat_join_through_a_relay_and_serve_stages() -> Result<()> {
         secret: Some(secrets[i]),
     };
     let relay = swarm::start_node(&mut bed, 0, &spec(0, "relay_server = true".into()), &[])?;
-    let boot: Vec<String> = relay
-        .listen
-        .iter()
-        .filter(|a| a.contains("/tcp/"))
-        .take(1)
-        .cloned()
-        .collect();
-    ensure!(
-        !boot.is_empty(),
-        "node 0 has no TCP address: {:?}",
-        relay.listen
-    );
+    let boot = swarm::bootstrap_of(&relay)?;
     let mut nodes = vec![relay];
     for i in 1..4 {
         let top = format!("relays = [{:?}]", boot[0]);
@@ -209,15 +200,7 @@ fn nodes_behind_nat_join_through_a_relay_and_serve_stages() -> Result<()> {
             "direct"
         };
         let figures = link(&status, &ids[a], &ids[b]);
-        let legs = [(a, 0), (0, b)].map(|(x, y)| {
-            [
-                link(&status, &ids[x], &ids[y]),
-                link(&status, &ids[y], &ids[x]),
-            ]
-            .into_iter()
-            .flatten()
-            .find(|l| l.3 < 1.0)
-        });
+        let legs = [(a, 0), (0, b)].map(|(x, y)| leg(&status, &ids[x], &ids[y]));
         let legs_rtt = match legs {
             [Some(x), Some(y)] => format!("{:.1}", (x.0 + y.0) * 1e3),
             _ => "-".into(),
@@ -282,17 +265,10 @@ fn nodes_behind_nat_join_through_a_relay_and_serve_stages() -> Result<()> {
     // The planner charges a relayed link as its two legs through the relay.
     for (a, b) in [(1, 2), (2, 3)] {
         let (rtt, ..) = link(&status, &ids[a], &ids[b]).context("no figure for a relayed link")?;
-        let leg = |x: usize, y: usize| {
-            [
-                link(&status, &ids[x], &ids[y]),
-                link(&status, &ids[y], &ids[x]),
-            ]
-            .into_iter()
-            .flatten()
-            .find(|l| l.3 < 1.0)
-            .context("a leg through the relay has no figure")
+        let through = |x: usize, y: usize| {
+            leg(&status, &ids[x], &ids[y]).context("a leg through the relay has no figure")
         };
-        let sum = leg(a, 0)?.0 + leg(0, b)?.0;
+        let sum = through(a, 0)?.0 + through(0, b)?.0;
         ensure!(
             (rtt - sum).abs() < 0.25 * sum,
             "relayed link {a} -> {b}: rtt {rtt} s, legs sum {sum} s"

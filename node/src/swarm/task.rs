@@ -469,17 +469,20 @@ impl SwarmTask {
         }
     }
 
+    /// Whether a direct (not relayed) connection to `peer` stands.
+    fn has_direct(&self, peer: &PeerId) -> bool {
+        self.conns
+            .get(peer)
+            .is_some_and(|c| c.values().any(Option::is_none))
+    }
+
     /// Asks `relay` for a reservation (listens on its circuit address) when it is one of the
     /// configured relays, a direct connection to it stands and no circuit listener is open.
     fn reserve(&mut self, relay: PeerId) {
         let Some((addr, None)) = self.relays.get(&relay) else {
             return;
         };
-        let connected = self
-            .conns
-            .get(&relay)
-            .is_some_and(|c| c.values().any(Option::is_none));
-        if !connected {
+        if !self.has_direct(&relay) {
             return;
         }
         let circuit = addr.clone().with(Protocol::P2pCircuit);
@@ -497,23 +500,19 @@ impl SwarmTask {
     /// Recomputes how `peer` is reached (direct when any connection is; else through the
     /// relay of a circuit) and tells the node when that changed.
     fn update_route(&mut self, peer: PeerId) {
-        let route = self.conns.get(&peer).and_then(|c| {
-            if c.values().any(Option::is_none) {
-                None
-            } else {
-                c.values().flatten().next().copied()
-            }
-        });
+        let direct = self.has_direct(&peer);
+        let route = self
+            .conns
+            .get(&peer)
+            .filter(|_| !direct)
+            .and_then(|c| c.values().flatten().next().copied());
         let changed = match route {
             Some(relay) => self.routes.insert(peer, relay) != Some(relay),
             None => self.routes.remove(&peer).is_some(),
         };
         // Once a direct connection stands (dialled, or hole-punched by DCUtR), circuits to the
         // same peer only load the relay: close them so every stream takes the direct path.
-        if route.is_none()
-            && let Some(c) = self.conns.get(&peer)
-            && c.values().any(Option::is_none)
-        {
+        if direct && let Some(c) = self.conns.get(&peer) {
             let circuits: Vec<ConnectionId> = c
                 .iter()
                 .filter(|(_, via)| via.is_some())

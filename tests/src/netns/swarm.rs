@@ -178,11 +178,9 @@ fn parse_ready(index: usize, line: &str, proc: ProcId) -> Result<BedNode> {
     })
 }
 
-/// Starts one node per spec: node 0 first, then every other node with node 0's TCP listen
-/// address as its only bootstrap peer.
-pub fn start_swarm(bed: &mut Testbed, specs: &[NodeSpec]) -> Result<Vec<BedNode>> {
-    let first = start_node(bed, 0, &specs[0], &[])?;
-    let boot: Vec<String> = first
+/// The bootstrap list the other nodes join through: `node`'s TCP listen address.
+pub fn bootstrap_of(node: &BedNode) -> Result<Vec<String>> {
+    let boot: Vec<String> = node
         .listen
         .iter()
         .filter(|a| a.contains("/tcp/"))
@@ -191,9 +189,18 @@ pub fn start_swarm(bed: &mut Testbed, specs: &[NodeSpec]) -> Result<Vec<BedNode>
         .collect();
     ensure!(
         !boot.is_empty(),
-        "node 0 has no TCP listen address: {:?}",
-        first.listen
+        "node {} has no TCP listen address: {:?}",
+        node.index,
+        node.listen
     );
+    Ok(boot)
+}
+
+/// Starts one node per spec: node 0 first, then every other node with node 0's TCP listen
+/// address as its only bootstrap peer.
+pub fn start_swarm(bed: &mut Testbed, specs: &[NodeSpec]) -> Result<Vec<BedNode>> {
+    let first = start_node(bed, 0, &specs[0], &[])?;
+    let boot = bootstrap_of(&first)?;
     let mut nodes = vec![first];
     for (i, spec) in specs.iter().enumerate().skip(1) {
         nodes.push(start_node(bed, i, spec, &boot)?);
@@ -349,16 +356,31 @@ pub fn secrets_avoiding_coordinator(n: usize, avoid: usize, epochs: u64) -> Resu
         n >= 2 && avoid < n,
         "need two nodes or more, one of them to avoid"
     );
+    secrets_where(n, avoid, |ids| {
+        (1..=epochs).all(|e| shoal_node::coordinator::coordinator(e, ids) != Some(ids[avoid]))
+    })
+    .with_context(|| {
+        format!("no identity keeps node {avoid} from coordinating epochs 1..={epochs}")
+    })
+}
+
+/// Secret keys for `n` nodes whose ids satisfy `accept`: node `k`'s key is `[k + 1; 32]`
+/// except node `vary`'s, which is searched; deterministic.
+pub fn secrets_where(
+    n: usize,
+    vary: usize,
+    accept: impl Fn(&[shoal_keys::NodeId]) -> bool,
+) -> Result<Vec<[u8; 32]>> {
     let id = |s: &[u8; 32]| shoal_keys::Identity::from_secret_bytes(*s).node_id();
     let mut secrets: Vec<[u8; 32]> = (0..n).map(|k| [k as u8 + 1; 32]).collect();
     for attempt in 0u64..1_000_000 {
-        secrets[avoid][..8].copy_from_slice(&attempt.to_le_bytes());
+        secrets[vary][..8].copy_from_slice(&attempt.to_le_bytes());
         let ids: Vec<_> = secrets.iter().map(id).collect();
-        if (1..=epochs).all(|e| shoal_node::coordinator::coordinator(e, &ids) != Some(ids[avoid])) {
+        if accept(&ids) {
             return Ok(secrets);
         }
     }
-    bail!("no identity keeps node {avoid} from coordinating epochs 1..={epochs}")
+    bail!("no key for node {vary} among 1,000,000 gives ids that fit")
 }
 
 /// The node index in `nodes` whose id is `id`.
