@@ -168,16 +168,23 @@ impl Activation {
 
     /// Keeps only the last position of a `[1,S,X]` tensor.
     pub fn last_position(&self) -> Result<Activation> {
+        self.last_positions(1)
+    }
+
+    /// Keeps only the last `n` positions of a `[1,S,X]` tensor (`1 <= n <= S`).
+    pub fn last_positions(&self, n: usize) -> Result<Activation> {
         let [1, s, x] = self.shape[..] else {
             return Err(Error::BadInput(format!(
                 "expected [1,S,X], got {:?}",
                 self.shape
             )));
         };
-        if s == 0 {
-            return Err(Error::BadInput("empty sequence".to_owned()));
+        if n == 0 || n > s {
+            return Err(Error::BadInput(format!(
+                "cannot keep the last {n} of {s} positions"
+            )));
         }
-        Activation::new(vec![1, 1, x], self.data[(s - 1) * x..].to_vec())
+        Activation::new(vec![1, n, x], self.data[(s - n) * x..].to_vec())
     }
 }
 
@@ -207,6 +214,38 @@ enum Shard {
 enum Kv {
     Ort(Option<OrtKv>),
     Tract(Option<TractKv>),
+}
+
+impl Kv {
+    fn truncate(&mut self, keep: usize) -> Result<()> {
+        match self {
+            Kv::Ort(Some(kv)) => kv.truncate(keep),
+            Kv::Tract(Some(kv)) => kv.truncate(keep),
+            Kv::Ort(None) | Kv::Tract(None) => Ok(()),
+        }
+    }
+}
+
+/// The first `keep` positions of a `[1, heads, len, head_dim]` cache tensor.
+pub(crate) fn keep_positions(
+    shape: &[usize],
+    data: &[f32],
+    keep: usize,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    let [1, heads, len, dim] = shape[..] else {
+        return Err(Error::BadInput(format!("cache of shape {shape:?}")));
+    };
+    if keep > len || data.len() != heads * len * dim {
+        return Err(Error::BadInput(format!(
+            "cannot keep {keep} positions of a cache of shape {shape:?}"
+        )));
+    }
+    let mut out = Vec::with_capacity(heads * keep * dim);
+    for h in 0..heads {
+        let at = h * len * dim;
+        out.extend_from_slice(&data[at..at + keep * dim]);
+    }
+    Ok((vec![1, heads, keep, dim], out))
 }
 
 /// Hidden states inside a stage: kept in the engine's own value between shards, copied to the
@@ -367,7 +406,7 @@ impl StageRunner {
 
     /// Runs `input` as the continuation of `session` (created on first use).
     pub fn run(&mut self, session: u64, input: StageInput) -> Result<StageOutput> {
-        self.run_inner(session, None, input)
+        self.run_inner(session, None, input, 1)
     }
 
     /// Like [`StageRunner::run`], but checks that the input starts at position `start`: 0
@@ -377,7 +416,34 @@ impl StageRunner {
         if start == 0 {
             self.sessions.remove(session);
         }
-        self.run_inner(session, Some(start), input)
+        self.run_inner(session, Some(start), input, 1)
+    }
+
+    /// A speculative step (docs/pipeline.md, "Speculative decoding"): like
+    /// [`StageRunner::run_at`], but `start` may also lie below the cached length, and then the
+    /// positions from `start` on (a rejected speculation's) are dropped from every layer's
+    /// cache first; and a head returns the logits of the last `outputs` positions (`[1,
+    /// outputs, V]`), one per verified position. `outputs` must not exceed the input's length.
+    pub fn run_verify(
+        &mut self,
+        session: u64,
+        start: usize,
+        input: StageInput,
+        outputs: usize,
+    ) -> Result<StageOutput> {
+        if start == 0 {
+            self.sessions.remove(session);
+        } else if let Some(state) = self.sessions.get_mut(session)
+            && start < state.len
+        {
+            let rolled = state.kv.iter_mut().try_for_each(|kv| kv.truncate(start));
+            if let Err(e) = rolled {
+                self.sessions.remove(session);
+                return Err(e);
+            }
+            state.len = start;
+        }
+        self.run_inner(session, Some(start), input, outputs)
     }
 
     fn run_inner(
@@ -385,8 +451,9 @@ impl StageRunner {
         session: u64,
         start: Option<usize>,
         input: StageInput,
+        outputs: usize,
     ) -> Result<StageOutput> {
-        let r = self.step(session, start, input);
+        let r = self.step(session, start, input, outputs);
         if r.is_err() {
             // A failed step may have extended some layers' caches and not others.
             self.sessions.remove(session);
@@ -399,8 +466,18 @@ impl StageRunner {
         session: u64,
         start: Option<usize>,
         input: StageInput,
+        outputs: usize,
     ) -> Result<StageOutput> {
         self.check_input(&input)?;
+        let len = match &input {
+            StageInput::Tokens(t) => t.len(),
+            StageInput::Hidden(a) => a.shape[1],
+        };
+        if outputs == 0 || outputs > len {
+            return Err(Error::BadInput(format!(
+                "{outputs} verified positions in an input of {len}"
+            )));
+        }
         let backend = self.backend;
         let n_kv = self
             .kinds
@@ -471,10 +548,10 @@ impl StageRunner {
                     let h = hidden
                         .take()
                         .ok_or_else(|| Error::BadInput("no hidden states".to_owned()))?;
-                    let h = if self.all_logits || seq == 1 {
+                    let h = if self.all_logits || seq == outputs {
                         h
                     } else {
-                        Hidden::Host(h.into_host()?.last_position()?)
+                        Hidden::Host(h.into_host()?.last_positions(outputs)?)
                     };
                     logits = Some(match shard {
                         Shard::Ort(s) => s.head(h)?,

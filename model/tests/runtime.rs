@@ -103,6 +103,67 @@ fn run_at_checks_positions_and_restarts_at_zero() {
     assert_eq!(first, again);
 }
 
+/// A speculative step: several positions at once with the logits of each, then a rollback
+/// past the rejected ones; the logits match one-position steps on a fresh session (within
+/// float reassociation), on both engines.
+#[test]
+fn verify_steps_give_every_position_and_roll_back() {
+    let (dir, m) = model();
+    for backend in [BackendChoice::Ort, BackendChoice::Tract] {
+        let cfg = RuntimeConfig {
+            backend,
+            ..RuntimeConfig::default()
+        };
+        let mut r = StageRunner::load(dir.path(), &m, 0..m.planner_layers(), &cfg).unwrap();
+        let v = m.dims.vocab;
+        // Sequential reference: prompt, then 4 single tokens.
+        let mut seq = Vec::new();
+        r.run_at(1, 0, StageInput::Tokens(vec![256, 10, 20]))
+            .unwrap();
+        for (i, t) in [30u32, 40, 50, 60].into_iter().enumerate() {
+            seq.push(logits(
+                r.run_at(1, 3 + i, StageInput::Tokens(vec![t])).unwrap(),
+            ));
+        }
+        // Speculative: prompt, then [30, 40, 51, 61] (two drafts wrong), roll back to 5 and
+        // run [50, 60].
+        r.run_at(2, 0, StageInput::Tokens(vec![256, 10, 20]))
+            .unwrap();
+        let four = logits(
+            r.run_verify(2, 3, StageInput::Tokens(vec![30, 40, 51, 61]), 4)
+                .unwrap(),
+        );
+        assert_eq!(four.len(), 4 * v);
+        assert_eq!(r.session_len(2), Some(7));
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs()))
+        };
+        assert!(close(&four[..v], &seq[0]), "{backend:?}: position 3");
+        assert!(close(&four[v..2 * v], &seq[1]), "{backend:?}: position 4");
+        let two = logits(
+            r.run_verify(2, 5, StageInput::Tokens(vec![50, 60]), 2)
+                .unwrap(),
+        );
+        assert_eq!(r.session_len(2), Some(7));
+        assert!(
+            close(&two[..v], &seq[2]),
+            "{backend:?}: position 5 after rollback"
+        );
+        assert!(
+            close(&two[v..], &seq[3]),
+            "{backend:?}: position 6 after rollback"
+        );
+        // More outputs than positions is the caller's error, and drops the session.
+        assert!(matches!(
+            r.run_verify(2, 7, StageInput::Tokens(vec![1]), 2),
+            Err(Error::BadInput(_))
+        ));
+        assert_eq!(r.session_len(2), None);
+    }
+}
+
 #[test]
 fn split_stages_take_and_give_hidden_states() {
     let (dir, m) = model();

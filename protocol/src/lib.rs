@@ -71,8 +71,8 @@ pub use names::{
     MAX_SWARM, PLAN_TOPIC, PROBE_PROTOCOL, PROTOCOLS, Topic,
 };
 pub use pipeline::{
-    Activation, MAX_ACTIVATION_BYTES, MAX_LOGITS_BYTES, PipelineMessage, Sampled, SessionEnd,
-    TokenReturn,
+    Activation, MAX_ACTIVATION_BYTES, MAX_DRAFT, MAX_LOGITS_BYTES, PipelineMessage, Sampled,
+    SessionEnd, TokenReturn,
 };
 pub use plan::{MAX_LAYERS, Objective, Plan, PlanStrategy, Stage};
 pub use probe::{

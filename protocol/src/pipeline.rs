@@ -20,6 +20,9 @@ use crate::{
 pub const MAX_ACTIVATION_BYTES: usize = 64 * 1024 * 1024;
 /// Largest logits tensor a last stage may return, bytes (a 262k vocabulary in f32 is 1 MiB).
 pub const MAX_LOGITS_BYTES: usize = 16 * 1024 * 1024;
+/// Most draft tokens one speculative step may verify (docs/pipeline.md, "Speculative
+/// decoding"); the step then spans at most `MAX_DRAFT + 1` positions.
+pub const MAX_DRAFT: usize = 8;
 /// Room for an activation's or token return's fields besides the tensor bytes.
 const FIELDS_OVERHEAD: usize = 1024;
 
@@ -51,6 +54,20 @@ pub struct Activation {
     /// through the stages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<NodeId>,
+    /// Draft tokens this step verifies (speculative decoding): the last `draft.len()` of the
+    /// step's token ids are these drafts, and the last stage returns its choice at each of the
+    /// last `draft.len() + 1` positions (greedy: [`Sampled::Tokens`], the accepted drafts and
+    /// one corrected token; otherwise [`Sampled::Logits`] with one row per position). Empty:
+    /// an ordinary step. At most [`MAX_DRAFT`]. Stages pass it on unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draft: Vec<u32>,
+}
+
+impl Activation {
+    /// Positions whose output the last stage returns: the drafts plus one.
+    pub fn verified_positions(&self) -> usize {
+        self.draft.len() + 1
+    }
 }
 
 impl Message for Activation {
@@ -63,6 +80,7 @@ impl Message for Activation {
         if let Some(s) = &self.sample {
             s.check(Self::KIND)?;
         }
+        crate::check::max_len(Self::KIND, "draft", self.draft.len(), MAX_DRAFT)?;
         self.tensor.check(Self::KIND, MAX_ACTIVATION_BYTES)
     }
 }
@@ -84,8 +102,13 @@ fn check_stage(kind: Kind, stage: u32) -> Result<(), ProtocolError> {
 pub enum Sampled {
     /// The token the last stage sampled.
     Token(u32),
-    /// The last position's logits (a float tensor), when the origin samples itself.
+    /// The last position's logits (a float tensor), when the origin samples itself; one row
+    /// per verified position for a speculative step.
     Logits(Tensor),
+    /// A greedy speculative step's answer: the drafts the model agreed with, in order, then
+    /// the model's own token at the first disagreement (or after the last draft); between 1
+    /// and [`MAX_DRAFT`] + 1 tokens.
+    Tokens(Vec<u32>),
 }
 
 /// The last stage's answer for one step, sent to the origin.
@@ -110,6 +133,12 @@ impl Message for TokenReturn {
     fn validate(&self) -> Result<(), ProtocolError> {
         match &self.output {
             Sampled::Token(_) => Ok(()),
+            Sampled::Tokens(t) => {
+                if t.is_empty() {
+                    return Err(ProtocolError::invalid(Self::KIND, "no tokens"));
+                }
+                crate::check::max_len(Self::KIND, "tokens", t.len(), MAX_DRAFT + 1)
+            }
             Sampled::Logits(t) => {
                 if !matches!(t.dtype, DType::F32 | DType::F16 | DType::Bf16) {
                     return Err(ProtocolError::invalid(

@@ -39,6 +39,23 @@ pub(crate) struct OrtKv {
     value: DynValue,
 }
 
+impl OrtKv {
+    /// Keeps the first `keep` positions of the cache (a rejected speculation's are dropped).
+    pub(crate) fn truncate(&mut self, keep: usize) -> Result<()> {
+        let cut = |v: &DynValue| -> Result<DynValue> {
+            let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
+            let shape: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+            let (shape, data) = super::keep_positions(&shape, data, keep)?;
+            Ok(Tensor::from_array((dims(&shape), data))
+                .map_err(err)?
+                .into_dyn())
+        };
+        self.key = cut(&self.key)?;
+        self.value = cut(&self.value)?;
+        Ok(())
+    }
+}
+
 fn err<E: std::fmt::Display>(e: E) -> Error {
     Error::Ort(e.to_string())
 }

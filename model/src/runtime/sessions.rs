@@ -52,6 +52,11 @@ impl<S> SessionTable<S> {
         self.map.get(&id).map(|(s, _)| s)
     }
 
+    /// The session `id` to change, if present (its last use is not touched).
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut S> {
+        self.map.get_mut(&id).map(|(s, _)| s)
+    }
+
     /// Forgets `id`; whether it existed.
     pub(crate) fn remove(&mut self, id: u64) -> bool {
         self.map.remove(&id).is_some()

@@ -21,6 +21,22 @@ pub(crate) struct TractKv {
     value: TValue,
 }
 
+impl TractKv {
+    /// Keeps the first `keep` positions of the cache (a rejected speculation's are dropped).
+    pub(crate) fn truncate(&mut self, keep: usize) -> Result<()> {
+        let cut = |t: &TValue| -> Result<TValue> {
+            let a = host(t)?;
+            let (shape, data) = super::keep_positions(&a.shape, &a.data, keep)?;
+            Ok(Tensor::from_shape(&shape, &data)
+                .map_err(err)?
+                .into_tvalue())
+        };
+        self.key = cut(&self.key)?;
+        self.value = cut(&self.value)?;
+        Ok(())
+    }
+}
+
 fn err<E: std::fmt::Display>(e: E) -> Error {
     Error::Tract(format!("{e:#}"))
 }

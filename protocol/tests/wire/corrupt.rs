@@ -101,6 +101,7 @@ fn claimed_huge_lengths_fail_without_allocating_them() {
         },
         sample: None,
         reply_to: None,
+        draft: Vec::new(),
     };
     let mut bytes = encode(&act).unwrap();
     // The frame ends with the data byte string: 0x44 (bytes, len 4) then 4 bytes.

@@ -19,6 +19,7 @@ fn activation() -> Activation {
         },
         sample: None,
         reply_to: None,
+        draft: Vec::new(),
     }
 }
 

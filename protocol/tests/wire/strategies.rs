@@ -215,9 +215,10 @@ pub(crate) fn activation() -> impl Strategy<Value = Activation> {
         any::<u32>(),
         tensor(dtype().boxed()),
         proptest::option::of(0u8..POOL),
+        proptest::collection::vec(any::<u32>(), 0..=MAX_DRAFT),
     )
         .prop_map(
-            |(epoch, session, step, stage, position, tensor, origin)| Activation {
+            |(epoch, session, step, stage, position, tensor, origin, draft)| Activation {
                 epoch,
                 session,
                 step,
@@ -226,6 +227,7 @@ pub(crate) fn activation() -> impl Strategy<Value = Activation> {
                 tensor,
                 sample: None,
                 reply_to: origin.map(|a| identity(a).node_id()),
+                draft,
             },
         )
 }
@@ -236,6 +238,7 @@ pub(crate) fn token_return() -> impl Strategy<Value = TokenReturn> {
     let output = prop_oneof![
         any::<u32>().prop_map(Sampled::Token),
         tensor(floats).prop_map(Sampled::Logits),
+        proptest::collection::vec(any::<u32>(), 1..=MAX_DRAFT + 1).prop_map(Sampled::Tokens),
     ];
     (any::<u64>(), any::<u64>(), any::<u64>(), output).prop_map(|(epoch, session, step, output)| {
         TokenReturn {

@@ -22,6 +22,7 @@ fn activation(t: Tensor) -> Activation {
         tensor: t,
         sample: None,
         reply_to: None,
+        draft: Vec::new(),
     }
 }
 
@@ -70,6 +71,25 @@ fn tensor_rules() {
         output: Sampled::Logits(tensor(DType::I64, vec![2], 16)),
     };
     refused(logits);
+}
+
+#[test]
+fn speculative_steps_are_bounded() {
+    let mut verify = activation(tensor(DType::I64, vec![1, 9], 72));
+    verify.draft = vec![7; MAX_DRAFT];
+    assert!(verify.validate().is_ok());
+    assert_eq!(verify.verified_positions(), MAX_DRAFT + 1);
+    verify.draft.push(7);
+    assert!(refused(verify).contains("draft"));
+    let answer = |tokens: Vec<u32>| TokenReturn {
+        epoch: 1,
+        session: 1,
+        step: 1,
+        output: Sampled::Tokens(tokens),
+    };
+    assert!(answer(vec![1; MAX_DRAFT + 1]).validate().is_ok());
+    assert!(refused(answer(vec![1; MAX_DRAFT + 2])).contains("tokens"));
+    assert!(refused(answer(Vec::new())).contains("no tokens"));
 }
 
 fn plan() -> Plan {
