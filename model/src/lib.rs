@@ -30,5 +30,5 @@ pub use quant::{QuantSpec, WeightDtype};
 pub use runtime::{
     Activation, Backend, BackendChoice, RuntimeConfig, StageInput, StageOutput, StageRunner,
 };
-pub use sampler::{Sampler, SamplingConfig};
+pub use sampler::{Sampler, SamplingConfig, argmax};
 pub use tokenizer::Tokenizer;

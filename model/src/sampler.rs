@@ -72,13 +72,66 @@ impl Sampler {
         if self.config.is_greedy() {
             return argmax(logits);
         }
+        let (idx, probs) = self.kept(logits);
+        if idx.is_empty() {
+            return 0;
+        }
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for (i, p) in idx.iter().zip(&probs) {
+            if r < *p {
+                return *i as u32;
+            }
+            r -= p;
+        }
+        idx.last().map_or(0, |i| *i as u32)
+    }
+
+    /// The distribution [`Sampler::sample`] draws from for these logits, as (token, probability)
+    /// pairs summing to 1, most likely first: temperature, then top-k, then top-p. Greedy
+    /// decoding puts all the mass on the argmax. Speculative sampling compares these.
+    pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        if self.config.is_greedy() {
+            return vec![(argmax(logits), 1.0)];
+        }
+        let (idx, probs) = self.kept(logits);
+        let total: f32 = probs.iter().sum();
+        idx.into_iter()
+            .zip(probs)
+            .map(|(i, p)| (i as u32, p / total))
+            .collect()
+    }
+
+    /// A uniform draw in `[0, 1)` from this sampler's stream.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+
+    /// Draws a token from `dist` ((token, weight) pairs; the weights need not sum to 1) with
+    /// this sampler's stream; 0 when `dist` is empty.
+    pub fn draw(&mut self, dist: &[(u32, f32)]) -> u32 {
+        let total: f32 = dist.iter().map(|(_, p)| p).sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for (t, p) in dist {
+            if r < *p {
+                return *t;
+            }
+            r -= p;
+        }
+        dist.last().map_or(0, |(t, _)| *t)
+    }
+
+    /// The kept token indices, most likely first, and their unnormalised weights.
+    fn kept(&self, logits: &[f32]) -> (Vec<usize>, Vec<f32>) {
         let t = self.config.temperature;
         let mut idx: Vec<usize> = (0..logits.len()).filter(|i| !logits[*i].is_nan()).collect();
         idx.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
         if self.config.top_k > 0 {
             idx.truncate(self.config.top_k);
         }
-        let Some(&first) = idx.first() else { return 0 };
+        let Some(&first) = idx.first() else {
+            return (Vec::new(), Vec::new());
+        };
         let max = logits[first];
         let mut probs: Vec<f32> = idx.iter().map(|i| ((logits[*i] - max) / t).exp()).collect();
         let sum: f32 = probs.iter().sum();
@@ -96,15 +149,7 @@ impl Sampler {
             probs.truncate(keep);
             idx.truncate(keep);
         }
-        let total: f32 = probs.iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
-        for (i, p) in idx.iter().zip(&probs) {
-            if r < *p {
-                return *i as u32;
-            }
-            r -= p;
-        }
-        idx.last().map_or(0, |i| *i as u32)
+        (idx, probs)
     }
 }
 

@@ -114,6 +114,16 @@ pub struct PipelineConfig {
     pub max_inbound: usize,
     /// Generations this node runs as origin at once; more are refused as busy. Default 16.
     pub max_generations: usize,
+    /// Speculative decoding's drafter for generations this node runs as origin, unless the
+    /// request names one: `off`, `ngram` (prompt lookup) or `model` (needs `draft_model`).
+    /// Default `off`.
+    pub drafter: crate::pipeline::speculate::DrafterKind,
+    /// Most draft tokens per pass (1..=8); the number used adapts to the measured acceptance
+    /// rate and pass time. Default 6.
+    pub max_draft: usize,
+    /// Folder of a small model (imported like the main one, same vocabulary) that drafts on
+    /// this node when the drafter is `model`. Default none.
+    pub draft_model: Option<std::path::PathBuf>,
 }
 
 impl Default for PipelineConfig {
@@ -128,6 +138,9 @@ impl Default for PipelineConfig {
             transient_pause_ms: 250,
             max_inbound: 32,
             max_generations: 16,
+            drafter: crate::pipeline::speculate::DrafterKind::Off,
+            max_draft: 6,
+            draft_model: None,
         }
     }
 }

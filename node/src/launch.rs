@@ -81,6 +81,9 @@ pub struct LaunchOptions {
     pub memory: Vec<u64>,
     /// Log filter of the children.
     pub log: String,
+    /// TOML appended to every node's config after its own sections (e.g. a `[pipeline]`
+    /// section); empty for none.
+    pub extra_config: String,
 }
 
 /// One running node process.
@@ -169,12 +172,13 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
         "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{}]\ndata_dir = {}\nkey_file = {}\nmodel = {}\n\
          api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nort_spin = false\nmemory_offered = {}\n\n\
          [membership]\nliveness_timeout_ms = 2500\nannounce_interval_ms = 400\nsettle_ms = 1000\n\n\
-         [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n",
+         [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n\n{}\n",
         boot.join(", "),
         q(&node_dir.join("data")),
         q(&node_dir.join("node.key")),
         q(&opts.model),
         opts.memory.get(i).copied().unwrap_or(u64::MAX / 4),
+        opts.extra_config,
     )
 }
 

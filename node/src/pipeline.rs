@@ -5,6 +5,8 @@
 //! - [`runtime`]: the model runtime actor (one thread owns the ONNX sessions).
 //! - [`stage`]: serves `/shoal/activation/1`: check, compute, pass on, relay the answer.
 //! - [`origin`]: runs a generation, samples, fails over to a new plan and replays.
+//! - [`speculate`]: speculative decoding's drafter, acceptance rules and adaptive draft length;
+//!   `draft` runs a draft model on the origin.
 //! - [`wire`]: tensors and response frames.
 //! - [`chat`]: prompts from OpenAI-style messages with the model's chat template.
 //! - [`net`]: what the pipeline needs of the network ([`net::Network`], defined here).
@@ -18,12 +20,14 @@
 //! [`PipelineHandle::generate`] is what the HTTP API and the `/shoal/generate/1` server call.
 
 pub mod chat;
+mod draft;
 pub mod inbound;
 pub mod metrics;
 pub mod net;
 pub mod ordering;
 pub mod origin;
 pub mod runtime;
+pub mod speculate;
 pub mod stage;
 pub mod wire;
 
@@ -42,7 +46,8 @@ use crate::view::View;
 use inbound::Inbound;
 use metrics::{HopRtt, Metrics};
 use net::Net;
-pub use origin::{GenerateParams, Generated, MAX_TOP_LOGPROBS, TokenLogprobs};
+pub use origin::{GenerateParams, Generated, MAX_TOP_LOGPROBS, SpecStats, TokenLogprobs};
+pub use speculate::DrafterKind;
 use stage::StageCtx;
 
 /// Why a generation failed.
@@ -178,12 +183,22 @@ impl Pipeline {
             metrics.clone(),
             cancel.clone(),
         );
+        let draft_config = runtime.clone();
         let (model, runtime) = match model_dir {
             Some(dir) => {
                 let (model, runtime) = load_model(dir, runtime, cancel.clone())?;
                 (Some(model), Some(runtime))
             }
             None => (None, None),
+        };
+        let draft_model = match (&options.draft_model, &model) {
+            (Some(dir), Some(m)) => Some(Arc::new(draft::DraftModel::start(
+                dir,
+                draft_config,
+                m.manifest.dims.vocab,
+                cancel.clone(),
+            )?)),
+            _ => None,
         };
         let stage = Arc::new(StageCtx::new(
             identity.clone(),
@@ -199,6 +214,7 @@ impl Pipeline {
             stage: stage.clone(),
             metrics: metrics.clone(),
             options: options.clone(),
+            draft_model,
         };
         let handle = PipelineHandle {
             inner: Arc::new(Inner {
@@ -306,6 +322,7 @@ fn on_generate(handle: &PipelineHandle, req: Inbound<GenerateRequest>) {
             sampling: sampling_config(&r.sampling),
             stop: r.stop.clone(),
             logprobs: None,
+            drafter: None,
         };
         let session = r.session;
         let answer = match handle.generate(&params, None).await {
@@ -492,6 +509,7 @@ mod tests {
             sampling: SamplingConfig::default(),
             stop: Vec::new(),
             logprobs: None,
+            drafter: None,
         }
     }
 

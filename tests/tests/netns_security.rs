@@ -183,6 +183,7 @@ fn rogue(
                     tensor: shoal_node::pipeline::wire::float_tensor(&hidden),
                     sample: None,
                     reply_to: None,
+                    draft: Vec::new(),
                 };
                 let own = Signed::sign(&identity, body)?;
                 let forged: Signed<Activation> =

@@ -63,6 +63,7 @@ fn activation(epoch: u64, session: u64, stage: u32) -> Activation {
         tensor: tokens_tensor(&PROMPT),
         sample: None,
         reply_to: None,
+        draft: Vec::new(),
     }
 }
 

@@ -192,6 +192,7 @@ async fn sixteen_streams_through_a_kill_a_freeze_and_a_join() {
         model: model.clone(),
         memory: vec![budget; 4],
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+        extra_config: String::new(),
     };
     let mut swarm = LocalSwarm::start(&opts).await.unwrap();
     let plan = match swarm.wait_plan(2, 0, PLAN_TIMEOUT).await {

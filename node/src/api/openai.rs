@@ -19,7 +19,9 @@
 //! Every error, the framework's own (bad JSON, wrong types, a body over [`BODY_LIMIT`]) included,
 //! is a 4xx in OpenAI's error shape. Every non-streamed answer carries a `shoal` object (token
 //! ids, tokens/s, timings, epoch, retries); each streamed chunk's choice carries its
-//! `token_ids`.
+//! `token_ids`. shoal's own request field `speculation` (`"off"`, `"ngram"`, `"model"`) picks
+//! the drafter of speculative decoding for the request; the `shoal` object reports its passes,
+//! drafts and accepted drafts.
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,7 +41,8 @@ use tokio::sync::mpsc;
 use super::stop::{MAX_STOP_BYTES, MAX_STOPS, StopStep, StopText};
 use crate::pipeline::chat::Message;
 use crate::pipeline::{
-    GenerateError, GenerateParams, Generated, MAX_TOP_LOGPROBS, PipelineHandle, TokenLogprobs,
+    DrafterKind, GenerateError, GenerateParams, Generated, MAX_TOP_LOGPROBS, PipelineHandle,
+    TokenLogprobs,
 };
 
 /// Default `max_tokens`, as OpenAI's completions endpoint.
@@ -88,6 +91,9 @@ struct Common {
     frequency_penalty: Option<f32>,
     logprobs: Option<Value>,
     top_logprobs: Option<Value>,
+    /// shoal's extension: speculative decoding's drafter for this request (`"off"`,
+    /// `"ngram"`, `"model"`); absent: the node's `[pipeline] drafter`.
+    speculation: Option<String>,
 }
 
 /// `stream_options` of a streamed request.
@@ -287,6 +293,12 @@ impl Common {
             },
             stop: p.eos_ids(),
             logprobs,
+            drafter: self
+                .speculation
+                .as_deref()
+                .map(str::parse::<DrafterKind>)
+                .transpose()
+                .map_err(|e| bad(format!("speculation: {e}")))?,
         };
         // The origin's checks (prompt, vocabulary, context, sampling), before anything is
         // streamed.
@@ -542,6 +554,12 @@ impl Kind {
                 "prefill_s": g.prefill.as_secs_f64(),
                 "epoch": g.epoch,
                 "retries": g.retries,
+                "speculation": {
+                    "drafter": g.drafter.to_string(),
+                    "passes": g.spec.passes,
+                    "drafted": g.spec.drafted,
+                    "accepted": g.spec.accepted,
+                },
             },
         })
     }

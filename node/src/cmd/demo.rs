@@ -221,6 +221,7 @@ pub(crate) async fn start_swarm(
         model: model.to_path_buf(),
         memory: vec![budget; nodes],
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "warn".into()),
+        extra_config: String::new(),
     };
     Ok(LocalSwarm::start(&opts).await?)
 }

@@ -24,16 +24,20 @@ use rand::Rng;
 use shoal_keys::{Identity, NodeId};
 use shoal_model::{Sampler, SamplingConfig};
 use shoal_protocol::{
-    Activation, ErrorCode, FinishReason, PipelineMessage, Plan, Sampled, Sampling, SessionEnd,
-    Signed, TokenReturn,
+    Activation, ErrorCode, FinishReason, MAX_DRAFT, PipelineMessage, Plan, Sampled, Sampling,
+    SessionEnd, Signed, TokenReturn,
 };
 use tokio::sync::{mpsc, watch};
 
+use super::draft::DraftModel;
 use super::metrics::Metrics;
 use super::net::Net;
 use super::ordering::{Expect, Gate, Inbound, Refusal};
+use super::speculate::{
+    Adaptive, DrafterKind, accept_greedy, accept_sampled, ngram_draft, plausible_greedy,
+};
 use super::stage::{StageCtx, sign_frame};
-use super::wire::{Reply, decode_reply, last_logits, tokens_tensor};
+use super::wire::{Reply, decode_reply, logits_rows, tokens_tensor};
 use super::{GenerateError, Options};
 use crate::view::View;
 
@@ -52,6 +56,9 @@ pub struct GenerateParams {
     /// tokens at its position ([`Generated::logprobs`]); the last stage then returns the
     /// logits even for greedy decoding. At most [`MAX_TOP_LOGPROBS`].
     pub logprobs: Option<usize>,
+    /// Speculative decoding's drafter for this generation; `None`: the node's default
+    /// (`[pipeline] drafter`).
+    pub drafter: Option<DrafterKind>,
 }
 
 /// Most alternatives [`GenerateParams::logprobs`] may ask for (OpenAI's `top_logprobs` limit).
@@ -122,14 +129,31 @@ pub struct Generated {
     pub retries: u32,
     /// One entry per generated token when [`GenerateParams::logprobs`] asked for them.
     pub logprobs: Vec<TokenLogprobs>,
+    /// The drafter that ran and its counts.
+    pub drafter: DrafterKind,
+    /// Passes, drafts and accepted drafts.
+    pub spec: SpecStats,
 }
 
 /// What the last stage returned for a step.
 enum Next {
     /// The token it picked (greedy sessions).
     Token(u32),
-    /// The last position's logits; the origin samples.
-    Logits(Vec<f32>),
+    /// A greedy verify step's accepted drafts and the model's own token.
+    Tokens(Vec<u32>),
+    /// The logits of each verified position (one row without drafts); the origin samples.
+    Logits(Vec<Vec<f32>>),
+}
+
+/// A step's drafts and what the drafter knew of them.
+#[derive(Default)]
+struct Drafted {
+    tokens: Vec<u32>,
+    /// The draft model's distribution at each draft (`None`: a deterministic drafter).
+    proposal: Option<Vec<Vec<(u32, f32)>>>,
+    /// The drafter's first proposal when the controller chose not to draft (compared with
+    /// the token that comes, to keep the acceptance rate measured).
+    shadow: Option<u32>,
 }
 
 /// Why one attempt ended without finishing.
@@ -156,6 +180,8 @@ pub(crate) struct Origin {
     pub(crate) stage: Arc<StageCtx>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) options: Options,
+    /// The draft model, when `[pipeline] draft_model` is set.
+    pub(crate) draft_model: Option<Arc<DraftModel>>,
 }
 
 /// Progress through one generation, kept across attempts.
@@ -167,6 +193,22 @@ struct Progress<'a> {
     started: Instant,
     prefill: Option<Duration>,
     logprobs: Vec<TokenLogprobs>,
+    drafter: DrafterKind,
+    /// Drafts per pass, across attempts.
+    adaptive: Option<Adaptive>,
+    /// Passes, drafts sent and drafts accepted.
+    spec: SpecStats,
+}
+
+/// Counts of a generation's speculation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecStats {
+    /// Passes through the pipeline after the prefill (each yields at least one token).
+    pub passes: u64,
+    /// Draft tokens sent for verification.
+    pub drafted: u64,
+    /// Draft tokens accepted.
+    pub accepted: u64,
 }
 
 impl Origin {
@@ -183,6 +225,12 @@ impl Origin {
         if params.prompt.is_empty() {
             return Err(GenerateError::BadRequest("empty prompt".into()));
         }
+        let drafter = params.drafter.unwrap_or(self.options.drafter);
+        if drafter == DrafterKind::Model && self.draft_model.is_none() {
+            return Err(GenerateError::BadRequest(
+                "the model drafter needs [pipeline] draft_model on this node".into(),
+            ));
+        }
         let _guard = self.metrics.in_flight();
         let mut p = Progress {
             params,
@@ -192,6 +240,9 @@ impl Origin {
             started: Instant::now(),
             prefill: None,
             logprobs: Vec::new(),
+            drafter,
+            adaptive: None,
+            spec: SpecStats::default(),
         };
         let result = self.run(&mut p).await;
         match &result {
@@ -220,6 +271,8 @@ impl Origin {
                         epoch: plan.epoch,
                         retries: failovers + transients,
                         logprobs: std::mem::take(&mut p.logprobs),
+                        drafter: p.drafter,
+                        spec: p.spec,
                     });
                 }
                 Err(AttemptError::Fatal(e)) => return Err(e),
@@ -291,6 +344,14 @@ impl Origin {
     }
 
     /// One session on one plan: replays what is known, then generates until done.
+    ///
+    /// Step 0 sends the prompt. After it, the stages hold `fed` positions of the history
+    /// (prompt then generated tokens); each later step sends the history from `fed` on. A
+    /// replayed token (known from an earlier attempt) goes alone and its answer is already
+    /// known; the last token goes with the step's drafts, and the answer's tokens (at least
+    /// one) extend the history. The stages keep the positions of the accepted drafts and roll
+    /// the rest back when the next step starts below them (docs/pipeline.md, "Speculative
+    /// decoding").
     async fn attempt(
         &self,
         plan: &Plan,
@@ -303,22 +364,48 @@ impl Origin {
         let mut gate: Gate<u64> = Gate::new(1);
         gate.set_plan(plan.epoch, Some(Expect::Peer(last)));
         let prompt_len = p.params.prompt.len();
+        let greedy = p.params.sampling.is_greedy() && p.params.logprobs.is_none();
+        let sample = greedy.then_some(Sampling::GREEDY);
+        if p.drafter != DrafterKind::Off && p.adaptive.is_none() {
+            let max = self.options.max_draft.clamp(1, MAX_DRAFT);
+            p.adaptive = Some(Adaptive::new(max, plan.cost_s));
+        }
+        let draft_session: u64 = rand::rng().random();
         let mut step = 0u64;
+        let mut fed = 0usize;
         let result = loop {
-            let done = p.tokens.len();
-            if done >= p.params.max_tokens {
+            if p.tokens.len() >= p.params.max_tokens {
                 break Ok(FinishReason::Length);
             }
-            let (input, position) = if step == 0 {
-                (p.params.prompt.as_slice(), 0)
+            let t0 = Instant::now();
+            let known = prompt_len + p.tokens.len();
+            let replay = step > 0 && fed + 1 < known;
+            let drafted = if step == 0 || replay {
+                Drafted::default()
             } else {
-                let i = step as usize - 1;
-                (&p.tokens[i..=i], prompt_len + i)
+                let room = p.params.max_tokens - p.tokens.len() - 1;
+                match self.draft(p, draft_session, room).await {
+                    Ok(d) => d,
+                    Err(e) => break Err(e),
+                }
             };
-            let sample = (p.params.sampling.is_greedy() && p.params.logprobs.is_none())
-                .then_some(Sampling::GREEDY);
+            let mut input: Vec<u32> = if step == 0 {
+                p.params.prompt.clone()
+            } else {
+                let at = fed - prompt_len;
+                vec![p.tokens[at]]
+            };
+            input.extend_from_slice(&drafted.tokens);
+            let position = fed;
             let next = match self
-                .step(plan, &mut gate, (session, step), input, position, sample)
+                .step(
+                    plan,
+                    &mut gate,
+                    (session, step),
+                    (&input, position),
+                    sample,
+                    &drafted.tokens,
+                )
                 .await
             {
                 Ok(l) => l,
@@ -328,34 +415,154 @@ impl Origin {
                 p.prefill = Some(p.started.elapsed());
             }
             step += 1;
-            if (step as usize) <= done {
+            fed = if position == 0 { prompt_len } else { fed + 1 };
+            if replay || (position == 0 && !p.tokens.is_empty()) {
                 continue; // replayed a known step: its token is already in the history
             }
-            let (tok, logprobs) = match next {
-                Next::Token(t) => (t, None),
-                Next::Logits(l) => {
-                    let t = p.sampler.sample(&l);
-                    let lp = p
-                        .params
-                        .logprobs
-                        .map(|k| TokenLogprobs::from_logits(&l, t, k.min(MAX_TOP_LOGPROBS)));
-                    (t, lp)
-                }
+            let (new, logprobs) = match self.accept(p, &drafted, next) {
+                Ok(x) => x,
+                Err(e) => break Err(e),
             };
-            if p.params.stop.contains(&tok) {
-                break Ok(FinishReason::Stop);
-            }
-            p.tokens.push(tok);
-            p.logprobs.extend(logprobs);
-            if let Some(tx) = p.stream {
-                // A client that went away stops the generation.
-                if tx.send(tok).await.is_err() {
-                    break Ok(FinishReason::Stop);
+            // The accepted drafts are in the stages' caches; the last token is not.
+            let accepted = new.len() - 1;
+            if position > 0 {
+                fed += accepted;
+                p.spec.passes += 1;
+                p.spec.drafted += drafted.tokens.len() as u64;
+                p.spec.accepted += accepted as u64;
+                if let Some(a) = p.adaptive.as_mut() {
+                    a.record(drafted.tokens.len(), accepted, t0.elapsed().as_secs_f64());
+                    if let Some(s) = drafted.shadow {
+                        a.shadow(s, new[0]);
+                    }
                 }
+            }
+            let mut finished = None;
+            for (i, tok) in new.into_iter().enumerate() {
+                if p.params.stop.contains(&tok) {
+                    finished = Some(FinishReason::Stop);
+                    break;
+                }
+                p.tokens.push(tok);
+                if let Some(lp) = logprobs.get(i) {
+                    p.logprobs.push(lp.clone());
+                }
+                if let Some(tx) = p.stream {
+                    // A client that went away stops the generation.
+                    if tx.send(tok).await.is_err() {
+                        finished = Some(FinishReason::Stop);
+                        break;
+                    }
+                }
+                if p.tokens.len() >= p.params.max_tokens {
+                    finished = Some(FinishReason::Length);
+                    break;
+                }
+            }
+            if let Some(f) = finished {
+                break Ok(f);
             }
         };
         self.end_session(plan, session);
+        if let Some(d) = &self.draft_model {
+            d.end(draft_session);
+        }
         result
+    }
+
+    /// The drafts of the next pass: as many as the controller wants (at most `room`, the
+    /// tokens the request still allows after the pass's own).
+    async fn draft(
+        &self,
+        p: &mut Progress<'_>,
+        draft_session: u64,
+        room: usize,
+    ) -> Result<Drafted, AttemptError> {
+        let Some(adaptive) = p.adaptive.as_ref() else {
+            return Ok(Drafted::default());
+        };
+        let history: Vec<u32> = p.params.prompt.iter().chain(&p.tokens).copied().collect();
+        let max = adaptive.choose(room.min(MAX_DRAFT));
+        match p.drafter {
+            DrafterKind::Off => Ok(Drafted::default()),
+            DrafterKind::Ngram => {
+                if max == 0 {
+                    let shadow = ngram_draft(&history, 1).first().copied();
+                    return Ok(Drafted {
+                        shadow,
+                        ..Drafted::default()
+                    });
+                }
+                Ok(Drafted {
+                    tokens: ngram_draft(&history, max),
+                    ..Drafted::default()
+                })
+            }
+            DrafterKind::Model => {
+                let Some(model) = &self.draft_model else {
+                    return Ok(Drafted::default());
+                };
+                if max == 0 {
+                    return Ok(Drafted::default());
+                }
+                let sampler = (!p.params.sampling.is_greedy()).then_some(&mut p.sampler);
+                match model.propose(draft_session, &history, max, sampler).await {
+                    Ok((tokens, proposal)) => Ok(Drafted {
+                        tokens,
+                        proposal,
+                        shadow: None,
+                    }),
+                    Err(e) => {
+                        // The pass goes without drafts; the generation is not at stake.
+                        tracing::warn!(node = %self.me().short(), "the draft model failed: {e}");
+                        Ok(Drafted::default())
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tokens a step's answer yields (at least one) and their log-probabilities when the
+    /// request asked for them.
+    fn accept(
+        &self,
+        p: &mut Progress<'_>,
+        drafted: &Drafted,
+        next: Next,
+    ) -> Result<(Vec<u32>, Vec<TokenLogprobs>), AttemptError> {
+        let draft = &drafted.tokens;
+        let rows = draft.len() + 1;
+        match next {
+            Next::Token(t) if draft.is_empty() => Ok((vec![t], Vec::new())),
+            Next::Tokens(v) if plausible_greedy(draft, &v) => Ok((v, Vec::new())),
+            Next::Logits(l) if l.len() == rows => {
+                let new = if p.params.sampling.is_greedy() {
+                    let choices: Vec<u32> = l.iter().map(|r| shoal_model::argmax(r)).collect();
+                    accept_greedy(draft, &choices)
+                } else if draft.is_empty() {
+                    vec![p.sampler.sample(&l[0])]
+                } else {
+                    let target: Vec<Vec<(u32, f32)>> =
+                        l.iter().map(|r| p.sampler.distribution(r)).collect();
+                    accept_sampled(&target, draft, drafted.proposal.as_deref(), &mut p.sampler)
+                };
+                let logprobs = match p.params.logprobs {
+                    Some(k) => new
+                        .iter()
+                        .zip(&l)
+                        .map(|(t, row)| {
+                            TokenLogprobs::from_logits(row, *t, k.min(MAX_TOP_LOGPROBS))
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                Ok((new, logprobs))
+            }
+            _ => Err(AttemptError::Transient(format!(
+                "the last stage's answer does not fit a step of {} drafts",
+                draft.len()
+            ))),
+        }
     }
 
     /// One step: send `input` at `position` to the first stage and check the answer.
@@ -364,9 +571,9 @@ impl Origin {
         plan: &Plan,
         gate: &mut Gate<u64>,
         (session, step): (u64, u64),
-        input: &[u32],
-        position: usize,
+        (input, position): (&[u32], usize),
         sample: Option<Sampling>,
+        draft: &[u32],
     ) -> Result<Next, AttemptError> {
         let first = plan.stages[0].node;
         let body = Activation {
@@ -378,6 +585,7 @@ impl Origin {
             tensor: tokens_tensor(input),
             sample,
             reply_to: Some(self.me()),
+            draft: draft.to_vec(),
         };
         let t = Instant::now();
         // The token comes straight from the last stage, or as the answer through the stages,
@@ -532,10 +740,11 @@ impl Origin {
             return Err(AttemptError::Transient(format!("answer refused: {r}")));
         }
         match &body.output {
-            Sampled::Logits(t) => last_logits(t)
+            Sampled::Logits(t) => logits_rows(t)
                 .map(Next::Logits)
                 .ok_or_else(|| AttemptError::Transient("logits malformed".into())),
             Sampled::Token(t) => Ok(Next::Token(*t)),
+            Sampled::Tokens(t) => Ok(Next::Tokens(t.clone())),
         }
     }
 

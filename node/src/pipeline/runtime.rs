@@ -63,6 +63,7 @@ enum Job {
         session: u64,
         position: usize,
         input: StageInput,
+        outputs: usize,
         reply: oneshot::Sender<Result<Computed, RuntimeError>>,
     },
     Drop {
@@ -131,19 +132,24 @@ impl RuntimeHandle {
     }
 
     /// Runs `input` for `session` starting at cache position `position` on the stage that
-    /// must be `layers` (a stale job after a re-plan is refused, not run on other layers).
+    /// must be `layers` (a stale job after a re-plan is refused, not run on other layers). A
+    /// position below the cached length rolls the cache back to it first (a speculative
+    /// step's rejected drafts); a head returns the logits of the last `outputs` positions
+    /// ([`StageRunner::run_verify`]).
     pub async fn run(
         &self,
         layers: Range<usize>,
         session: u64,
         position: usize,
         input: StageInput,
+        outputs: usize,
     ) -> Result<Computed, RuntimeError> {
         self.ask(|reply| Job::Run {
             layers,
             session,
             position,
             input,
+            outputs,
             reply,
         })
         .await
@@ -194,6 +200,7 @@ fn run(
                 session,
                 position,
                 input,
+                outputs,
                 reply,
             } => {
                 let result = match runner.as_mut() {
@@ -204,7 +211,7 @@ fn run(
                     }),
                     Some(r) => {
                         let t = Instant::now();
-                        r.run_at(session, position, input)
+                        r.run_verify(session, position, input, outputs)
                             .map(|output| Computed {
                                 output,
                                 compute: t.elapsed(),

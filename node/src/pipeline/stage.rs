@@ -287,6 +287,18 @@ impl StageCtx {
             Ok(i) => i,
             Err(r) => return self.refuse(peer, session, r),
         };
+        // A verify step's drafts are the last of its token ids, and it spans every position
+        // it verifies.
+        let outputs = act.verified_positions();
+        let fits = match &input {
+            shoal_model::StageInput::Tokens(ids) => {
+                ids.ends_with(&act.draft) && ids.len() >= outputs
+            }
+            shoal_model::StageInput::Hidden(h) => h.shape.get(1).is_some_and(|s| *s >= outputs),
+        };
+        if !fits {
+            return self.refuse(peer, session, Refusal::Malformed);
+        }
         let Some(rt) = &self.runtime else {
             return error_frame(session, ErrorCode::WrongModel, "this node holds no model");
         };
@@ -297,6 +309,7 @@ impl StageCtx {
                 act.session,
                 act.position as usize,
                 input,
+                outputs,
             )
             .await;
         let computed = match computed {
@@ -323,13 +336,20 @@ impl StageCtx {
                     tensor: float_tensor(&h),
                     sample: act.sample,
                     reply_to: act.reply_to,
+                    draft: act.draft.clone(),
                 };
                 self.forward(&asg, next, body).await
             }
             (StageOutput::Logits(logits), None) => {
                 let output = match &act.sample {
-                    Some(s) => Sampled::Token(sample_token(s, act.step, &logits)),
-                    None => Sampled::Logits(float_tensor(&logits)),
+                    Some(s) if act.draft.is_empty() => {
+                        Sampled::Token(sample_token(s, act.step, &logits))
+                    }
+                    // A greedy verify step: the agreeing drafts and the model's own token.
+                    Some(s) if s.temperature <= 0.0 => {
+                        Sampled::Tokens(verify_greedy(&act.draft, &logits))
+                    }
+                    _ => Sampled::Logits(float_tensor(&logits)),
                 };
                 let body = TokenReturn {
                     epoch: act.epoch,
@@ -491,6 +511,19 @@ fn sample_token(s: &shoal_protocol::Sampling, step: u64, logits: &shoal_model::A
     shoal_model::Sampler::new(config).sample(last)
 }
 
+/// A greedy verify step's answer from the logits of its verified positions (one row each):
+/// the drafts that are the argmax at their position, then the argmax at the first
+/// disagreement or after the last draft.
+fn verify_greedy(draft: &[u32], logits: &shoal_model::Activation) -> Vec<u32> {
+    let v = logits.shape.last().copied().unwrap_or(0).max(1);
+    let choices: Vec<u32> = logits
+        .data
+        .chunks_exact(v)
+        .map(shoal_model::argmax)
+        .collect();
+    super::speculate::accept_greedy(draft, &choices)
+}
+
 /// Signs `body` and encodes it as a pipeline frame.
 pub fn sign_frame<T: shoal_protocol::Message>(
     identity: &Identity,
@@ -597,6 +630,19 @@ mod tests {
             .collect();
         assert_eq!(draws, again, "a replayed step draws the same token");
         assert!(draws.iter().all(|&t| t < 4));
+    }
+
+    #[test]
+    fn greedy_verification_returns_the_agreeing_drafts_and_one_token() {
+        // Three positions over a vocabulary of 4: argmaxes 1, 2, 0.
+        let logits = shoal_model::Activation::new(
+            vec![1, 3, 4],
+            vec![0.0, 9.0, 1.0, 2.0, 0.5, 0.1, 3.0, 0.2, 7.0, 0.0, 0.0, 0.0],
+        )
+        .unwrap();
+        assert_eq!(verify_greedy(&[1, 2], &logits), vec![1, 2, 0]);
+        assert_eq!(verify_greedy(&[1, 3], &logits), vec![1, 2]);
+        assert_eq!(verify_greedy(&[0, 2], &logits), vec![1]);
     }
 
     #[test]

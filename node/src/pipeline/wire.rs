@@ -89,6 +89,28 @@ pub fn last_logits(t: &Tensor) -> Option<Vec<f32>> {
     )
 }
 
+/// The rows of a `[.., S, V]` f32 logits tensor, one per position (a speculative step's
+/// verified positions); `None` when it is not one.
+pub fn logits_rows(t: &Tensor) -> Option<Vec<Vec<f32>>> {
+    if t.dtype != DType::F32 {
+        return None;
+    }
+    let v = *t.shape.last()? as usize;
+    if v == 0 || t.data.len() % (4 * v) != 0 || t.data.is_empty() {
+        return None;
+    }
+    Some(
+        t.data
+            .chunks_exact(4 * v)
+            .map(|row| {
+                row.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
 /// An encoded [`ErrorReply`] (falls back to an empty frame if encoding fails, which the
 /// requester reads as a failure too).
 pub fn error_frame(session: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
@@ -171,6 +193,18 @@ mod tests {
     fn last_logits_takes_the_last_row() {
         let a = shoal_model::Activation::new(vec![1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         assert_eq!(last_logits(&float_tensor(&a)), Some(vec![3.0, 4.0]));
+    }
+
+    #[test]
+    fn logits_rows_split_positions() {
+        let a = shoal_model::Activation::new(vec![1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(
+            logits_rows(&float_tensor(&a)),
+            Some(vec![vec![1.0, 2.0], vec![3.0, 4.0]])
+        );
+        let mut bad = float_tensor(&a);
+        bad.data.pop();
+        assert_eq!(logits_rows(&bad), None);
     }
 
     #[test]

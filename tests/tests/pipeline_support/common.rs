@@ -45,6 +45,17 @@ pub(crate) fn synth_model(dir: &Path) -> PathBuf {
 
 /// `n` nodes whose memory forces the model over `span` of them.
 pub(crate) async fn start_swarm(dir: &Path, model: &Path, n: usize, span: usize) -> LocalSwarm {
+    start_swarm_with(dir, model, n, span, "").await
+}
+
+/// Like [`start_swarm`], with `extra` appended to every node's config (TOML sections).
+pub(crate) async fn start_swarm_with(
+    dir: &Path,
+    model: &Path,
+    n: usize,
+    span: usize,
+    extra: &str,
+) -> LocalSwarm {
     let fraction = shoal_node::config::Config::default()
         .planner
         .memory_fraction;
@@ -55,6 +66,7 @@ pub(crate) async fn start_swarm(dir: &Path, model: &Path, n: usize, span: usize)
         model: model.to_path_buf(),
         memory: vec![budget; n],
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+        extra_config: extra.to_string(),
     };
     LocalSwarm::start(&opts).await.expect("start swarm")
 }
