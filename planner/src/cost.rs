@@ -1,6 +1,8 @@
 //! The normative cost model of DESIGN.md: roofline compute per layer, the hop formula
 //! (effective payload, binomial loss mean and variance, one recovery round trip, jitter,
-//! `risk_kappa` penalty), the memory rule and both objectives.
+//! `risk_kappa` penalty), the memory rule and both objectives; with the scenario's
+//! `speculation`, per accepted token of a pass that verifies several positions
+//! ([`crate::scenario::Speculation`]).
 //!
 //! Data flow: a validated [`Scenario`] becomes an [`Instance`] (ids resolved to indices, compute
 //! times, memory and hop costs precomputed). Every strategy scores its placement with
@@ -8,11 +10,18 @@
 
 use crate::error::PlanError;
 use crate::plan::{Objective, Stage};
-use crate::scenario::{Device, Layer, Link, Net, Scenario};
+use crate::scenario::{Device, Layer, Link, Net, Scenario, Speculation};
 
 /// Compute seconds of one layer on one device: `max(flops_l / flops_i, read_bytes_l / mem_bw_i)`.
 pub fn layer_time(layer: &Layer, device: &Device) -> f64 {
-    let compute = layer.flops / device.flops;
+    layer_time_at(layer, device, 1.0)
+}
+
+/// Compute seconds of one pass of `positions` positions through one layer: the flops scale
+/// with the positions, the weights are read once: `max(positions * flops_l / flops_i,
+/// read_bytes_l / mem_bw_i)`.
+pub fn layer_time_at(layer: &Layer, device: &Device, positions: f64) -> f64 {
+    let compute = positions * layer.flops / device.flops;
     let read = layer.read_bytes.unwrap_or(layer.param_bytes);
     match device.mem_bw {
         Some(bw) => compute.max(read / bw),
@@ -92,6 +101,8 @@ pub(crate) struct Instance {
     net: Net,
     /// Seconds per stage boundary (latency only).
     pub(crate) stage_penalty: f64,
+    /// `1 / tokens_per_pass`: every cost above is per pass, times this per token.
+    per_token: f64,
 }
 
 /// A placement's cost split into its parts.
@@ -170,15 +181,25 @@ impl Instance {
             reason: format!("origin {:?} is not a device", s.origin),
         })?;
         let layers = &s.model.layers;
+        // Speculation: a pass runs `positions` positions and yields `tokens_per_pass` tokens;
+        // every cost is per token (without speculation both are 1 and nothing changes).
+        let spec = s.speculation.clone().unwrap_or(Speculation::NONE);
+        let per_token = 1.0 / spec.tokens_per_pass;
+        let positions = spec.positions;
         Ok(Self {
             ids: s.devices.iter().map(|x| x.id.clone()).collect(),
             origin,
             compute: s
                 .devices
                 .iter()
-                .map(|dev| layers.iter().map(|l| layer_time(l, dev)).collect())
+                .map(|dev| {
+                    layers
+                        .iter()
+                        .map(|l| layer_time_at(l, dev, spec.positions) * per_token)
+                        .collect()
+                })
                 .collect(),
-            overhead: s.devices.iter().map(|x| x.overhead_s).collect(),
+            overhead: s.devices.iter().map(|x| x.overhead_s * per_token).collect(),
             mem: layers
                 .iter()
                 .map(|l| layer_memory(l, s.model.context_tokens))
@@ -189,10 +210,11 @@ impl Instance {
                 .map(|x| s.memory_fraction * x.mem_bytes)
                 .collect(),
             links,
-            out_bytes: layers.iter().map(|l| l.out_bytes).collect(),
-            token_bytes: s.model.token_bytes,
+            out_bytes: layers.iter().map(|l| l.out_bytes * positions).collect(),
+            token_bytes: s.model.token_bytes * positions,
             net: s.net.clone(),
-            stage_penalty: s.stage_penalty_s,
+            stage_penalty: s.stage_penalty_s * per_token,
+            per_token,
         })
     }
 
@@ -224,7 +246,18 @@ impl Instance {
             });
         }
         let link = self.links[i * self.devices() + j].as_ref()?;
-        Some(hop_cost(link, bytes, &self.net))
+        let h = hop_cost(link, bytes, &self.net);
+        if self.per_token == 1.0 {
+            return Some(h);
+        }
+        let k = self.per_token;
+        Some(HopCost {
+            mean_s: h.mean_s * k,
+            sd_s: h.sd_s * k,
+            penalty_s: h.penalty_s * k,
+            total_s: h.total_s * k,
+            ..h
+        })
     }
 
     /// `hop(i, j, bytes)` in seconds, `None` when there is no link.

@@ -40,12 +40,13 @@ pub mod synthetic;
 use std::time::Instant;
 
 pub use cost::{
-    Breakdown, HopCost, HopDetail, StageCost, evaluate, explain, hop_cost, layer_memory, layer_time,
+    Breakdown, HopCost, HopDetail, StageCost, evaluate, explain, hop_cost, layer_memory,
+    layer_time, layer_time_at,
 };
 pub use error::{PlanError, ScenarioError};
 pub use exhaustive::{EXHAUSTIVE_LIMIT, candidates};
 pub use plan::{Objective, Plan, Stage, Strategy, UnknownName};
-pub use scenario::{Device, Layer, Link, Model, Net, Scenario};
+pub use scenario::{Device, Layer, Link, Model, Net, Scenario, Speculation};
 
 use cost::{IdxStage, Instance};
 

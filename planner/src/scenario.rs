@@ -35,6 +35,35 @@ pub struct Scenario {
     /// Extra seconds per stage boundary in the latency objective (>= 0). Default 0.
     #[serde(default)]
     pub stage_penalty_s: f64,
+    /// Speculative decoding: what one pass through the pipeline verifies and yields. Absent:
+    /// one position and one token per pass, DESIGN.md's model as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<Speculation>,
+}
+
+/// What one pass of speculative decoding costs and yields (docs/planner.md, "Speculative
+/// decoding"). A pass runs `positions` positions through every stage (the last token and the
+/// drafts), so each layer's compute is `max(positions * flops_l / flops_i, read_bytes_l /
+/// mem_bw_i)` (the weights are read once per pass), the hops carry `positions` times their
+/// bytes, and every cost is divided by `tokens_per_pass`: the objectives are per accepted
+/// token. `positions = 1, tokens_per_pass = 1` is the model without speculation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Speculation {
+    /// Positions verified per pass: the drafts plus one, `>= 1` (a mean over passes when the
+    /// number of drafts adapts).
+    pub positions: f64,
+    /// Expected tokens per pass, in `[1, positions]` (from the measured acceptance rate
+    /// `alpha` with `k` drafts: `(1 - alpha^(k+1)) / (1 - alpha)`).
+    pub tokens_per_pass: f64,
+}
+
+impl Speculation {
+    /// No speculation: one position, one token.
+    pub const NONE: Speculation = Speculation {
+        positions: 1.0,
+        tokens_per_pass: 1.0,
+    };
 }
 
 /// The model: an ordered list of layers (embedding, decoder layers, head).
@@ -214,7 +243,24 @@ impl Scenario {
                 &format!("must be in (0, 1], got {mf}"),
             ));
         }
-        non_negative("stage_penalty_s", self.stage_penalty_s)
+        non_negative("stage_penalty_s", self.stage_penalty_s)?;
+        if let Some(sp) = &self.speculation {
+            let p = sp.positions;
+            if !(p.is_finite() && p >= 1.0) {
+                return Err(bad(
+                    "speculation.positions",
+                    &format!("must be at least 1, got {p}"),
+                ));
+            }
+            let t = sp.tokens_per_pass;
+            if !(t.is_finite() && t >= 1.0 && t <= p) {
+                return Err(bad(
+                    "speculation.tokens_per_pass",
+                    &format!("must be in [1, positions = {}], got {t}", sp.positions),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_model(&self) -> Result<(), ScenarioError> {

@@ -119,6 +119,7 @@ pub fn cluster(devices: usize, layers: usize, seed: u64) -> Scenario {
         net: Net::default(),
         memory_fraction: 0.8,
         stage_penalty_s: 0.0,
+        speculation: None,
     }
 }
 
@@ -175,5 +176,6 @@ pub fn heterogeneous(devices: usize, layers: usize, seed: u64) -> Scenario {
         net: Net::default(),
         memory_fraction,
         stage_penalty_s: 0.0,
+        speculation: None,
     }
 }

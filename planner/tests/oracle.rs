@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_planner::{
     Device, EXHAUSTIVE_LIMIT, Layer, Link, Model, Net, Objective, Plan, PlanError, PlanOptions,
-    Scenario, Strategy, candidates, evaluate, lower_bound, plan, plan_with, synthetic,
+    Scenario, Speculation, Strategy, candidates, evaluate, lower_bound, plan, plan_with, synthetic,
     throughput_within,
 };
 
@@ -145,6 +145,14 @@ fn sized_scenario(rng: &mut ChaCha8Rng, max_devices: usize, max_layers: usize) -
         } else {
             0.0
         },
+        // Half the cases speculate: a pass of up to 9 positions yielding at least one token.
+        speculation: rng.random_bool(0.5).then(|| {
+            let positions: f64 = rng.random_range(1.0..9.0);
+            Speculation {
+                positions,
+                tokens_per_pass: rng.random_range(1.0..=positions),
+            }
+        }),
     }
 }
 
@@ -494,4 +502,96 @@ fn throughput_without_time_returns_its_best_placement_with_a_gap() {
         }
         assert!(p.solve_ms < 2000.0, "seed {seed}: {} ms", p.solve_ms);
     }
+}
+
+/// Speculation in the cost model: one position and one token per pass is the model without
+/// it; a pass's compute scales with its positions where flops bound it and not where the
+/// weights' reads do; every cost is per token; and it moves the optimum: a compute-bound
+/// origin wins without speculation, a far fast device with it (the hops are paid once per
+/// pass of several tokens), and the MILP finds what the oracle finds in both cases.
+#[test]
+fn speculation_is_per_token_and_moves_the_optimum() {
+    let layer = Layer {
+        flops: 1e9,
+        param_bytes: 1e8,
+        read_bytes: None,
+        kv_bytes_per_token: 0.0,
+        out_bytes: 2048.0,
+    };
+    let device = |id: &str, flops: f64| Device {
+        id: id.into(),
+        flops,
+        mem_bw: Some(1e12),
+        mem_bytes: 1e10,
+        overhead_s: 0.0,
+    };
+    let base = Scenario {
+        model: Model {
+            name: "spec".into(),
+            context_tokens: 0.0,
+            token_bytes: 4.0,
+            layers: vec![layer; 4],
+        },
+        // o: 10 ms of compute for the model; d: 2 ms, 10 ms away each way.
+        devices: vec![device("o", 4e11), device("d", 2e12)],
+        links: vec![Link {
+            from: "o".into(),
+            to: "d".into(),
+            rtt_s: 0.02,
+            jitter_s: 0.0,
+            bandwidth_bps: 1e9,
+            loss: 0.0,
+            symmetric: true,
+        }],
+        origin: "o".into(),
+        net: Net::default(),
+        memory_fraction: 0.8,
+        stage_penalty_s: 0.0,
+        speculation: None,
+    };
+    let on = |dev: &str| {
+        vec![shoal_planner::Stage {
+            device: dev.into(),
+            layers: [0, 4],
+        }]
+    };
+    let with = |positions: f64, tokens_per_pass: f64| Scenario {
+        speculation: Some(Speculation {
+            positions,
+            tokens_per_pass,
+        }),
+        ..base.clone()
+    };
+    let lat = |s: &Scenario, dev: &str| evaluate(s, &on(dev), Objective::Latency).unwrap();
+    for dev in ["o", "d"] {
+        assert_eq!(lat(&base, dev), lat(&with(1.0, 1.0), dev));
+    }
+    // Compute-bound: 5 positions cost 5x the flops, over 4 tokens.
+    let o = lat(&with(5.0, 4.0), "o");
+    assert!((o - 0.010 * 5.0 / 4.0).abs() < 1e-9, "{o}");
+    // Bandwidth-bound (weights read once): the pass costs the same, per token a quarter.
+    let mut reads = with(4.0, 4.0);
+    reads.devices[0].mem_bw = Some(1e8);
+    let r = lat(&reads, "o");
+    assert!((r - 4.0 / 4.0).abs() < 1e-9, "{r}");
+
+    let best = |s: &Scenario| {
+        let p = plan(s, Objective::Latency, Strategy::Milp).unwrap();
+        let oracle = plan(s, Objective::Latency, Strategy::Exhaustive).unwrap();
+        assert!((p.cost_s - oracle.cost_s).abs() < 1e-9);
+        p.stages
+            .iter()
+            .map(|s| s.device.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        best(&base),
+        vec!["o"],
+        "without speculation the origin wins"
+    );
+    assert_eq!(
+        best(&with(5.0, 4.0)),
+        vec!["d"],
+        "with it the far fast device"
+    );
 }

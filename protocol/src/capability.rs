@@ -47,6 +47,37 @@ pub struct Battery {
     pub level: Option<f64>,
 }
 
+/// What speculative decoding achieved on a node as origin (a running mean over its recent
+/// passes), for the planner's cost of a pass ([`Capability::speculation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecFigures {
+    /// Positions verified per pass (drafts plus one), in `[1, MAX_DRAFT + 1]`.
+    pub positions: f64,
+    /// Tokens gained per pass, in `[1, positions]`.
+    pub tokens_per_pass: f64,
+}
+
+impl SpecFigures {
+    pub(crate) fn check(&self, kind: Kind) -> Result<(), ProtocolError> {
+        let top = (crate::MAX_DRAFT + 1) as f64;
+        let (p, t) = (self.positions, self.tokens_per_pass);
+        if !(p.is_finite() && (1.0..=top).contains(&p)) {
+            return Err(ProtocolError::invalid(
+                kind,
+                format!("speculation positions {p} outside [1, {top}]"),
+            ));
+        }
+        if !(t.is_finite() && t >= 1.0 && t <= p) {
+            return Err(ProtocolError::invalid(
+                kind,
+                format!("speculation tokens per pass {t} outside [1, {p}]"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A node's capability announcement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +104,10 @@ pub struct Capability {
     pub listen_addrs: Vec<String>,
     /// UDP port of the node's loss-probe echo ([`crate::LossProbe`]), if it runs one.
     pub loss_probe_port: Option<u16>,
+    /// Speculative decoding's measured figures on this node as origin; absent when it has
+    /// run no speculative pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<SpecFigures>,
 }
 
 impl Message for Capability {
@@ -89,6 +124,9 @@ impl Message for Capability {
         non_negative(k, "overhead_s", self.overhead_s)?;
         if let Some(level) = self.battery.and_then(|b| b.level) {
             fraction(k, "battery level", level)?;
+        }
+        if let Some(s) = &self.speculation {
+            s.check(k)?;
         }
         if let Some(model) = &self.model {
             model.check(k)?;

@@ -52,7 +52,7 @@ mod signed;
 mod tensor;
 
 pub use capability::{
-    Battery, Capability, MAX_ADDR_LEN, MAX_LISTEN_ADDRS, MAX_MODEL_NAME_LEN, ModelRef,
+    Battery, Capability, MAX_ADDR_LEN, MAX_LISTEN_ADDRS, MAX_MODEL_NAME_LEN, ModelRef, SpecFigures,
 };
 pub use codec::{
     Header, RECURSION_LIMIT, SCHEMA_VERSION, Wire, decode, encode, encode_unchecked, peek,

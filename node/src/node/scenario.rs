@@ -87,6 +87,7 @@ pub(crate) fn build(
         },
         memory_fraction: cfg.memory_fraction,
         stage_penalty_s: cfg.stage_penalty_s,
+        speculation: None,
     }
 }
 

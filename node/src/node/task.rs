@@ -124,6 +124,7 @@ pub async fn start(
             .map(|a| a.to_string())
             .collect(),
         loss_probe_port: Some(echo_port),
+        speculation: None,
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::empty(me)));
     let (bw_tx, bw_rx) = mpsc::channel(RESULT_CAPACITY);

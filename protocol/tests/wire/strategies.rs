@@ -46,6 +46,7 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
         proptest::option::of((any::<bool>(), proptest::option::of(0.0f64..=1.0))),
         vec(text(60), 0..=4),
         proptest::option::of(any::<u16>()),
+        proptest::option::of((1.0f64..=9.0, 0.0f64..=1.0)),
     )
         .prop_map(
             move |(
@@ -54,6 +55,7 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
                 battery,
                 listen_addrs,
                 loss_probe_port,
+                speculation,
             )| {
                 Capability {
                     node: node(author),
@@ -67,6 +69,10 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
                     battery: battery.map(|(on_battery, level)| Battery { on_battery, level }),
                     listen_addrs,
                     loss_probe_port,
+                    speculation: speculation.map(|(positions, share)| SpecFigures {
+                        positions,
+                        tokens_per_pass: 1.0 + share * (positions - 1.0),
+                    }),
                 }
             },
         )

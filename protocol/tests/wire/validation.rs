@@ -226,8 +226,21 @@ fn link_and_capability_rules() {
         battery: None,
         listen_addrs: vec![],
         loss_probe_port: None,
+        speculation: None,
     };
     cap.validate().unwrap();
+    let spec = |positions, tokens_per_pass| Capability {
+        speculation: Some(SpecFigures {
+            positions,
+            tokens_per_pass,
+        }),
+        ..cap.clone()
+    };
+    spec(3.5, 2.5).validate().unwrap();
+    assert!(refused(spec(0.5, 1.0)).contains("positions"));
+    assert!(refused(spec((MAX_DRAFT + 2) as f64, 2.0)).contains("positions"));
+    assert!(refused(spec(3.0, 3.5)).contains("tokens per pass"));
+    assert!(refused(spec(3.0, f64::NAN)).contains("tokens per pass"));
     refused(Capability {
         flops: f64::INFINITY,
         ..cap.clone()
