@@ -84,9 +84,16 @@ pub struct NodeHandle {
     model: Option<Arc<ModelInfo>>,
     config: Arc<Config>,
     cancel: CancellationToken,
+    speculation: Arc<watch::Sender<Option<shoal_protocol::SpecFigures>>>,
 }
 
 impl NodeHandle {
+    /// Where the pipeline reports speculative decoding's measured figures; the node announces
+    /// them in its capability, and coordinators plan with them.
+    pub fn speculation_reporter(&self) -> Arc<watch::Sender<Option<shoal_protocol::SpecFigures>>> {
+        self.speculation.clone()
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.identity.node_id()

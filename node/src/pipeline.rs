@@ -145,7 +145,13 @@ pub struct PipelineParts<R> {
     pub generate: mpsc::Receiver<R>,
     /// Stops the pipeline (and its model thread).
     pub cancel: CancellationToken,
+    /// Where the origin reports speculative decoding's measured figures (the node announces
+    /// them); `None`: kept to itself.
+    pub speculation: Option<SpecReporter>,
 }
+
+/// The channel of speculative decoding's measured figures.
+pub type SpecReporter = Arc<watch::Sender<Option<shoal_protocol::SpecFigures>>>;
 
 /// Starts pipelines.
 #[derive(Debug)]
@@ -167,6 +173,7 @@ impl Pipeline {
             activation,
             generate,
             cancel,
+            speculation,
         } = parts;
         let metrics = Arc::new(Metrics::default());
         let activation = inbound::spawn_decoder(
@@ -215,6 +222,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             options: options.clone(),
             draft_model,
+            spec_report: speculation.map(|tx| Arc::new(origin::SpecReport::new(tx))),
         };
         let handle = PipelineHandle {
             inner: Arc::new(Inner {

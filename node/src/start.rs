@@ -116,6 +116,7 @@ impl Node {
             activation: streams.activation,
             generate: streams.generate,
             cancel: cancel.clone(),
+            speculation: Some(node.speculation_reporter()),
         });
         let pipeline = match pipeline {
             Ok(p) => p,

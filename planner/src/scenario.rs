@@ -41,7 +41,7 @@ pub struct Scenario {
     pub speculation: Option<Speculation>,
 }
 
-/// What one pass of speculative decoding costs and yields (docs/planner.md, "Speculative
+/// What one pass of speculative decoding costs and yields (docs/pipeline.md, "Speculative
 /// decoding"). A pass runs `positions` positions through every stage (the last token and the
 /// drafts), so each layer's compute is `max(positions * flops_l / flops_i, read_bytes_l /
 /// mem_bw_i)` (the weights are read once per pass), the hops carry `positions` times their

@@ -9,7 +9,7 @@
 //! model are not devices.
 
 use shoal_keys::NodeId;
-use shoal_planner::{Device, Link, Model, Net, Scenario};
+use shoal_planner::{Device, Link, Model, Net, Scenario, Speculation};
 use shoal_protocol::Capability;
 
 use super::model::ModelInfo;
@@ -87,8 +87,25 @@ pub(crate) fn build(
         },
         memory_fraction: cfg.memory_fraction,
         stage_penalty_s: cfg.stage_penalty_s,
-        speculation: None,
+        speculation: speculation(devices),
     }
+}
+
+/// The speculation a pass of the plan is expected to have: the mean of the figures the
+/// devices measured as origins and announce (`None` when none speculates; then each pass is
+/// one position and one token, as without speculation).
+pub(crate) fn speculation(devices: &[(NodeId, &Capability)]) -> Option<Speculation> {
+    let figures: Vec<_> = devices.iter().filter_map(|(_, c)| c.speculation).collect();
+    if figures.is_empty() {
+        return None;
+    }
+    let n = figures.len() as f64;
+    let positions = figures.iter().map(|f| f.positions).sum::<f64>() / n;
+    let tokens = figures.iter().map(|f| f.tokens_per_pass).sum::<f64>() / n;
+    Some(Speculation {
+        positions: positions.max(1.0),
+        tokens_per_pass: tokens.clamp(1.0, positions.max(1.0)),
+    })
 }
 
 /// Whether every pair of devices has a measured link in at least one direction.
@@ -98,4 +115,52 @@ pub(crate) fn links_complete(devices: &[(NodeId, &Capability)], links: &LinkMatr
             .iter()
             .all(|(b, _)| a == b || links.contains_key(&(*a, *b)) || links.contains_key(&(*b, *a)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_keys::Identity;
+    use shoal_protocol::SpecFigures;
+
+    use super::*;
+
+    fn cap(spec: Option<(f64, f64)>) -> Capability {
+        Capability {
+            node: Identity::from_secret_bytes([1; 32]).node_id(),
+            seq: 0,
+            timestamp_ms: 0,
+            model: None,
+            flops: 1e9,
+            mem_bw: None,
+            mem_bytes: 1 << 30,
+            overhead_s: 0.0,
+            battery: None,
+            listen_addrs: Vec::new(),
+            loss_probe_port: None,
+            speculation: spec.map(|(positions, tokens_per_pass)| SpecFigures {
+                positions,
+                tokens_per_pass,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_plan_speculates_as_the_devices_measured() {
+        let id = |b: u8| Identity::from_secret_bytes([b; 32]).node_id();
+        let (a, b, c) = (cap(Some((5.0, 3.0))), cap(None), cap(Some((3.0, 2.0))));
+        let none = [(id(1), &b)];
+        assert_eq!(
+            speculation(&none),
+            None,
+            "nobody speculates: DESIGN.md's model"
+        );
+        let some = [(id(1), &a), (id(2), &b), (id(3), &c)];
+        assert_eq!(
+            speculation(&some),
+            Some(Speculation {
+                positions: 4.0,
+                tokens_per_pass: 2.5
+            })
+        );
+    }
 }

@@ -106,6 +106,9 @@ pub(super) struct NodeTask {
     pub(super) connected: std::collections::BTreeSet<PeerId>,
     /// Peers reached only through a relay, with the relay.
     pub(super) routes: BTreeMap<NodeId, NodeId>,
+    /// Speculative decoding's figures measured by this node's pipeline as origin, announced
+    /// in its capability.
+    pub(super) speculation: tokio::sync::watch::Receiver<Option<shoal_protocol::SpecFigures>>,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -127,6 +127,7 @@ pub async fn start(
         speculation: None,
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::empty(me)));
+    let (spec_tx, spec_rx) = watch::channel(None);
     let (bw_tx, bw_rx) = mpsc::channel(RESULT_CAPACITY);
     let (solve_tx, solve_rx) = mpsc::channel(RESULT_CAPACITY);
     let mut task = NodeTask {
@@ -163,6 +164,7 @@ pub async fn start(
         solve_tx,
         connected: Default::default(),
         routes: BTreeMap::new(),
+        speculation: spec_rx,
     };
     task.restore_plan();
     task.announce().await;
@@ -176,6 +178,7 @@ pub async fn start(
         model,
         config: cfg,
         cancel: cancel.clone(),
+        speculation: Arc::new(spec_tx),
     };
     let streams = PipelineStreams {
         activation: inbound.activation,
@@ -530,6 +533,7 @@ impl NodeTask {
         self.own.timestamp_ms = unix_ms();
         // The battery is re-read every time, so a change is announced at the next tick.
         self.own.battery = read_battery();
+        self.own.speculation = *self.speculation.borrow();
         let now = self.now();
         if let Some(ev) = self.membership.observe(self.me, self.own.clone(), now) {
             self.on_membership(ev);

@@ -25,7 +25,7 @@ use shoal_keys::{Identity, NodeId};
 use shoal_model::{Sampler, SamplingConfig};
 use shoal_protocol::{
     Activation, ErrorCode, FinishReason, MAX_DRAFT, PipelineMessage, Plan, Sampled, Sampling,
-    SessionEnd, Signed, TokenReturn,
+    SessionEnd, Signed, SpecFigures, TokenReturn,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -182,6 +182,55 @@ pub(crate) struct Origin {
     pub(crate) options: Options,
     /// The draft model, when `[pipeline] draft_model` is set.
     pub(crate) draft_model: Option<Arc<DraftModel>>,
+    /// Where the measured speculation figures go (the node's capability).
+    pub(crate) spec_report: Option<Arc<SpecReport>>,
+}
+
+/// Weight of the latest generation in the reported running means.
+const SPEC_REPORT_WEIGHT: f64 = 0.3;
+
+/// The running means of positions and tokens per pass over this origin's speculative
+/// generations, sent to the node whenever one ends.
+pub(crate) struct SpecReport {
+    tx: super::SpecReporter,
+    mean: std::sync::Mutex<Option<SpecFigures>>,
+}
+
+impl SpecReport {
+    pub(crate) fn new(tx: super::SpecReporter) -> Self {
+        SpecReport {
+            tx,
+            mean: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Folds one generation's counts in (none without speculative passes).
+    fn record(&self, s: &SpecStats) {
+        let Some(now) = figures(s) else { return };
+        let mut mean = self.mean.lock().unwrap_or_else(|e| e.into_inner());
+        let next = match *mean {
+            None => now,
+            Some(m) => SpecFigures {
+                positions: m.positions + SPEC_REPORT_WEIGHT * (now.positions - m.positions),
+                tokens_per_pass: m.tokens_per_pass
+                    + SPEC_REPORT_WEIGHT * (now.tokens_per_pass - m.tokens_per_pass),
+            },
+        };
+        *mean = Some(next);
+        self.tx.send_replace(Some(next));
+    }
+}
+
+/// A generation's positions and tokens per pass, when it drafted at all.
+fn figures(s: &SpecStats) -> Option<SpecFigures> {
+    if s.passes == 0 || s.drafted == 0 {
+        return None;
+    }
+    let passes = s.passes as f64;
+    Some(SpecFigures {
+        positions: (passes + s.drafted as f64) / passes,
+        tokens_per_pass: (passes + s.accepted as f64) / passes,
+    })
 }
 
 /// Progress through one generation, kept across attempts.
@@ -245,6 +294,9 @@ impl Origin {
             spec: SpecStats::default(),
         };
         let result = self.run(&mut p).await;
+        if let (Ok(g), Some(r)) = (&result, &self.spec_report) {
+            r.record(&g.spec);
+        }
         match &result {
             Ok(g) => self.metrics.generation(g.tokens.len() as u64, g.elapsed),
             Err(_) => self.metrics.generation_error(),
