@@ -10,6 +10,7 @@
 //! Two backends: ONNX Runtime ([`ort_backend`], loaded dynamically, see [`ort_lib`]) and tract
 //! ([`tract_backend`], pure Rust), picked automatically by [`BackendChoice::Auto`].
 
+mod batch;
 pub mod calibrate;
 mod dequant;
 mod ort_backend;

@@ -164,6 +164,61 @@ fn verify_steps_give_every_position_and_roll_back() {
     }
 }
 
+/// A batched decode step of sessions with different cache lengths gives each the logits of
+/// its step run alone, and leaves each cache as a lone step would (the next lone step agrees
+/// too); a session that cannot join (wrong position) is refused before anything runs.
+#[test]
+fn batched_steps_match_lone_steps() {
+    let (dir, m) = model();
+    let mut alone = runner(dir.path(), &m, 8);
+    let mut batched = runner(dir.path(), &m, 8);
+    let prompts: [&[u32]; 3] = [&[256, 10], &[256, 20, 21, 22, 23], &[256, 30, 31, 32]];
+    for (i, p) in prompts.iter().enumerate() {
+        alone
+            .run_at(i as u64, 0, StageInput::Tokens(p.to_vec()))
+            .unwrap();
+        batched
+            .run_at(i as u64, 0, StageInput::Tokens(p.to_vec()))
+            .unwrap();
+    }
+    let close = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs()))
+    };
+    for round in 0..3u32 {
+        let jobs: Vec<(u64, usize, StageInput)> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let start = p.len() + round as usize;
+                (
+                    i as u64,
+                    start,
+                    StageInput::Tokens(vec![40 + round + i as u32]),
+                )
+            })
+            .collect();
+        assert!(jobs.iter().all(|(s, p, i)| batched.batchable(*s, *p, i)));
+        let outs = batched.run_batch(&jobs).unwrap();
+        for ((session, start, input), out) in jobs.into_iter().zip(outs) {
+            let lone = logits(alone.run_at(session, start, input).unwrap());
+            assert!(
+                close(&logits(out), &lone),
+                "round {round}, session {session}"
+            );
+            assert_eq!(batched.session_len(session), alone.session_len(session));
+        }
+    }
+    assert!(!batched.batchable(0, 1, &StageInput::Tokens(vec![1])));
+    assert!(!batched.batchable(0, 5, &StageInput::Tokens(vec![1, 2])));
+    assert!(
+        batched
+            .run_batch(&[(0, 1, StageInput::Tokens(vec![1]))])
+            .is_err()
+    );
+}
+
 #[test]
 fn split_stages_take_and_give_hidden_states() {
     let (dir, m) = model();

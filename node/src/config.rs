@@ -124,6 +124,10 @@ pub struct PipelineConfig {
     /// Folder of a small model (imported like the main one, same vocabulary) that drafts on
     /// this node when the drafter is `model`. Default none.
     pub draft_model: Option<std::path::PathBuf>,
+    /// Most sessions whose decode steps a stage runs in one model call when they wait for it
+    /// together (1: one at a time). Default 1: a batched row's logits agree with its lone
+    /// step's only up to float reassociation (docs/pipeline.md, "Concurrent sessions").
+    pub max_batch: usize,
 }
 
 impl Default for PipelineConfig {
@@ -141,6 +145,7 @@ impl Default for PipelineConfig {
             drafter: crate::pipeline::speculate::DrafterKind::Off,
             max_draft: 6,
             draft_model: None,
+            max_batch: 1,
         }
     }
 }

@@ -193,7 +193,7 @@ impl Pipeline {
         let draft_config = runtime.clone();
         let (model, runtime) = match model_dir {
             Some(dir) => {
-                let (model, runtime) = load_model(dir, runtime, cancel.clone())?;
+                let (model, runtime) = load_model(dir, runtime, options.max_batch, cancel.clone())?;
                 (Some(model), Some(runtime))
             }
             None => (None, None),
@@ -203,6 +203,7 @@ impl Pipeline {
                 dir,
                 draft_config,
                 m.manifest.dims.vocab,
+                options.max_batch,
                 cancel.clone(),
             )?)),
             _ => None,
@@ -258,11 +259,12 @@ struct Traffic {
 fn load_model(
     dir: PathBuf,
     config: RuntimeConfig,
+    max_batch: usize,
     cancel: CancellationToken,
 ) -> Result<(LoadedModel, runtime::RuntimeHandle), PipelineError> {
     let manifest = Manifest::load(&dir)?;
     let tokenizer = Tokenizer::load(&dir, &manifest)?;
-    let runtime = runtime::RuntimeHandle::spawn(dir, manifest.clone(), config, cancel);
+    let runtime = runtime::RuntimeHandle::spawn(dir, manifest.clone(), config, max_batch, cancel);
     Ok((
         LoadedModel {
             manifest,

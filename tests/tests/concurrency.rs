@@ -2,7 +2,8 @@
 //! requests with 16 different prompts sent at once each get exactly the tokens of their
 //! prompt run alone; 24 sent at once to a node that runs at most 16 generations
 //! (`pipeline.max_generations`) get either those tokens or an immediate 503 in OpenAI's error
-//! shape with `Retry-After`, never a hang.
+//! shape with `Retry-After`, never a hang. The nodes batch the steps that wait for a stage
+//! together (`pipeline.max_batch = 8`), so the identity also covers batched steps.
 
 // Tests fail by panicking: unwrap and expect are the assertions here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -49,7 +50,7 @@ async fn complete(http: &reqwest::Client, api: &str, i: usize) -> (u16, Option<S
 async fn concurrent_sessions_never_mix_tokens_and_a_full_node_answers_503() {
     let dir = tempfile::tempdir().unwrap();
     let model = synth_model(dir.path());
-    let swarm = start_swarm(dir.path(), &model, 3, 3).await;
+    let swarm = start_swarm_with(dir.path(), &model, 3, 3, "[pipeline]\nmax_batch = 8\n").await;
     let plan = swarm.wait_plan(3, 0, PLAN_TIMEOUT).await.unwrap();
     swarm.wait_ready(&plan, PLAN_TIMEOUT).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -88,6 +89,17 @@ async fn concurrent_sessions_never_mix_tokens_and_a_full_node_answers_503() {
         }
     }
     assert!(refused > 0, "24 requests at once on 16 slots: none refused");
+    let mut batched = 0.0;
+    for i in 0..3 {
+        let metrics = swarm.get_text(i, "/metrics").await.unwrap();
+        batched += metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("shoal_batched_steps_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert!(batched > 0.0, "no stage step ran in a batch");
+    eprintln!("{batched} stage steps ran in batches");
     eprintln!("{refused} of {} refused with 503", SLOTS + 8);
     swarm.shutdown().await;
 }

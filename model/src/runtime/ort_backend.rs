@@ -40,6 +40,24 @@ pub(crate) struct OrtKv {
 }
 
 impl OrtKv {
+    /// The cache from host keys and values `[1,KV,P,D]`.
+    pub(crate) fn from_host(key: Activation, value: Activation) -> Result<Self> {
+        let t = |a: Activation| -> Result<DynValue> {
+            Ok(Tensor::from_array((dims(&a.shape), a.data))
+                .map_err(err)?
+                .into_dyn())
+        };
+        Ok(OrtKv {
+            key: t(key)?,
+            value: t(value)?,
+        })
+    }
+
+    /// The cached keys and values on the host, with their shape `[1,KV,P,D]`.
+    pub(crate) fn to_host(&self) -> Result<(Activation, Activation)> {
+        Ok((host(&self.key)?, host(&self.value)?))
+    }
+
     /// Keeps the first `keep` positions of the cache (a rejected speculation's are dropped).
     pub(crate) fn truncate(&mut self, keep: usize) -> Result<()> {
         let cut = |v: &DynValue| -> Result<DynValue> {
@@ -158,6 +176,48 @@ impl OrtShard {
         let value = take(&mut out, names::PRESENT_VALUE)?;
         *kv = Some(OrtKv { key, value });
         Ok(Hidden::Ort(hidden))
+    }
+
+    /// Embedding of one token per row: ids `[B,1]` to hidden states `[B,1,H]`.
+    pub(crate) fn embed_rows(&mut self, ids: &[i64]) -> Result<Hidden> {
+        let t = Tensor::from_array((vec![ids.len() as i64, 1], ids.to_vec())).map_err(err)?;
+        let mut out = self
+            .session
+            .run(ort::inputs![names::INPUT_IDS => t])
+            .map_err(err)?;
+        take(&mut out, names::HIDDEN_OUT).map(Hidden::Ort)
+    }
+
+    /// One decoder layer over a batch of rows with explicit caches: `mask` `[B, P+1]`, `pos`
+    /// `[B,1]`, past keys and values `[B,KV,P,D]` (`past_shape`); returns the hidden states
+    /// and the present keys and values on the host.
+    pub(crate) fn layer_rows(
+        &mut self,
+        hidden: Hidden,
+        (mask, pos): (&[i64], &[i64]),
+        past_shape: [usize; 4],
+        (past_key, past_value): (Vec<f32>, Vec<f32>),
+    ) -> Result<(Hidden, Activation, Activation)> {
+        let b = past_shape[0] as i64;
+        let h = value(hidden)?;
+        let m = Tensor::from_array((vec![b, mask.len() as i64 / b], mask.to_vec())).map_err(err)?;
+        let p = Tensor::from_array((vec![b, 1i64], pos.to_vec())).map_err(err)?;
+        let kv = |data: Vec<f32>| Tensor::from_array((dims(&past_shape), data)).map_err(err);
+        let (k, v) = (kv(past_key)?, kv(past_value)?);
+        let mut out = self
+            .session
+            .run(ort::inputs![
+                names::HIDDEN => h,
+                names::ATTENTION_MASK => m,
+                names::POSITION_IDS => p,
+                names::PAST_KEY => k,
+                names::PAST_VALUE => v,
+            ])
+            .map_err(err)?;
+        let hidden = take(&mut out, names::HIDDEN_OUT)?;
+        let key = host(&take(&mut out, names::PRESENT_KEY)?)?;
+        let value = host(&take(&mut out, names::PRESENT_VALUE)?)?;
+        Ok((Hidden::Ort(hidden), key, value))
     }
 
     /// Head: hidden states to logits.

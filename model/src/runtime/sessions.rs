@@ -57,6 +57,13 @@ impl<S> SessionTable<S> {
         self.map.get_mut(&id).map(|(s, _)| s)
     }
 
+    /// Marks `id` as used at `now`.
+    pub(crate) fn touch(&mut self, id: u64, now: Instant) {
+        if let Some((_, t)) = self.map.get_mut(&id) {
+            *t = now;
+        }
+    }
+
     /// Forgets `id`; whether it existed.
     pub(crate) fn remove(&mut self, id: u64) -> bool {
         self.map.remove(&id).is_some()

@@ -210,6 +210,7 @@ pub(crate) async fn start_swarm(
     model: &std::path::Path,
     nodes: usize,
     dir: &std::path::Path,
+    extra_config: &str,
 ) -> anyhow::Result<LocalSwarm> {
     let fraction = shoal_node::config::Config::default()
         .planner
@@ -221,7 +222,7 @@ pub(crate) async fn start_swarm(
         model: model.to_path_buf(),
         memory: vec![budget; nodes],
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "warn".into()),
-        extra_config: String::new(),
+        extra_config: extra_config.to_string(),
     };
     Ok(LocalSwarm::start(&opts).await?)
 }
@@ -233,7 +234,7 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         .context("SIGTERM handler")?;
     // Dropping the half-started swarm on a signal kills its children (kill_on_drop).
     let swarm = tokio::select! {
-        s = start_swarm(model.dir(), args.nodes, dir) => s?,
+        s = start_swarm(model.dir(), args.nodes, dir, "") => s?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
         _ = term.recv() => bail!("terminated"),
     };

@@ -39,6 +39,7 @@ impl DraftModel {
         dir: &Path,
         config: RuntimeConfig,
         vocab: usize,
+        max_batch: usize,
         cancel: CancellationToken,
     ) -> Result<Self, shoal_model::Error> {
         let manifest = Manifest::load(dir)?;
@@ -49,7 +50,7 @@ impl DraftModel {
             )));
         }
         let layers = 0..manifest.planner_layers();
-        let runtime = RuntimeHandle::spawn(dir.to_path_buf(), manifest, config, cancel);
+        let runtime = RuntimeHandle::spawn(dir.to_path_buf(), manifest, config, max_batch, cancel);
         Ok(DraftModel {
             runtime,
             layers,

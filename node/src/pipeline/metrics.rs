@@ -48,6 +48,7 @@ pub struct Metrics {
     generations: AtomicU64,
     generation_errors: AtomicU64,
     failovers: AtomicU64,
+    batched_steps: AtomicU64,
     in_flight: AtomicU64,
     loaded_epoch: AtomicU64,
     generation_s: Mutex<f64>,
@@ -135,6 +136,11 @@ impl Metrics {
         self.failovers.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a stage step that ran in one model call with other sessions' steps.
+    pub fn batched_step(&self) {
+        self.batched_steps.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Marks a generation as started; the guard marks it finished when dropped.
     pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +194,12 @@ impl Metrics {
                 "counter",
                 "Retries of a generation on a new plan.",
                 load(&self.failovers) as f64,
+            ),
+            (
+                "shoal_batched_steps_total",
+                "counter",
+                "Stage steps computed in one model call with other sessions' steps.",
+                load(&self.batched_steps) as f64,
             ),
             (
                 "shoal_generations_in_flight",

@@ -11,6 +11,7 @@
 //! [`JOB_QUEUE`] jobs wait, senders wait too. Jobs run in arrival order, so a `Load` for a new
 //! plan finishes before the activations that follow it.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,8 +50,10 @@ pub enum RuntimeError {
 pub struct Computed {
     /// Hidden states or logits.
     pub output: StageOutput,
-    /// Wall time of the shards.
+    /// Wall time of the shards (of the whole batch when it ran in one).
     pub compute: Duration,
+    /// Sessions in the model call that computed it (1: alone).
+    pub batch: usize,
 }
 
 enum Job {
@@ -97,6 +100,7 @@ impl RuntimeHandle {
         dir: PathBuf,
         manifest: Manifest,
         config: RuntimeConfig,
+        max_batch: usize,
         stop: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(JOB_QUEUE);
@@ -109,7 +113,7 @@ impl RuntimeHandle {
             let _guard = guard;
             std::future::pending::<()>().await
         });
-        tokio::task::spawn_blocking(move || run(dir, manifest, config, rx, stop));
+        tokio::task::spawn_blocking(move || run(dir, manifest, config, max_batch, rx, stop));
         RuntimeHandle { tx }
     }
 
@@ -161,27 +165,38 @@ impl RuntimeHandle {
     }
 }
 
-/// The thread's loop: one job at a time until `stop` or every handle is gone. Jobs still
-/// queued at the stop are dropped, so their senders see [`RuntimeError::Stopped`].
+/// The thread's loop: one job at a time until `stop` or every handle is gone, except that
+/// decode steps of different sessions waiting together run as one batch (up to `max_batch`;
+/// [`StageRunner::run_batch`]): after taking a step the thread takes every job already
+/// queued behind it, runs the batchable steps together, then the rest in arrival order. Jobs
+/// still queued at the stop are dropped, so their senders see [`RuntimeError::Stopped`].
 fn run(
     dir: PathBuf,
     manifest: Manifest,
     config: RuntimeConfig,
+    max_batch: usize,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
     // Dropped when the loop ends: the sessions are released on this thread, before the
     // runtime's shutdown returns.
     let mut runner: Option<StageRunner> = None;
+    let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
-        let next = futures::executor::block_on(async {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => None,
-                job = rx.recv() => job,
-            }
-        });
+        let next = match pending.pop_front() {
+            Some(job) => Some(job),
+            None => futures::executor::block_on(async {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => None,
+                    job = rx.recv() => job,
+                }
+            }),
+        };
         let Some(job) = next else { break };
+        if stop.is_cancelled() {
+            break;
+        }
         match job {
             Job::Load { layers, reply } => {
                 let loaded = runner.as_ref().map(|r| r.layers());
@@ -203,29 +218,174 @@ fn run(
                 outputs,
                 reply,
             } => {
-                let result = match runner.as_mut() {
-                    None => Err(RuntimeError::NotLoaded),
-                    Some(r) if r.layers() != layers => Err(RuntimeError::WrongRange {
-                        loaded: r.layers(),
-                        wanted: layers,
-                    }),
-                    Some(r) => {
-                        let t = Instant::now();
-                        r.run_verify(session, position, input, outputs)
-                            .map(|output| Computed {
-                                output,
-                                compute: t.elapsed(),
-                            })
-                            .map_err(RuntimeError::from)
-                    }
+                let first = RunJob {
+                    layers,
+                    session,
+                    position,
+                    input,
+                    outputs,
+                    reply,
                 };
-                let _ = reply.send(result);
+                let batch = match runner.as_ref() {
+                    Some(r) if max_batch > 1 && first.batchable(r) => {
+                        gather(first, r, max_batch, &mut rx, &mut pending)
+                    }
+                    _ => vec![first],
+                };
+                if batch.len() > 1
+                    && let Some(r) = runner.as_mut()
+                {
+                    run_batch(r, batch);
+                } else {
+                    for job in batch {
+                        run_one(runner.as_mut(), job);
+                    }
+                }
             }
             Job::Drop { session } => {
                 if let Some(r) = runner.as_mut() {
                     r.drop_session(session);
                     r.evict_idle(Instant::now());
                 }
+            }
+        }
+    }
+}
+
+/// A step job taken apart.
+struct RunJob {
+    layers: Range<usize>,
+    session: u64,
+    position: usize,
+    input: StageInput,
+    outputs: usize,
+    reply: oneshot::Sender<Result<Computed, RuntimeError>>,
+}
+
+impl RunJob {
+    /// Whether this step may join a batch on `r`: the loaded layers, one output, a step that
+    /// extends its session by one position.
+    fn batchable(&self, r: &StageRunner) -> bool {
+        r.layers() == self.layers
+            && self.outputs == 1
+            && r.batchable(self.session, self.position, &self.input)
+    }
+}
+
+/// `first` and the batchable steps of other sessions already waiting (in `pending`, then in
+/// the queue), at most `max` in all; every other job taken stays in `pending`, in order.
+fn gather(
+    first: RunJob,
+    r: &StageRunner,
+    max: usize,
+    rx: &mut mpsc::Receiver<Job>,
+    pending: &mut VecDeque<Job>,
+) -> Vec<RunJob> {
+    let mut batch = vec![first];
+    let mut rest: VecDeque<Job> = VecDeque::new();
+    while batch.len() < max {
+        let job = match pending.pop_front() {
+            Some(j) => j,
+            None => match rx.try_recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+        };
+        match job {
+            Job::Run {
+                layers,
+                session,
+                position,
+                input,
+                outputs,
+                reply,
+            } => {
+                let j = RunJob {
+                    layers,
+                    session,
+                    position,
+                    input,
+                    outputs,
+                    reply,
+                };
+                let fresh = batch.iter().all(|b| b.session != j.session);
+                if fresh && j.batchable(r) {
+                    batch.push(j);
+                    continue;
+                }
+                rest.push_back(Job::Run {
+                    layers: j.layers,
+                    session: j.session,
+                    position: j.position,
+                    input: j.input,
+                    outputs: j.outputs,
+                    reply: j.reply,
+                });
+                if !fresh {
+                    // A later step of a session in the batch waits for it.
+                    break;
+                }
+            }
+            other => {
+                // A load or drop keeps its place after the steps before it.
+                rest.push_back(other);
+                break;
+            }
+        }
+    }
+    rest.append(pending);
+    *pending = rest;
+    batch
+}
+
+/// Runs one step alone.
+fn run_one(runner: Option<&mut StageRunner>, job: RunJob) {
+    let result = match runner {
+        None => Err(RuntimeError::NotLoaded),
+        Some(r) if r.layers() != job.layers => Err(RuntimeError::WrongRange {
+            loaded: r.layers(),
+            wanted: job.layers,
+        }),
+        Some(r) => {
+            let t = Instant::now();
+            r.run_verify(job.session, job.position, job.input, job.outputs)
+                .map(|output| Computed {
+                    output,
+                    compute: t.elapsed(),
+                    batch: 1,
+                })
+                .map_err(RuntimeError::from)
+        }
+    };
+    let _ = job.reply.send(result);
+}
+
+/// Runs batchable steps together; each gets its own output and the batch's time.
+fn run_batch(r: &mut StageRunner, batch: Vec<RunJob>) {
+    let t = Instant::now();
+    let (jobs, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|j| ((j.session, j.position, j.input), j.reply))
+        .unzip();
+    let n = jobs.len();
+    match r.run_batch(&jobs) {
+        Ok(outputs) => {
+            let compute = t.elapsed();
+            for (output, reply) in outputs.into_iter().zip(replies) {
+                let _ = reply.send(Ok(Computed {
+                    output,
+                    compute,
+                    batch: n,
+                }));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, sessions = n, "a batched step failed");
+            let msg = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(RuntimeError::Model(shoal_model::Error::BadInput(
+                    msg.clone(),
+                ))));
             }
         }
     }
@@ -251,7 +411,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let stop = CancellationToken::new();
-            let h = RuntimeHandle::spawn(dir, manifest, RuntimeConfig::default(), stop.clone());
+            let h = RuntimeHandle::spawn(dir, manifest, RuntimeConfig::default(), 8, stop.clone());
             h.load(all.clone()).await.expect("loads before the stop");
             stop.cancel();
             let after = tokio::time::timeout(Duration::from_secs(30), h.load(all)).await;
@@ -276,6 +436,7 @@ mod tests {
                     dir,
                     manifest,
                     RuntimeConfig::default(),
+                    8,
                     CancellationToken::new(),
                 );
                 h.load(all).await.expect("loads");

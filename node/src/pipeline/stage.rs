@@ -325,6 +325,9 @@ impl StageCtx {
         };
         self.metrics
             .stage_compute(asg.index as u32, &asg.label(), computed.compute);
+        if computed.batch > 1 {
+            self.metrics.batched_step();
+        }
         match (computed.output, asg.next) {
             (StageOutput::Hidden(h), Some(next)) => {
                 let body = Activation {

@@ -31,6 +31,10 @@ pub(crate) struct ConcurrentArgs {
     /// Concurrent requests per level, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 8, 16])]
     levels: Vec<usize>,
+    /// Sessions a stage runs in one model call (`[pipeline] max_batch` of every node; 1: one
+    /// at a time).
+    #[arg(long, default_value_t = 1)]
+    max_batch: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -72,7 +76,10 @@ pub(crate) fn run(args: &ConcurrentArgs) -> anyhow::Result<()> {
             .iter()
             .map(|l| json!({"concurrent": l.concurrent, "tokens": l.tokens, "wall_s": l.wall_s, "tokens_per_s": l.tokens as f64 / l.wall_s, "p50_ms": l.p50_ms, "p95_ms": l.p95_ms, "identical": l.identical}))
             .collect();
-        println!("{}", json!({"nodes": args.nodes, "levels": rows}));
+        println!(
+            "{}",
+            json!({"nodes": args.nodes, "max_batch": args.max_batch, "levels": rows})
+        );
         return Ok(());
     }
     println!(
@@ -107,7 +114,8 @@ async fn bench(
     model: &std::path::Path,
     dir: &std::path::Path,
 ) -> anyhow::Result<Vec<Level>> {
-    let swarm = super::super::demo::start_swarm(model, args.nodes, dir).await?;
+    let extra = format!("[pipeline]\nmax_batch = {}\n", args.max_batch.max(1));
+    let swarm = super::super::demo::start_swarm(model, args.nodes, dir, &extra).await?;
     let result = levels(args, &swarm).await;
     swarm.shutdown().await;
     result

@@ -143,7 +143,7 @@ async fn swarm(
     args: &PipelineArgs,
     dir: &std::path::Path,
 ) -> anyhow::Result<(f64, usize)> {
-    let swarm = super::super::demo::start_swarm(model, args.nodes, &dir.join("swarm")).await?;
+    let swarm = super::super::demo::start_swarm(model, args.nodes, &dir.join("swarm"), "").await?;
     let result = async {
         let plan = swarm
             .wait_plan(args.nodes, 0, std::time::Duration::from_secs(90))
