@@ -47,6 +47,9 @@ impl std::fmt::Display for DrafterKind {
     }
 }
 
+/// A sampling distribution as (token, probability) pairs ([`Sampler::distribution`]).
+pub type Distribution = Vec<(u32, f32)>;
+
 /// Longest n-gram prompt lookup matches.
 pub const NGRAM_MAX: usize = 4;
 /// Shortest n-gram prompt lookup matches (a single token matches too often in prose).
@@ -112,9 +115,9 @@ fn prob(dist: &[(u32, f32)], token: u32) -> f32 {
 /// draft is accepted one more token is drawn from the last position. Each emitted token is
 /// distributed exactly as if sampled from the target one position at a time.
 pub fn accept_sampled(
-    target: &[Vec<(u32, f32)>],
+    target: &[Distribution],
     draft: &[u32],
-    proposal: Option<&[Vec<(u32, f32)>]>,
+    proposal: Option<&[Distribution]>,
     sampler: &mut Sampler,
 ) -> Vec<u32> {
     let mut out = Vec::with_capacity(draft.len() + 1);
@@ -280,7 +283,7 @@ impl Adaptive {
         let plain_measured = self.times[0].is_some_and(|(_, n)| n > 0);
         if self.passes > 0
             && (!plain_measured || self.passes - self.last_plain >= PROBE_EVERY)
-            && self.passes % PROBE_EVERY == 0
+            && self.passes.is_multiple_of(PROBE_EVERY)
         {
             return 0;
         }
@@ -369,7 +372,7 @@ mod tests {
             let mut counts = vec![[0u64; 5]; k + 1];
             let mut accepted = 0usize;
             for _ in 0..trials {
-                let (draft, proposal): (Vec<u32>, Option<Vec<Vec<(u32, f32)>>>) = if model_drafter {
+                let (draft, proposal): (Vec<u32>, Option<Vec<Distribution>>) = if model_drafter {
                     (
                         (0..k).map(|_| drafter.draw(&q)).collect(),
                         Some(vec![q.clone(); k]),

@@ -71,24 +71,6 @@ pub fn input_len(input: &StageInput) -> usize {
     }
 }
 
-/// The last position's logits of a float tensor `[.., V]`.
-pub fn last_logits(t: &Tensor) -> Option<Vec<f32>> {
-    if t.dtype != DType::F32 {
-        return None;
-    }
-    let v = *t.shape.last()? as usize;
-    let n = t.data.len() / 4;
-    if v == 0 || n < v {
-        return None;
-    }
-    Some(
-        t.data[(n - v) * 4..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
-}
-
 /// The rows of a `[.., S, V]` f32 logits tensor, one per position (a speculative step's
 /// verified positions); `None` when it is not one.
 pub fn logits_rows(t: &Tensor) -> Option<Vec<Vec<f32>>> {
@@ -96,7 +78,7 @@ pub fn logits_rows(t: &Tensor) -> Option<Vec<Vec<f32>>> {
         return None;
     }
     let v = *t.shape.last()? as usize;
-    if v == 0 || t.data.len() % (4 * v) != 0 || t.data.is_empty() {
+    if v == 0 || !t.data.len().is_multiple_of(4 * v) || t.data.is_empty() {
         return None;
     }
     Some(
@@ -187,12 +169,6 @@ mod tests {
         let mut negative = tokens_tensor(&[1]);
         negative.data = (-1i64).to_le_bytes().to_vec();
         assert_eq!(stage_input(&negative, true), Err(Refusal::Malformed));
-    }
-
-    #[test]
-    fn last_logits_takes_the_last_row() {
-        let a = shoal_model::Activation::new(vec![1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
-        assert_eq!(last_logits(&float_tensor(&a)), Some(vec![3.0, 4.0]));
     }
 
     #[test]
