@@ -21,3 +21,69 @@ pub fn release_free_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Asks the kernel to reclaim the resident pages of this process's file mappings under `dir` (a
+/// model's folder) and returns how many bytes were mapped there. ONNX Runtime maps a shard's
+/// external weights and, after prepacking them into its own buffers, keeps some mapped whose
+/// pages it no longer reads (measured on Gemma-3-270M q4: the head's `MatMulNBits` scales,
+/// 21 MB, and the embedding table's pages the head's packing touched). `MADV_PAGEOUT` (Linux
+/// 5.4) reclaims clean file pages and never changes what memory holds: a later read faults
+/// the same bytes back from the file, so what is still read (the embedding rows a generation
+/// looks up) returns, and only that. Pages another mapping also holds are left by the kernel,
+/// and so are pages a private mapping has written (ONNX Runtime maps external data
+/// `rw-p`; without swap, anonymous pages stay). Because the advice cannot destroy data, a
+/// mapping replaced between reading `/proc/self/maps` and the call is harmless. Elsewhere it
+/// does nothing and returns 0.
+pub fn release_file_pages(dir: &std::path::Path) -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(dir) = dir.canonicalize() else {
+            return 0;
+        };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return 0;
+        };
+        let mut bytes = 0;
+        for line in maps.lines() {
+            // start-end perms offset dev inode path
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Some(path) = f.nth(3) else {
+                continue;
+            };
+            if !std::path::Path::new(path).starts_with(&dir) {
+                continue;
+            }
+            if !perms.starts_with('r') {
+                continue;
+            }
+            let Some((start, end)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            // SAFETY: `MADV_PAGEOUT` is a hint that only moves pages out of memory (clean file
+            // pages dropped, others written back or left); contents are never changed, so no
+            // memory this process uses, mapped here or not, is affected.
+            #[allow(unsafe_code)]
+            let rc = unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT)
+            };
+            if rc == 0 {
+                bytes += (end - start) as u64;
+            }
+        }
+        bytes
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        0
+    }
+}

@@ -300,6 +300,8 @@ impl StageRunner {
             .unwrap_or_default();
         // Graph copies and load-time buffers freed by the engines stay resident otherwise.
         crate::heap::release_free_heap();
+        // Weight pages ONNX Runtime keeps mapped after prepacking them (crate::heap).
+        crate::heap::release_file_pages(dir);
         tracing::info!(?layers, %backend, %dtype, "stage loaded");
         match (backend, dtype) {
             (_, WeightDtype::F32) => {}
