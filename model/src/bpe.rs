@@ -6,7 +6,7 @@
 //! that is about 70 MB of live heap, more than 90 MB resident after the parse's fragmentation
 //! (`tests/gemma_rss.rs`). [`CompactBpe`] holds the same model in a few flat arrays: every
 //! token's bytes in one buffer, a span per id, an open-addressing table of ids keyed by the
-//! text's hash, and the merges sorted by pair (about 14 MB for Gemma-3). It implements the
+//! text's hash, and the merges sorted by pair (15.8 MB of heap for Gemma-3). It implements the
 //! crate's [`Model`] trait with the crate's own merge order (lowest rank first, leftmost
 //! first among equal ranks; byte fallback and unknown-token fusing as the crate does them), so
 //! the crate's normalizer, pre-tokenizer, added vocabulary, post-processor and decoder run

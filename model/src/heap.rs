@@ -1,13 +1,17 @@
-//! Returning freed heap to the operating system after a large load.
+//! Returning memory a load no longer needs to the operating system: freed heap, and pages of
+//! mapped weight files.
 //!
-//! Loading a model's pieces allocates far more than it keeps: `tokenizers` parses Gemma-3's
-//! 33 MB `tokenizer.json` (262144 tokens, 514906 merges) through about 350 MB of temporaries
-//! and keeps about 95 MB; ONNX Runtime builds each shard's graph, reads and prepacks its
-//! weights, then frees the graph copies. glibc's `malloc` keeps such freed chunks in the
-//! process (interleaved with live ones, so the heap top cannot shrink), and they stay resident:
-//! measured on Gemma-3-270M q4, 180 MB after the tokenizer and about 120 MB after the shards
-//! (`tests/gemma_rss.rs`). [`release_free_heap`] hands those pages back; the loaders call it
-//! when they finish. On other C libraries it does nothing.
+//! Loading a model's pieces allocates far more than it keeps: the `tokenizers` crate's own
+//! parse of Gemma-3's 33 MB `tokenizer.json` went through about 350 MB of temporaries (the
+//! compact model of [`crate::bpe`] now reads it through about 55 MB); ONNX Runtime builds each
+//! shard's graph, reads and prepacks its weights, then frees the graph copies. glibc's
+//! `malloc` keeps such freed chunks in the process (interleaved with live ones, so the heap
+//! top cannot shrink), and they stay resident: measured on Gemma-3-270M q4, 180 MB after the
+//! crate's tokenizer parse and about 120 MB after the shards (`tests/gemma_rss.rs`).
+//! [`release_free_heap`] hands those pages back; the loaders call it when they finish, and a
+//! `StageRunner` when it is dropped. [`release_file_pages`] does the same for the pages of
+//! weight files ONNX Runtime keeps mapped after prepacking them. On other C libraries and
+//! systems they do nothing.
 
 /// Returns the free pages of every `malloc` arena to the operating system (glibc's
 /// `malloc_trim(0)`, which also releases whole free pages in the middle of the heap, not only
