@@ -80,7 +80,7 @@ pub fn export(
     let dtype = dtype_of(opts.quant);
     // The embedding and the head (one matrix when tied) stay at 8 bits under q4, as llama.cpp's
     // Q4_K_M keeps them at 6: at 4 bits Gemma-3-270M's greedy continuation flipped.
-    let table_quant = opts.quant.map(QuantSpec::for_table);
+    let table_quant = opts.quant.map(|q| q.for_table(d.hidden));
     let table_dtype = dtype_of(table_quant);
     let mut g = GraphBuilder::new("embedding");
     g.set_quant(table_quant);

@@ -10,6 +10,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod bpe;
 pub mod error;
 pub mod export;
 pub mod generate;

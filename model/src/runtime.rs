@@ -289,6 +289,16 @@ pub struct StageRunner {
     ort_log: Option<OrtLog>,
 }
 
+impl Drop for StageRunner {
+    /// Drops the shards (their sessions' prepacked weights are most of a runner's memory),
+    /// then hands the freed heap back to the operating system, as a load does: otherwise a
+    /// node that drops a stage keeps its pages resident until the next load.
+    fn drop(&mut self) {
+        self.shards.clear();
+        crate::heap::release_free_heap();
+    }
+}
+
 impl std::fmt::Debug for StageRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StageRunner")
@@ -340,6 +350,8 @@ impl StageRunner {
             .unwrap_or_default();
         // Graph copies and load-time buffers freed by the engines stay resident otherwise.
         crate::heap::release_free_heap();
+        // Weight pages ONNX Runtime keeps mapped after prepacking them (crate::heap).
+        crate::heap::release_file_pages(dir);
         tracing::info!(?layers, %backend, %dtype, "stage loaded");
         match (backend, dtype) {
             (_, WeightDtype::F32) => {}

@@ -1,4 +1,5 @@
-//! Text to token ids and back, with the model's `tokenizer.json` (the `tokenizers` crate), the
+//! Text to token ids and back, with the model's `tokenizer.json` (the `tokenizers` crate's
+//! pipeline; a BPE model held compactly by [`crate::bpe`]), the
 //! BOS rule from `tokenizer_config.json` (`add_bos_token`), and its Jinja `chat_template`
 //! (rendered with minijinja, as Hugging Face's `apply_chat_template` does).
 
@@ -9,7 +10,7 @@ use crate::manifest::Manifest;
 
 /// A model's tokenizer.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: crate::bpe::TokenizerCore,
     bos: Option<u32>,
     add_bos: bool,
     chat: Option<ChatTemplate>,
@@ -40,8 +41,10 @@ impl Tokenizer {
             return Ok(None);
         };
         let path = dir.join(file);
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+        let inner = crate::bpe::load(&text)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        drop(text);
         let mut add_bos = false;
         let mut chat = None;
         if let Some(cfg) = &manifest.tokenizer_config {

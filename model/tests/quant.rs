@@ -216,7 +216,9 @@ fn figures_are_the_stored_bytes_and_a_tied_head_shares_them() {
         stored.extend(external);
     }
     let d = &m.dims;
-    let spec = spec(WeightDtype::Q8).unwrap();
+    // The table's spec: 8 bits, blocks of TABLE_BLOCK_SIZE where the hidden size allows.
+    let spec = spec(WeightDtype::Q4).unwrap().for_table(d.hidden);
+    assert_eq!(spec.bits, 8);
     let packed = (d.vocab * spec.row_bytes(d.hidden)) as u64;
     // The embedding reads one packed row with its scales per token.
     assert_eq!(
