@@ -117,7 +117,7 @@ pub struct PipelineConfig {
     /// Speculative decoding's drafter for generations this node runs as origin, unless the
     /// request names one: `off`, `ngram` (prompt lookup) or `model` (needs `draft_model`).
     /// Default `off`.
-    pub drafter: crate::pipeline::speculate::DrafterKind,
+    pub drafter: DrafterKind,
     /// Most draft tokens per pass (1..=8); the number used adapts to the measured acceptance
     /// rate and pass time. Default 6.
     pub max_draft: usize,
@@ -142,7 +142,7 @@ impl Default for PipelineConfig {
             transient_pause_ms: 250,
             max_inbound: 32,
             max_generations: 16,
-            drafter: crate::pipeline::speculate::DrafterKind::Off,
+            drafter: DrafterKind::Off,
             max_draft: 6,
             draft_model: None,
             max_batch: 1,
@@ -166,6 +166,46 @@ impl PipelineConfig {
     /// `transient_pause_ms` as a duration.
     pub(crate) fn transient_pause(&self) -> Duration {
         Duration::from_millis(self.transient_pause_ms)
+    }
+}
+
+/// Where speculative decoding's draft tokens come from (`[pipeline] drafter`, or a request's
+/// `speculation`; docs/pipeline.md, "Speculative decoding").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrafterKind {
+    /// No speculation: one token per pass.
+    #[default]
+    Off,
+    /// Prompt lookup: the tokens that followed the latest earlier occurrence of the history's
+    /// last n-gram (no second model; works on every model).
+    Ngram,
+    /// A small draft model run on the origin (`draft_model`; same vocabulary).
+    Model,
+}
+
+impl std::str::FromStr for DrafterKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(DrafterKind::Off),
+            "ngram" => Ok(DrafterKind::Ngram),
+            "model" => Ok(DrafterKind::Model),
+            other => Err(format!(
+                "unknown drafter {other:?}: expected off, ngram or model"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DrafterKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DrafterKind::Off => "off",
+            DrafterKind::Ngram => "ngram",
+            DrafterKind::Model => "model",
+        })
     }
 }
 

@@ -5,47 +5,9 @@
 //! controller that picks how many tokens to draft from the measured acceptance rate and the
 //! measured cost of a pass. No IO; the origin (`origin.rs`) drives it.
 
-use serde::{Deserialize, Serialize};
 use shoal_model::Sampler;
 
-/// Where draft tokens come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DrafterKind {
-    /// No speculation: one token per pass.
-    #[default]
-    Off,
-    /// Prompt lookup: the tokens that followed the latest earlier occurrence of the history's
-    /// last n-gram (no second model; works on every model).
-    Ngram,
-    /// A small draft model run on the origin (`speculation.draft_model`; same vocabulary).
-    Model,
-}
-
-impl std::str::FromStr for DrafterKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "off" => Ok(DrafterKind::Off),
-            "ngram" => Ok(DrafterKind::Ngram),
-            "model" => Ok(DrafterKind::Model),
-            other => Err(format!(
-                "unknown drafter {other:?}: expected off, ngram or model"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for DrafterKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DrafterKind::Off => "off",
-            DrafterKind::Ngram => "ngram",
-            DrafterKind::Model => "model",
-        })
-    }
-}
+pub use crate::config::DrafterKind;
 
 /// A sampling distribution as (token, probability) pairs ([`Sampler::distribution`]).
 pub type Distribution = Vec<(u32, f32)>;
