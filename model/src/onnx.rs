@@ -233,17 +233,7 @@ impl GraphBuilder {
 
     /// Adds a weight taken from the checkpoint tensor `source` and returns its value name.
     pub fn weight(&mut self, source: &str, dims: Vec<usize>, data: Vec<f32>) -> String {
-        let name = source.to_owned();
-        if !self.inits.iter().any(|i| i.name == name) {
-            self.inits.push(Initializer {
-                name: name.clone(),
-                dims,
-                data: InitData::F32(data),
-                source: Some(source.to_owned()),
-                slice_of: None,
-            });
-        }
-        name
+        self.add_derived(source, dims, InitData::F32(data), None)
     }
 
     /// Adds the weight `source` (f32 values) stored as f16 under the key `{source}@f16` and
@@ -253,13 +243,7 @@ impl GraphBuilder {
         let name = format!("{source}@f16");
         if !self.inits.iter().any(|i| i.name == name) {
             let data = data.iter().map(|v| half::f16::from_f32(*v)).collect();
-            self.inits.push(Initializer {
-                name: name.clone(),
-                dims,
-                data: InitData::F16(data),
-                source: Some(name.clone()),
-                slice_of: None,
-            });
+            self.add_derived(&name, dims, InitData::F16(data), None);
         }
         self.cast(&name, DType::F32)
     }

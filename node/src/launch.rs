@@ -8,6 +8,9 @@
 //! `shoal-ready` line for a bootstrap address, then starts the others against it. Each
 //! child's stderr goes to `node<i>.log` in the work directory. Dropping the swarm kills every
 //! child that is still running; [`LocalSwarm::shutdown`] first asks them to stop (SIGTERM).
+//! [`gemma`] finds the fetched Gemma-3-270M and its q4 shards.
+
+pub mod gemma;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -9,11 +9,11 @@
 //! real time on a shared machine). Needs root and the fetched Gemma (`scripts/fetch-gemma.sh`);
 //! prints SKIP otherwise.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
+use shoal_node::launch;
 use shoal_tests::netns::swarm::{self, NodeSpec};
 use shoal_tests::netns::{self, LinkProfile, Testbed, http};
 
@@ -29,30 +29,6 @@ const CODE: &str = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    re
 /// tokens (every prompt tried did; this one writes about 40 distinct tokens first), so lookup
 /// hits there too, later.
 const PROSE: &str = "Q: What are the main causes of the French Revolution? A:";
-
-/// The fetched Gemma's q4 shards (`shoal demo`'s, or imported into `dir` now), if fetched.
-fn gemma(dir: &Path) -> Result<Option<PathBuf>> {
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma3-270m");
-    let (gguf, tokenizer) = (
-        cache.join("gemma-3-270m-q4_k_m.gguf"),
-        cache.join("tokenizer.json"),
-    );
-    if !gguf.is_file() || !tokenizer.is_file() {
-        return Ok(None);
-    }
-    let shards = cache.join("shards-q4");
-    if shards.join("manifest.json").is_file() {
-        return Ok(Some(shards));
-    }
-    let out = dir.join("gemma-q4");
-    let quant = shoal_model::QuantSpec::new(
-        shoal_model::WeightDtype::Q4,
-        shoal_model::quant::DEFAULT_BLOCK_SIZE,
-    )?;
-    shoal_model::gguf::import_as(&gguf, Some(&tokenizer), &out, true, quant)
-        .context("importing Gemma")?;
-    Ok(Some(out))
-}
 
 /// One timed greedy generation of `prompt` at node 0 with `drafter`.
 struct Row {
@@ -109,11 +85,14 @@ fn speculation_on_weak_links_keeps_the_output_and_saves_passes() -> Result<()> {
         LinkProfile::new(80.0, 15.0, 5.0, 2),
     ];
     let mut bed = Testbed::new("spec", &profiles)?;
-    let Some(model) = gemma(bed.log_dir())? else {
+    let Some(model) = launch::gemma::fetched_gemma()
+        .map(|d| launch::gemma::gemma_shards(&d))
+        .transpose()?
+    else {
         eprintln!("SKIP netns_speculation: Gemma-3-270M not fetched; run scripts/fetch-gemma.sh");
         return Ok(());
     };
-    let budget = shoal_node::launch::spanning_budget(&model, 3, 0.8)?;
+    let budget = launch::spanning_budget(&model, 3, 0.8)?;
     let secrets = swarm::secrets_where(3, 0, |ids| {
         (1..=MAX_EPOCH).all(|e| shoal_node::coordinator::coordinator(e, ids) == Some(ids[0]))
     })?;

@@ -11,7 +11,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 const PROMPT: [u32; 4] = [87, 104, 121, 32];
 const MAX_TOKENS: usize = 160;
@@ -69,44 +68,17 @@ async fn disturb_the_middle_stage(signal: &str) {
     );
 
     // Stream the same request; kill the middle stage once KILL_AFTER tokens arrived.
-    let mut streamed: Vec<u32> = Vec::new();
-    let mut killed_at: Option<Instant> = None;
-    let mut last: Option<Value> = None;
     let pid = swarm.nodes[middle].pid().unwrap();
     let request = greedy_request(&PROMPT, MAX_TOKENS, true);
-    let status = swarm
-        .post_sse(origin, "/v1/completions", &request, |d| {
-            if d == "[DONE]" {
-                return;
-            }
-            let v: Value = serde_json::from_str(d).unwrap();
-            for t in v["choices"][0]["token_ids"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-            {
-                streamed.push(t.as_u64().unwrap() as u32);
-            }
-            if streamed.len() >= KILL_AFTER && killed_at.is_none() {
-                // From outside, as an operator (or a crash) would.
-                let ok = std::process::Command::new("kill")
-                    .args([signal, &pid.to_string()])
-                    .status()
-                    .unwrap();
-                assert!(ok.success());
-                killed_at = Some(Instant::now());
-            }
-            last = Some(v);
-        })
-        .await
-        .unwrap();
+    let run = stream_disturbed(&swarm, origin, &request, (pid, signal), KILL_AFTER).await;
+    let (streamed, last) = (run.tokens, run.last);
     let done = Instant::now();
-    let killed_at = killed_at.expect("the kill happened mid-generation");
+    let killed_at = run.signalled_at.expect("the kill happened mid-generation");
     let slow = done - killed_at >= Duration::from_secs(10);
     if slow || streamed != expected || last.as_ref().is_none_or(|v| v.get("error").is_some()) {
         dump_logs(&swarm);
     }
-    assert_eq!(status, 200);
+    assert_eq!(run.status, 200);
     assert!(
         last.as_ref().is_some_and(|v| v.get("error").is_none()),
         "ended with {last:?}"

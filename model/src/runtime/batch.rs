@@ -150,6 +150,7 @@ impl StageRunner {
                     let h = hidden
                         .take()
                         .ok_or_else(|| Error::BadInput("no hidden states".to_owned()))?;
+                    // Each row's cache, read in place and copied once, into the padding.
                     let mut keys = Vec::with_capacity(b);
                     let mut values = Vec::with_capacity(b);
                     for (session, _, _) in jobs {
@@ -158,17 +159,16 @@ impl StageRunner {
                             .get(*session)
                             .ok_or_else(|| Error::BadInput(format!("no session {session}")))?;
                         let (k, v) = match &state.kv[kv_i] {
-                            Kv::Ort(Some(kv)) => kv.to_host()?,
+                            Kv::Ort(Some(kv)) => kv.values()?,
                             _ => return Err(Error::BadInput("no cache to extend".into())),
                         };
-                        keys.push(k.data);
-                        values.push(v.data);
+                        keys.push(k);
+                        values.push(v);
                     }
-                    let pad = |rows: &[Vec<f32>]| {
-                        let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
-                        pad_caches(&refs, &lens, heads, dim, max)
-                    };
-                    let past = (pad(&keys), pad(&values));
+                    let past = (
+                        pad_caches(&keys, &lens, heads, dim, max),
+                        pad_caches(&values, &lens, heads, dim, max),
+                    );
                     let (out, key, value) =
                         shard.layer_rows(h, (&mask, &pos), [b, heads, max, dim], past)?;
                     for (row, (session, _, _)) in jobs.iter().enumerate() {

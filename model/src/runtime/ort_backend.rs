@@ -53,9 +53,12 @@ impl OrtKv {
         })
     }
 
-    /// The cached keys and values on the host, with their shape `[1,KV,P,D]`.
-    pub(crate) fn to_host(&self) -> Result<(Activation, Activation)> {
-        Ok((host(&self.key)?, host(&self.value)?))
+    /// The cached keys and values `[1,KV,P,D]`, read in place.
+    pub(crate) fn values(&self) -> Result<(&[f32], &[f32])> {
+        fn data(v: &DynValue) -> Result<&[f32]> {
+            v.try_extract_tensor::<f32>().map(|(_, d)| d).map_err(err)
+        }
+        Ok((data(&self.key)?, data(&self.value)?))
     }
 
     /// Keeps the first `keep` positions of the cache (a rejected speculation's are dropped).
@@ -126,12 +129,42 @@ impl OrtShard {
 
     /// Embedding: ids `[1,S]` to hidden states.
     pub(crate) fn embed(&mut self, ids: &[i64]) -> Result<Hidden> {
-        let t = Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec())).map_err(err)?;
+        self.embed_shaped(ids, [1, ids.len() as i64])
+    }
+
+    /// Embedding of ids laid out as `shape` (`[B,S]`).
+    fn embed_shaped(&mut self, ids: &[i64], shape: [i64; 2]) -> Result<Hidden> {
+        let t = Tensor::from_array((shape.to_vec(), ids.to_vec())).map_err(err)?;
         let mut out = self
             .session
             .run(ort::inputs![names::INPUT_IDS => t])
             .map_err(err)?;
         take(&mut out, names::HIDDEN_OUT).map(Hidden::Ort)
+    }
+
+    /// Runs the layer graph; returns the hidden states and the present keys and values.
+    fn run_layer(
+        &mut self,
+        hidden: DynValue,
+        (mask, pos): (Tensor<i64>, Tensor<i64>),
+        past_key: &DynValue,
+        past_value: &DynValue,
+    ) -> Result<(DynValue, DynValue, DynValue)> {
+        let mut out = self
+            .session
+            .run(ort::inputs![
+                names::HIDDEN => hidden,
+                names::ATTENTION_MASK => mask,
+                names::POSITION_IDS => pos,
+                names::PAST_KEY => past_key,
+                names::PAST_VALUE => past_value,
+            ])
+            .map_err(err)?;
+        Ok((
+            take(&mut out, names::HIDDEN_OUT)?,
+            take(&mut out, names::PRESENT_KEY)?,
+            take(&mut out, names::PRESENT_VALUE)?,
+        ))
     }
 
     /// One decoder layer step; creates the cache on the first step.
@@ -161,31 +194,14 @@ impl OrtShard {
                 }
             }
         };
-        let mut out = self
-            .session
-            .run(ort::inputs![
-                names::HIDDEN => h,
-                names::ATTENTION_MASK => m,
-                names::POSITION_IDS => p,
-                names::PAST_KEY => &past.key,
-                names::PAST_VALUE => &past.value,
-            ])
-            .map_err(err)?;
-        let hidden = take(&mut out, names::HIDDEN_OUT)?;
-        let key = take(&mut out, names::PRESENT_KEY)?;
-        let value = take(&mut out, names::PRESENT_VALUE)?;
+        let (hidden, key, value) = self.run_layer(h, (m, p), &past.key, &past.value)?;
         *kv = Some(OrtKv { key, value });
         Ok(Hidden::Ort(hidden))
     }
 
     /// Embedding of one token per row: ids `[B,1]` to hidden states `[B,1,H]`.
     pub(crate) fn embed_rows(&mut self, ids: &[i64]) -> Result<Hidden> {
-        let t = Tensor::from_array((vec![ids.len() as i64, 1], ids.to_vec())).map_err(err)?;
-        let mut out = self
-            .session
-            .run(ort::inputs![names::INPUT_IDS => t])
-            .map_err(err)?;
-        take(&mut out, names::HIDDEN_OUT).map(Hidden::Ort)
+        self.embed_shaped(ids, [ids.len() as i64, 1])
     }
 
     /// One decoder layer over a batch of rows with explicit caches: `mask` `[B, P+1]`, `pos`
@@ -202,22 +218,14 @@ impl OrtShard {
         let h = value(hidden)?;
         let m = Tensor::from_array((vec![b, mask.len() as i64 / b], mask.to_vec())).map_err(err)?;
         let p = Tensor::from_array((vec![b, 1i64], pos.to_vec())).map_err(err)?;
-        let kv = |data: Vec<f32>| Tensor::from_array((dims(&past_shape), data)).map_err(err);
+        let kv = |data: Vec<f32>| -> Result<DynValue> {
+            Ok(Tensor::from_array((dims(&past_shape), data))
+                .map_err(err)?
+                .into_dyn())
+        };
         let (k, v) = (kv(past_key)?, kv(past_value)?);
-        let mut out = self
-            .session
-            .run(ort::inputs![
-                names::HIDDEN => h,
-                names::ATTENTION_MASK => m,
-                names::POSITION_IDS => p,
-                names::PAST_KEY => k,
-                names::PAST_VALUE => v,
-            ])
-            .map_err(err)?;
-        let hidden = take(&mut out, names::HIDDEN_OUT)?;
-        let key = host(&take(&mut out, names::PRESENT_KEY)?)?;
-        let value = host(&take(&mut out, names::PRESENT_VALUE)?)?;
-        Ok((Hidden::Ort(hidden), key, value))
+        let (hidden, key, value) = self.run_layer(h, (m, p), &k, &v)?;
+        Ok((Hidden::Ort(hidden), host(&key)?, host(&value)?))
     }
 
     /// Head: hidden states to logits.

@@ -28,12 +28,6 @@ const DEFAULT_PROMPT: &str = "A shoal of small devices";
 const DEFAULT_REAL_PROMPT: &str = "The three largest cities in France are";
 /// The chat message when none is given (`--chat`).
 const DEFAULT_CHAT: &str = "Name three things a small phone can do.";
-/// The folder `scripts/fetch-gemma.sh` writes, inside a `.cache` directory.
-const GEMMA_DIR: &str = "gemma3-270m";
-/// The GGUF in it.
-const GEMMA_GGUF: &str = "gemma-3-270m-q4_k_m.gguf";
-/// The q4 shards the demo imports from it, beside it.
-const GEMMA_SHARDS: &str = "shards-q4";
 
 /// Arguments of `shoal demo`.
 #[derive(Debug, Args)]
@@ -117,69 +111,6 @@ impl DemoModel {
     }
 }
 
-/// The `.cache` directories searched for `gemma3-270m/`: `$SHOAL_CACHE`, `./.cache`, and the
-/// checkout this binary was built from (so `cargo run` finds it from any folder).
-fn cache_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("SHOAL_CACHE") {
-        dirs.push(PathBuf::from(d));
-    }
-    dirs.push(PathBuf::from(".cache"));
-    dirs.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../.cache"
-    )));
-    dirs
-}
-
-/// The fetched Gemma folder (GGUF and tokenizer present), if any.
-fn fetched_gemma() -> Option<PathBuf> {
-    cache_dirs()
-        .into_iter()
-        .map(|c| c.join(GEMMA_DIR))
-        .find(|d| d.join(GEMMA_GGUF).is_file() && d.join("tokenizer.json").is_file())
-}
-
-/// The q4 shards of the fetched Gemma in `dir`, imported on first use. The import writes a
-/// temporary folder and renames it, so an interrupted import is never taken for a model.
-fn gemma_shards(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let shards = dir.join(GEMMA_SHARDS);
-    if shards.join("manifest.json").is_file() {
-        return Ok(shards);
-    }
-    eprintln!(
-        "shoal demo: importing {} into q4 shards in {} (once)",
-        dir.join(GEMMA_GGUF).display(),
-        shards.display()
-    );
-    let tmp = dir.join(format!("{GEMMA_SHARDS}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let quant = shoal_model::QuantSpec::new(
-        shoal_model::WeightDtype::Q4,
-        shoal_model::quant::DEFAULT_BLOCK_SIZE,
-    )?;
-    let imported = shoal_model::gguf::import_as(
-        &dir.join(GEMMA_GGUF),
-        Some(&dir.join("tokenizer.json")),
-        &tmp,
-        true,
-        quant,
-    );
-    if let Err(e) = imported {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e).context("importing the fetched Gemma-3-270M");
-    }
-    if let Err(e) = std::fs::rename(&tmp, &shards) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        // Another demo may have finished the same import first.
-        if !shards.join("manifest.json").is_file() {
-            return Err(e)
-                .with_context(|| format!("moving {} to {}", tmp.display(), shards.display()));
-        }
-    }
-    Ok(shards)
-}
-
 /// The model to use: `--model`, else the fetched Gemma (imported on first use), else (or with
 /// `--synth`) the built-in one synthesised into the work directory.
 pub(crate) fn demo_model(
@@ -191,8 +122,8 @@ pub(crate) fn demo_model(
         return Ok(DemoModel::Given(m.clone()));
     }
     if !synth_only {
-        if let Some(gemma) = fetched_gemma() {
-            return Ok(DemoModel::Gemma(gemma_shards(&gemma)?));
+        if let Some(gemma) = launch::gemma::fetched_gemma() {
+            return Ok(DemoModel::Gemma(launch::gemma::gemma_shards(&gemma)?));
         }
         eprintln!(
             "shoal demo: no real model fetched, so the built-in one (random weights: the text is noise); \

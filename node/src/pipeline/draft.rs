@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use shoal_model::{Manifest, RuntimeConfig, Sampler, StageInput, StageOutput};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,8 @@ pub(crate) type Proposal = Option<Vec<Vec<(u32, f32)>>>;
 pub(crate) struct DraftModel {
     runtime: RuntimeHandle,
     layers: Range<usize>,
+    /// Set once the layers are loaded (the first proposal loads them).
+    loaded: AtomicBool,
     /// Per draft session: the tokens whose positions its cache holds.
     fed: Mutex<HashMap<u64, Vec<u32>>>,
 }
@@ -54,6 +57,7 @@ impl DraftModel {
         Ok(DraftModel {
             runtime,
             layers,
+            loaded: AtomicBool::new(false),
             fed: Mutex::new(HashMap::new()),
         })
     }
@@ -76,8 +80,11 @@ impl DraftModel {
         if history.is_empty() || k == 0 {
             return Ok((Vec::new(), None));
         }
-        // A no-op once loaded; jobs run in order, so the runs below find the layers.
-        self.runtime.load(self.layers.clone()).await?;
+        // Jobs run in order, so the runs below find the layers.
+        if !self.loaded.load(Ordering::Acquire) {
+            self.runtime.load(self.layers.clone()).await?;
+            self.loaded.store(true, Ordering::Release);
+        }
         let mut fed = self.fed().remove(&session).unwrap_or_default();
         let common = fed
             .iter()

@@ -34,7 +34,7 @@ use super::metrics::Metrics;
 use super::net::Net;
 use super::ordering::{Expect, Gate, Inbound, Refusal};
 use super::speculate::{
-    Adaptive, DrafterKind, accept_greedy, accept_sampled, ngram_draft, plausible_greedy,
+    Adaptive, DrafterKind, accept_greedy_rows, accept_sampled, ngram_draft, plausible_greedy,
 };
 use super::stage::{StageCtx, sign_frame};
 use super::wire::{Reply, decode_reply, logits_rows, tokens_tensor};
@@ -589,8 +589,7 @@ impl Origin {
             Next::Tokens(v) if plausible_greedy(draft, &v) => Ok((v, Vec::new())),
             Next::Logits(l) if l.len() == rows => {
                 let new = if p.params.sampling.is_greedy() {
-                    let choices: Vec<u32> = l.iter().map(|r| shoal_model::argmax(r)).collect();
-                    accept_greedy(draft, &choices)
+                    accept_greedy_rows(draft, l.iter().map(Vec::as_slice))
                 } else if draft.is_empty() {
                     vec![p.sampler.sample(&l[0])]
                 } else {

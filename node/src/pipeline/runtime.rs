@@ -61,14 +61,7 @@ enum Job {
         layers: Range<usize>,
         reply: oneshot::Sender<Result<(), RuntimeError>>,
     },
-    Run {
-        layers: Range<usize>,
-        session: u64,
-        position: usize,
-        input: StageInput,
-        outputs: usize,
-        reply: oneshot::Sender<Result<Computed, RuntimeError>>,
-    },
+    Run(RunJob),
     Drop {
         session: u64,
     },
@@ -84,9 +77,7 @@ impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Job::Load { layers, .. } => write!(f, "Load({layers:?})"),
-            Job::Run {
-                session, position, ..
-            } => write!(f, "Run({session}@{position})"),
+            Job::Run(j) => write!(f, "Run({}@{})", j.session, j.position),
             Job::Drop { session } => write!(f, "Drop({session})"),
         }
     }
@@ -148,13 +139,15 @@ impl RuntimeHandle {
         input: StageInput,
         outputs: usize,
     ) -> Result<Computed, RuntimeError> {
-        self.ask(|reply| Job::Run {
-            layers,
-            session,
-            position,
-            input,
-            outputs,
-            reply,
+        self.ask(|reply| {
+            Job::Run(RunJob {
+                layers,
+                session,
+                position,
+                input,
+                outputs,
+                reply,
+            })
         })
         .await
     }
@@ -210,22 +203,7 @@ fn run(
                 };
                 let _ = reply.send(result);
             }
-            Job::Run {
-                layers,
-                session,
-                position,
-                input,
-                outputs,
-                reply,
-            } => {
-                let first = RunJob {
-                    layers,
-                    session,
-                    position,
-                    input,
-                    outputs,
-                    reply,
-                };
+            Job::Run(first) => {
                 let batch = match runner.as_ref() {
                     Some(r) if max_batch > 1 && first.batchable(r) => {
                         gather(first, r, max_batch, &mut rx, &mut pending)
@@ -252,7 +230,8 @@ fn run(
     }
 }
 
-/// A step job taken apart.
+/// A step to run: on the stage that must be `layers`, `input` for `session` from cache
+/// position `position`, with the logits of the last `outputs` positions.
 struct RunJob {
     layers: Range<usize>,
     session: u64,
@@ -292,35 +271,13 @@ fn gather(
             },
         };
         match job {
-            Job::Run {
-                layers,
-                session,
-                position,
-                input,
-                outputs,
-                reply,
-            } => {
-                let j = RunJob {
-                    layers,
-                    session,
-                    position,
-                    input,
-                    outputs,
-                    reply,
-                };
+            Job::Run(j) => {
                 let fresh = batch.iter().all(|b| b.session != j.session);
                 if fresh && j.batchable(r) {
                     batch.push(j);
                     continue;
                 }
-                rest.push_back(Job::Run {
-                    layers: j.layers,
-                    session: j.session,
-                    position: j.position,
-                    input: j.input,
-                    outputs: j.outputs,
-                    reply: j.reply,
-                });
+                rest.push_back(Job::Run(j));
                 if !fresh {
                     // A later step of a session in the batch waits for it.
                     break;

@@ -55,6 +55,13 @@ pub fn accept_greedy(draft: &[u32], choices: &[u32]) -> Vec<u32> {
     choices[..(agreed + 1).min(choices.len())].to_vec()
 }
 
+/// [`accept_greedy`] with the model's choices read as the argmax of each verified position's
+/// logits (`rows`, one per position).
+pub fn accept_greedy_rows<'a>(draft: &[u32], rows: impl Iterator<Item = &'a [f32]>) -> Vec<u32> {
+    let choices: Vec<u32> = rows.map(shoal_model::argmax).collect();
+    accept_greedy(draft, &choices)
+}
+
 /// Whether `answer` is a possible greedy verify answer for `draft`: 1 to `draft.len() + 1`
 /// tokens, all but the last equal to the drafts.
 pub fn plausible_greedy(draft: &[u32], answer: &[u32]) -> bool {

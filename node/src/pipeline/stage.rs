@@ -519,12 +519,7 @@ fn sample_token(s: &shoal_protocol::Sampling, step: u64, logits: &shoal_model::A
 /// disagreement or after the last draft.
 fn verify_greedy(draft: &[u32], logits: &shoal_model::Activation) -> Vec<u32> {
     let v = logits.shape.last().copied().unwrap_or(0).max(1);
-    let choices: Vec<u32> = logits
-        .data
-        .chunks_exact(v)
-        .map(shoal_model::argmax)
-        .collect();
-    super::speculate::accept_greedy(draft, &choices)
+    super::speculate::accept_greedy_rows(draft, logits.data.chunks_exact(v))
 }
 
 /// Signs `body` and encodes it as a pipeline frame.

@@ -139,3 +139,61 @@ pub(crate) fn token_ids(answer: &Value) -> Vec<u32> {
 pub(crate) fn greedy_request(prompt: &[u32], max_tokens: usize, stream: bool) -> Value {
     serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream})
 }
+
+/// What [`stream_disturbed`] saw.
+pub(crate) struct Disturbed {
+    /// HTTP status of the stream.
+    pub(crate) status: u16,
+    /// Every token id streamed.
+    pub(crate) tokens: Vec<u32>,
+    /// When the signal was sent, if the stream got that far.
+    pub(crate) signalled_at: Option<std::time::Instant>,
+    /// The last event (an `error` key there means the stream failed).
+    pub(crate) last: Option<Value>,
+}
+
+/// Streams `request` (a streaming `/v1/completions` body) from node `origin` and sends
+/// `signal` (e.g. `-KILL`, `-STOP`) to process `pid` from outside, as an operator or a crash
+/// would, once `after` tokens have arrived.
+pub(crate) async fn stream_disturbed(
+    swarm: &LocalSwarm,
+    origin: usize,
+    request: &Value,
+    (pid, signal): (u32, &str),
+    after: usize,
+) -> Disturbed {
+    let mut tokens: Vec<u32> = Vec::new();
+    let mut signalled_at = None;
+    let mut last: Option<Value> = None;
+    let status = swarm
+        .post_sse(origin, "/v1/completions", request, |d| {
+            if d == "[DONE]" {
+                return;
+            }
+            let v: Value = serde_json::from_str(d).unwrap();
+            for t in v["choices"][0]["token_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                tokens.push(t.as_u64().unwrap() as u32);
+            }
+            if tokens.len() >= after && signalled_at.is_none() {
+                let ok = std::process::Command::new("kill")
+                    .args([signal, &pid.to_string()])
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+                signalled_at = Some(std::time::Instant::now());
+            }
+            last = Some(v);
+        })
+        .await
+        .unwrap();
+    Disturbed {
+        status,
+        tokens,
+        signalled_at,
+        last,
+    }
+}
