@@ -37,9 +37,10 @@ pub mod profile;
 pub mod runs;
 pub mod swarm;
 mod sys;
+pub mod wait;
 
 pub use bed::{Nat, ProcId, Testbed};
-pub use profile::{LinkProfile, PathFigures};
+pub use profile::{LinkProfile, PathFigures, Plant};
 
 /// Whether this process may build beds (effective uid 0).
 pub fn is_root() -> bool {

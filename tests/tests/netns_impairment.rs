@@ -69,6 +69,73 @@ fn within(measured: f64, imposed: f64, rel: f64) -> bool {
     (measured - imposed).abs() <= rel * imposed
 }
 
+/// Readings of a link whose figures are judged on their medians: a link that misses a bound is
+/// measured again, up to this many times in all, before the test fails on it. A bed that
+/// imposes other figures misses every time (planted errors it catches, `SHOAL_BED_PLANT`:
+/// `rate=0.7`, `rtt=1.3`, `jitter=1.5`, `loss=+3`).
+const READINGS: usize = 3;
+
+/// The median (the mean of the middle two of an even count).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// The per-figure medians of a link's readings.
+fn medians(ms: &[Measured]) -> Measured {
+    let m = |f: fn(&Measured) -> f64| median(ms.iter().map(f).collect());
+    Measured {
+        rtt_ms: m(|x| x.rtt_ms),
+        jitter_ms: m(|x| x.jitter_ms),
+        pings: ms.iter().map(|x| x.pings).min().unwrap_or(0),
+        bw_up: m(|x| x.bw_up),
+        bw_down: m(|x| x.bw_down),
+        loss_up: m(|x| x.loss_up),
+        loss_down: m(|x| x.loss_down),
+    }
+}
+
+/// The figures of `m` outside their bounds for profile `p`.
+fn misses(p: &LinkProfile, m: &Measured) -> Vec<&'static str> {
+    let (rtt, jit) = (p.rtt.as_secs_f64() * 1e3, p.jitter.as_secs_f64() * 1e3);
+    let rate = p.rate_bps.map_or(f64::NAN, |r| r as f64);
+    let loss = f64::from(p.loss_pct);
+    [
+        ("rtt", within(m.rtt_ms, rtt, 0.2)),
+        ("jitter", within(m.jitter_ms, jit, 0.2)),
+        ("bandwidth up", within(m.bw_up, rate, 0.2)),
+        ("bandwidth down", within(m.bw_down, rate, 0.2)),
+        ("loss up", (m.loss_up * 100.0 - loss).abs() <= 2.0),
+        ("loss down", (m.loss_down * 100.0 - loss).abs() <= 2.0),
+    ]
+    .into_iter()
+    .filter(|c| !c.1)
+    .map(|c| c.0)
+    .collect()
+}
+
+/// Measures the links `which` at once, one thread each.
+fn measure_links(bed: &Testbed, which: &[usize]) -> Vec<Result<Measured>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = which
+            .iter()
+            .map(|&i| s.spawn(move || measure_link(bed, i)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("measurement panicked")))
+            })
+            .collect()
+    })
+}
+
 #[test]
 fn imposed_impairments_match_independent_measurements() -> Result<()> {
     if netns::skip_unless_root("netns_impairment") {
@@ -83,23 +150,21 @@ fn imposed_impairments_match_independent_measurements() -> Result<()> {
     let bed = Testbed::new("imp", &profiles)?;
     let clean = measure::ping_rtts(&bed, 0, 0, 5, Duration::from_millis(20))?;
     ensure!(clean.len() == 5, "node 0 cannot reach itself");
-    let results: Vec<Result<Measured>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..bed.len())
-            .map(|i| {
-                s.spawn({
-                    let bed = &bed;
-                    move || measure_link(bed, i)
-                })
-            })
-            .collect();
-        handles
+    let mut readings: Vec<Vec<Measured>> = (0..bed.len()).map(|_| Vec::new()).collect();
+    let mut pending: Vec<usize> = (1..bed.len()).collect();
+    for _ in 0..READINGS {
+        if pending.is_empty() {
+            break;
+        }
+        for (i, r) in pending
+            .clone()
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("measurement panicked")))
-            })
-            .collect()
-    });
+            .zip(measure_links(&bed, &pending))
+        {
+            readings[i].push(r?);
+        }
+        pending.retain(|&i| !misses(&bed.profile(i), &medians(&readings[i])).is_empty());
+    }
     println!("\nnetns_impairment: imposed vs measured (link of node i to a clean node)");
     println!(
         "{:<22} {:>13} {:>15} {:>21} {:>21} {:>17} {:>17}",
@@ -112,15 +177,14 @@ fn imposed_impairments_match_independent_measurements() -> Result<()> {
         "loss down %"
     );
     let mut failures = Vec::new();
-    for (k, r) in results.into_iter().enumerate() {
-        let i = k + 1;
+    for (i, r) in readings.iter().enumerate().skip(1) {
         let p = bed.profile(i);
-        let m = r?;
+        let m = medians(r);
         let (rtt, jit) = (p.rtt.as_secs_f64() * 1e3, p.jitter.as_secs_f64() * 1e3);
         let rate = p.rate_bps.map_or(f64::NAN, |r| r as f64);
         let loss = f64::from(p.loss_pct);
         println!(
-            "{:<22} {:>5.1} / {:>5.1} {:>6.1} / {:>6.2} {:>9.2} / {:>9.2} {:>9.2} / {:>9.2} {:>7.1} / {:>7.2} {:>7.1} / {:>7.2}   ({} pings)",
+            "{:<22} {:>5.1} / {:>5.1} {:>6.1} / {:>6.2} {:>9.2} / {:>9.2} {:>9.2} / {:>9.2} {:>7.1} / {:>7.2} {:>7.1} / {:>7.2}   ({} pings, median of {} readings)",
             p.label(),
             rtt,
             m.rtt_ms,
@@ -134,21 +198,13 @@ fn imposed_impairments_match_independent_measurements() -> Result<()> {
             m.loss_up * 100.0,
             loss,
             m.loss_down * 100.0,
-            m.pings
+            m.pings,
+            r.len()
         );
-        let checks = [
-            ("rtt", within(m.rtt_ms, rtt, 0.2)),
-            ("jitter", within(m.jitter_ms, jit, 0.2)),
-            ("bandwidth up", within(m.bw_up, rate, 0.2)),
-            ("bandwidth down", within(m.bw_down, rate, 0.2)),
-            ("loss up", (m.loss_up * 100.0 - loss).abs() <= 2.0),
-            ("loss down", (m.loss_down * 100.0 - loss).abs() <= 2.0),
-        ];
         failures.extend(
-            checks
-                .iter()
-                .filter(|c| !c.1)
-                .map(|c| format!("{} on {}", c.0, p.label())),
+            misses(&p, &m)
+                .into_iter()
+                .map(|c| format!("{c} on {}", p.label())),
         );
     }
     println!(
@@ -157,7 +213,7 @@ fn imposed_impairments_match_independent_measurements() -> Result<()> {
     );
     ensure!(
         failures.is_empty(),
-        "measured figures off by more than 20% / 2 pp: {failures:?}"
+        "measured figures off by more than 20% / 2 pp in {READINGS} readings: {failures:?}"
     );
     Ok(())
 }

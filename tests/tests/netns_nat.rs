@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use shoal_tests::netns::runs::{PROBE_TOML, PROMPT};
-use shoal_tests::netns::swarm::{self, BedNode, NodeSpec, P2P_PORT};
-use shoal_tests::netns::{self, LinkProfile, Nat, Testbed};
+use shoal_tests::netns::swarm::{self, NodeSpec, P2P_PORT};
+use shoal_tests::netns::{self, LinkProfile, Nat, Testbed, wait};
 
 const TOKENS: usize = 24;
 /// Epochs node 0 coordinates (its identity is searched for it).
@@ -78,13 +78,6 @@ fn leg(doc: &Value, x: &str, y: &str) -> Option<(f64, f64, f64, f64)> {
         .into_iter()
         .flatten()
         .find(|l| l.3 < 1.0)
-}
-
-/// Whether node `i`'s log has a line containing `needle`.
-fn log_has(bed: &mut Testbed, node: &BedNode, needle: &str) -> bool {
-    std::fs::read_to_string(bed.process(node.proc).log_path())
-        .unwrap_or_default()
-        .contains(needle)
 }
 
 #[test]
@@ -171,15 +164,27 @@ fn nodes_behind_nat_join_through_a_relay_and_serve_stages() -> Result<()> {
     let reference = common::reference_tokens(&model, &PROMPT, TOKENS);
     let got: Vec<u32> = generation.token_ids.iter().map(|&t| t as u32).collect();
 
-    // Routes, once DCUtR had its chance (it runs when the relayed connection opens).
+    // Routes, once DCUtR had its chance (it runs when the relayed connection opens) and the
+    // punched link has been probed: read until what must come true eventually has (a punch
+    // logged, 1 - 3 direct with a figure, relayed links charged as their legs), for at most
+    // SETTLE, then judge the last reading.
     let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
-    let routes: Vec<Vec<(String, String)>> =
-        (0..4).map(|i| relayed(&bed, i)).collect::<Result<_>>()?;
-    let punched: Vec<usize> = (1..4)
-        .filter(|&i| log_has(&mut bed, &nodes[i], "hole punch: direct connection"))
+    let logs: Vec<std::path::PathBuf> = nodes
+        .iter()
+        .map(|n| bed.process(n.proc).log_path().to_path_buf())
         .collect();
+    let waited = wait::until(
+        SETTLE,
+        Duration::from_millis(500),
+        || observe(&bed, &logs),
+        |o| o.failures(&ids).is_empty(),
+    )?;
+    let Observed {
+        routes,
+        punched,
+        status,
+    } = &waited.last;
     let is_relayed = |a: usize, b: usize| routes[a].iter().any(|(p, _)| *p == ids[b]);
-    let status = swarm::status(&bed, 0)?;
 
     println!(
         "\nnetns_nat: stages on nodes {devices:?} (0 public relay; 1, 3 cone NAT; 2 symmetric NAT)"
@@ -199,8 +204,8 @@ fn nodes_behind_nat_join_through_a_relay_and_serve_stages() -> Result<()> {
         } else {
             "direct"
         };
-        let figures = link(&status, &ids[a], &ids[b]);
-        let legs = [(a, 0), (0, b)].map(|(x, y)| leg(&status, &ids[x], &ids[y]));
+        let figures = link(status, &ids[a], &ids[b]);
+        let legs = [(a, 0), (0, b)].map(|(x, y)| leg(status, &ids[x], &ids[y]));
         let legs_rtt = match legs {
             [Some(x), Some(y)] => format!("{:.1}", (x.0 + y.0) * 1e3),
             _ => "-".into(),
@@ -224,56 +229,108 @@ fn nodes_behind_nat_join_through_a_relay_and_serve_stages() -> Result<()> {
         devices.iter().flatten().count() == 4,
         "the plan does not use every node: {devices:?}"
     );
-    // The symmetric NAT defeats hole punching: node 2 reaches 1 and 3 only through node 0.
-    for other in [1, 3] {
-        ensure!(
-            is_relayed(2, other) && is_relayed(other, 2),
-            "nodes 2 and {other} are not relayed: {routes:?}"
-        );
-    }
+    let failures = waited.last.failures(&ids);
     ensure!(
-        routes[2].iter().all(|(_, via)| *via == ids[0]),
-        "node 2's relay is not node 0: {:?}",
-        routes[2]
+        failures.is_empty(),
+        "after {:.1} s ({} readings): {failures:?}",
+        waited.waited.as_secs_f64(),
+        waited.readings
     );
-    // Two cone NATs let DCUtR punch through: 1 and 3 end up directly connected.
-    ensure!(
-        !is_relayed(1, 3) && !is_relayed(3, 1),
-        "nodes 1 and 3 are still relayed: {routes:?}"
-    );
-    ensure!(
-        punched.contains(&1) || punched.contains(&3),
-        "no hole punch logged between nodes 1 and 3"
-    );
-    // The punched link is cheaper than going through the relay, and the planner can use it.
-    // (One direction suffices: the planner uses either for the hop.)
-    let measured = [(1, 3), (3, 1)]
-        .into_iter()
-        .filter(|&(a, b)| link(&status, &ids[a], &ids[b]).is_some())
-        .collect::<Vec<_>>();
-    ensure!(!measured.is_empty(), "no figure for the punched link 1 - 3");
-    for (a, b) in measured {
-        let (rtt, _, _, loss) = link(&status, &ids[a], &ids[b]).context("no direct figure")?;
-        let legs = link(&status, &ids[a], &ids[0])
-            .zip(link(&status, &ids[0], &ids[b]))
-            .map(|(x, y)| x.0 + y.0);
-        ensure!(
-            loss < 1.0 && legs.is_some_and(|l| rtt < l),
-            "direct link {a} -> {b}: rtt {rtt} s, loss {loss}, through the relay {legs:?} s"
-        );
-    }
-    // The planner charges a relayed link as its two legs through the relay.
-    for (a, b) in [(1, 2), (2, 3)] {
-        let (rtt, ..) = link(&status, &ids[a], &ids[b]).context("no figure for a relayed link")?;
-        let through = |x: usize, y: usize| {
-            leg(&status, &ids[x], &ids[y]).context("a leg through the relay has no figure")
-        };
-        let sum = through(a, 0)?.0 + through(0, b)?.0;
-        ensure!(
-            (rtt - sum).abs() < 0.25 * sum,
-            "relayed link {a} -> {b}: rtt {rtt} s, legs sum {sum} s"
-        );
-    }
     swarm::stop_swarm(&mut bed, &nodes);
     Ok(())
+}
+
+/// How long after the generation the routes and the punched link's figures may take to settle.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// One reading of the swarm's routes and node 0's view of the links.
+struct Observed {
+    /// Each node's relayed connections: (peer id, relay id).
+    routes: Vec<Vec<(String, String)>>,
+    /// The NATed nodes that logged a direct connection by hole punching.
+    punched: Vec<usize>,
+    /// Node 0's status document.
+    status: Value,
+}
+
+fn observe(bed: &Testbed, logs: &[std::path::PathBuf]) -> Result<Observed> {
+    let routes = (0..4).map(|i| relayed(bed, i)).collect::<Result<_>>()?;
+    let punched = (1..4)
+        .filter(|&i| {
+            std::fs::read_to_string(&logs[i])
+                .unwrap_or_default()
+                .contains("hole punch: direct connection")
+        })
+        .collect();
+    Ok(Observed {
+        routes,
+        punched,
+        status: swarm::status(bed, 0)?,
+    })
+}
+
+impl Observed {
+    /// What is not (yet) as it must be; empty when the reading passes.
+    fn failures(&self, ids: &[String]) -> Vec<String> {
+        let (routes, status) = (&self.routes, &self.status);
+        let is_relayed = |a: usize, b: usize| routes[a].iter().any(|(p, _)| *p == ids[b]);
+        let mut off = Vec::new();
+        // The symmetric NAT defeats hole punching: node 2 reaches 1 and 3 only through node 0.
+        for other in [1, 3] {
+            if !(is_relayed(2, other) && is_relayed(other, 2)) {
+                off.push(format!("nodes 2 and {other} are not relayed: {routes:?}"));
+            }
+        }
+        if !routes[2].iter().all(|(_, via)| *via == ids[0]) {
+            off.push(format!("node 2's relay is not node 0: {:?}", routes[2]));
+        }
+        // Two cone NATs let DCUtR punch through: 1 and 3 end up directly connected.
+        if is_relayed(1, 3) || is_relayed(3, 1) {
+            off.push(format!("nodes 1 and 3 are still relayed: {routes:?}"));
+        }
+        if !(self.punched.contains(&1) || self.punched.contains(&3)) {
+            off.push("no hole punch logged between nodes 1 and 3".into());
+        }
+        // The punched link is cheaper than going through the relay, and the planner can use
+        // it. (One direction suffices: the planner uses either for the hop.)
+        let measured: Vec<(usize, usize)> = [(1, 3), (3, 1)]
+            .into_iter()
+            .filter(|&(a, b)| link(status, &ids[a], &ids[b]).is_some())
+            .collect();
+        if measured.is_empty() {
+            off.push("no figure for the punched link 1 - 3".into());
+        }
+        for (a, b) in measured {
+            let Some((rtt, _, _, loss)) = link(status, &ids[a], &ids[b]) else {
+                continue;
+            };
+            let legs = link(status, &ids[a], &ids[0])
+                .zip(link(status, &ids[0], &ids[b]))
+                .map(|(x, y)| x.0 + y.0);
+            if !(loss < 1.0 && legs.is_some_and(|l| rtt < l)) {
+                off.push(format!(
+                    "direct link {a} -> {b}: rtt {rtt} s, loss {loss}, through the relay {legs:?} s"
+                ));
+            }
+        }
+        // The planner charges a relayed link as its two legs through the relay.
+        for (a, b) in [(1, 2), (2, 3)] {
+            let Some((rtt, ..)) = link(status, &ids[a], &ids[b]) else {
+                off.push(format!("no figure for the relayed link {a} -> {b}"));
+                continue;
+            };
+            let through = |x: usize, y: usize| leg(status, &ids[x], &ids[y]).map(|l| l.0);
+            match through(a, 0).zip(through(0, b)) {
+                Some((x, y)) if (rtt - (x + y)).abs() < 0.25 * (x + y) => {}
+                Some((x, y)) => off.push(format!(
+                    "relayed link {a} -> {b}: rtt {rtt} s, legs sum {} s",
+                    x + y
+                )),
+                None => off.push(format!(
+                    "a leg of the relayed link {a} -> {b} has no figure"
+                )),
+            }
+        }
+        off
+    }
 }

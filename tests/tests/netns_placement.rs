@@ -90,11 +90,17 @@ fn milp_placement_beats_memory_and_even_over_a_weak_link() -> Result<()> {
             r.tokens == milp.tokens,
             "{s} generated other tokens than milp (greedy)"
         );
-        // Never slower (10% allowance for timing noise on a shared 2-core machine).
-        ensure!(
-            milp.median_s() <= r.median_s() * 1.1,
-            "milp is slower than {s}"
-        );
+        // Never slower (10% allowance for timing noise on a shared 2-core machine). A baseline
+        // that made the MILP's own plan (same stages, same layers) runs the same computation
+        // over the same links: timing it against the MILP compares the noise with itself.
+        if same_stages(&r.plan, &milp.plan) {
+            println!("{s} made the same plan as milp: speed not compared");
+        } else {
+            ensure!(
+                milp.median_s() <= r.median_s() * 1.1,
+                "milp is slower than {s}"
+            );
+        }
         if r.devices.contains(&Some(WEAK)) {
             ensure!(
                 milp.median_s() * 2.0 <= r.median_s(),
@@ -109,4 +115,18 @@ fn milp_placement_beats_memory_and_even_over_a_weak_link() -> Result<()> {
         "neither baseline used the weak node: the scenario shows nothing"
     );
     Ok(())
+}
+
+/// Whether two plans put the same layers on the same devices, stage by stage.
+fn same_stages(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let stages = |p: &serde_json::Value| -> Vec<(serde_json::Value, serde_json::Value)> {
+        p["stages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (s["device"].clone(), s["layers"].clone()))
+            .collect()
+    };
+    let (x, y) = (stages(a), stages(b));
+    !x.is_empty() && x == y
 }

@@ -31,7 +31,7 @@ use anyhow::{Context, Result, bail};
 use super::cmd::{run, run_in, run_with_input, sysctl_in};
 use super::delay::{DelayLine, DelaySpec};
 use super::proc::NsProcess;
-use super::profile::{LinkProfile, PathFigures, path};
+use super::profile::{LinkProfile, PathFigures, Plant, path};
 
 /// Every bed's namespaces start with this, then the test's tag and a dash.
 pub const NS_PREFIX: &str = "shoal-";
@@ -55,7 +55,10 @@ pub struct ProcId(usize);
 #[derive(Debug)]
 pub struct Testbed {
     prefix: String,
+    /// What the tests are told the links are (see [`Testbed::profile`]).
     profiles: Vec<LinkProfile>,
+    /// What the bed imposes: `profiles`, unless `SHOAL_BED_PLANT` plants an error.
+    imposed: Vec<LinkProfile>,
     nat: Vec<Nat>,
     procs: Vec<NsProcess>,
     delay: Option<DelayLine>,
@@ -83,11 +86,25 @@ impl Testbed {
         for p in profiles {
             p.validate()?;
         }
+        let plant = match std::env::var("SHOAL_BED_PLANT") {
+            Ok(text) => Plant::parse(&text).context("SHOAL_BED_PLANT")?,
+            Err(_) => Plant::NONE,
+        };
+        let imposed: Vec<LinkProfile> = profiles.iter().map(|p| plant.apply(p)).collect();
+        for p in &imposed {
+            p.validate().context("the planted profile")?;
+        }
+        if plant != Plant::NONE {
+            eprintln!(
+                "netns: bed {tag} plants an error: imposes {plant:?} of the profiles it reports"
+            );
+        }
         let prefix = format!("{NS_PREFIX}{tag}-");
         sweep(&prefix)?;
         let mut bed = Testbed {
             prefix,
             profiles: profiles.to_vec(),
+            imposed,
             nat: nat.to_vec(),
             procs: Vec::new(),
             delay: None,
@@ -229,11 +246,11 @@ impl Testbed {
         }
         self.start_delay_line()?;
         for i in 0..self.len() {
-            if !self.profiles[i].is_clean() {
+            if !self.imposed[i].is_clean() {
                 self.impair(i)?;
             }
         }
-        let rules = nft_ruleset(&self.profiles);
+        let rules = nft_ruleset(&self.imposed);
         run_with_input(
             "ip",
             &["netns", "exec", &hub, "nft", "-f", "-"],
@@ -357,9 +374,9 @@ impl Testbed {
 
     fn start_delay_line(&mut self) -> Result<()> {
         let specs: Vec<DelaySpec> = (0..self.len())
-            .filter(|&i| !self.profiles[i].is_clean())
+            .filter(|&i| !self.imposed[i].is_clean())
             .flat_map(|i| {
-                let p = self.profiles[i];
+                let p = self.imposed[i];
                 ["up", "dn"].map(|d| DelaySpec {
                     tun: format!("{d}{i}"),
                     base: p.rtt / 2,
@@ -412,7 +429,7 @@ impl Testbed {
             "ip",
             &["-n", &hub, "route", "add", &net, "dev", &h, "table", &t_dn],
         )?;
-        if let Some(rate) = self.profiles[i].rate_bps {
+        if let Some(rate) = self.imposed[i].rate_bps {
             let tbf = tbf_args(rate);
             let tbf: Vec<&str> = tbf.iter().map(String::as_str).collect();
             let mut up_cmd = vec!["qdisc", "replace", "dev", "eth0", "root"];

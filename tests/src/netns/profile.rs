@@ -87,6 +87,73 @@ impl LinkProfile {
     }
 }
 
+/// A deliberate error between what a bed claims to impose and what it imposes, to check that
+/// a test judging measured figures still fails when they are wrong (`SHOAL_BED_PLANT`, read
+/// by [`crate::netns::Testbed`]). Each field scales one figure of every impaired link; the
+/// tests keep judging against the nominal profiles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plant {
+    /// Factor on the round-trip time.
+    pub rtt: f64,
+    /// Factor on the jitter.
+    pub jitter: f64,
+    /// Factor on the rate.
+    pub rate: f64,
+    /// Percentage points added to the loss.
+    pub loss_points: i32,
+}
+
+impl Plant {
+    /// No error: the bed imposes what it claims.
+    pub const NONE: Plant = Plant {
+        rtt: 1.0,
+        jitter: 1.0,
+        rate: 1.0,
+        loss_points: 0,
+    };
+
+    /// Parses `rtt=1.3,rate=0.7,jitter=2,loss=+3` (any subset; empty is [`Plant::NONE`]).
+    pub fn parse(text: &str) -> Result<Plant> {
+        let mut plant = Plant::NONE;
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some((key, value)) = item.split_once('=') else {
+                bail!("plant {item:?} is not key=value");
+            };
+            let factor = || -> Result<f64> {
+                match value.parse::<f64>() {
+                    Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+                    _ => bail!("plant {item:?}: {value:?} is not a positive factor"),
+                }
+            };
+            match key {
+                "rtt" => plant.rtt = factor()?,
+                "jitter" => plant.jitter = factor()?,
+                "rate" => plant.rate = factor()?,
+                "loss" => {
+                    plant.loss_points = value.trim_start_matches('+').parse().map_err(|_| {
+                        anyhow::anyhow!("plant {item:?}: {value:?} is not whole points")
+                    })?
+                }
+                _ => bail!("plant {item:?}: unknown figure {key:?} (rtt, jitter, rate, loss)"),
+            }
+        }
+        Ok(plant)
+    }
+
+    /// What the bed really imposes for the nominal profile `p` (clean links stay clean).
+    pub fn apply(&self, p: &LinkProfile) -> LinkProfile {
+        if p.is_clean() {
+            return *p;
+        }
+        LinkProfile {
+            rtt: p.rtt.mul_f64(self.rtt),
+            jitter: p.jitter.mul_f64(self.jitter),
+            rate_bps: p.rate_bps.map(|r| (r as f64 * self.rate).round() as u64),
+            loss_pct: (p.loss_pct as i32 + self.loss_points).clamp(0, 100) as u32,
+        }
+    }
+}
+
 /// The figures of the path between two nodes, in the planner's units (DESIGN.md links).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PathFigures {
@@ -129,6 +196,21 @@ mod tests {
         assert!((p.loss - 0.19).abs() < 1e-9);
         let clean = path(&LinkProfile::CLEAN, &LinkProfile::CLEAN);
         assert!(clean.bandwidth_bps.is_infinite() && clean.loss == 0.0 && clean.rtt_s == 0.0);
+    }
+
+    #[test]
+    fn a_plant_scales_impaired_links_only() {
+        let p = LinkProfile::new(40.0, 10.0, 10.0, 3);
+        assert_eq!(Plant::parse("").unwrap(), Plant::NONE);
+        let planted = Plant::parse("rtt=1.5, rate=0.5,loss=+2").unwrap().apply(&p);
+        assert_eq!(planted, LinkProfile::new(60.0, 10.0, 5.0, 5));
+        assert_eq!(
+            Plant::parse("rate=0.5").unwrap().apply(&LinkProfile::CLEAN),
+            LinkProfile::CLEAN
+        );
+        assert!(Plant::parse("rate=-1").is_err());
+        assert!(Plant::parse("speed=2").is_err());
+        assert!(Plant::parse("rtt").is_err());
     }
 
     #[test]
