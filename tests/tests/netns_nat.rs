@@ -195,7 +195,12 @@ fn nodes_behind_nat_join_through_a_relay_and_serve_stages() -> Result<()> {
         generation.per_token_s() * 1e3,
         got == reference
     );
-    println!("hole punched (DCUtR) at nodes {punched:?}");
+    println!(
+        "hole punched (DCUtR) at nodes {punched:?}; routes and figures settled {:.1} s after \
+         the generation ({} readings)",
+        waited.waited.as_secs_f64(),
+        waited.readings
+    );
     println!("\n| link | route | rtt ms | jitter ms | Mbit/s | loss | legs via node 0: rtt ms |");
     println!("|---|---|---|---|---|---|---|");
     for (a, b) in [(1, 2), (2, 1), (2, 3), (3, 2), (1, 3), (3, 1)] {

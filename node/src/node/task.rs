@@ -39,6 +39,8 @@ const GENERATE_MAX: usize = 8 << 20;
 /// How long a paced train keeps the probed link busy (at 300 ms, single trains on a jittery
 /// 5 Mbit/s link were off by up to 25%).
 const TRAIN_BUSY: Duration = Duration::from_millis(500);
+/// How soon a link that still has no rate sample is probed again after a probe gave none.
+const BANDWIDTH_RETRY: Duration = Duration::from_secs(3);
 
 /// Starts the swarm, the probes and the node task; returns the handle and the swarm's pipeline
 /// traffic for the pipeline to serve. Everything stops when `cancel` fires.
@@ -316,10 +318,16 @@ impl NodeTask {
                 ) else {
                     return;
                 };
-                match via {
-                    Some(relay) => self.routes.insert(peer, relay),
-                    None => self.routes.remove(&peer),
+                let changed = match via {
+                    Some(relay) => self.routes.insert(peer, relay) != Some(relay),
+                    None => self.routes.remove(&peer).is_some(),
                 };
+                // A new path (a hole punched, or a fall back to the relay) is probed at once:
+                // the rate measured on the old one does not describe it, and a link has no
+                // figure for the planner until its first rate sample.
+                if changed && self.bw_due.contains_key(&peer) {
+                    self.bw_due.insert(peer, Instant::now());
+                }
                 self.update_loss_targets();
             }
         }
@@ -382,6 +390,15 @@ impl NodeTask {
             BandwidthProbeOutcome::Shared => {
                 tracing::debug!(peer = %peer.short(), "train met another train; no sample");
             }
+        }
+        // A link without any rate sample is not in the matrix the planner sees: after a probe
+        // that gave none, try again soon instead of a whole interval later.
+        let has_rate = self
+            .estimators
+            .get(&peer)
+            .is_some_and(|e| e.bandwidth().is_some());
+        if !has_rate && let Some(due) = self.bw_due.get_mut(&peer) {
+            *due = (*due).min(Instant::now() + BANDWIDTH_RETRY);
         }
     }
 

@@ -30,6 +30,10 @@ use super::{
 
 /// How often scores recover and Kademlia re-bootstraps.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+/// How many times a failed hole punch to a peer is tried again (DCUtR makes three attempts
+/// each time; a missed simultaneous open on a loaded machine is not a NAT that cannot be
+/// punched).
+const PUNCH_RETRIES: u32 = 3;
 /// Connections without traffic stay open this long (shoal swarms are small and chatty).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -89,6 +93,9 @@ struct SwarmTask {
     relay_server: bool,
     /// The relays to hold a reservation on: address, and the circuit listener while it is open.
     relays: HashMap<PeerId, (Multiaddr, Option<ListenerId>)>,
+    /// Peers whose hole punch failed: the retries made so far, and in how many maintenance
+    /// ticks the next one is due (`None`: none).
+    punch_retries: HashMap<PeerId, (u32, Option<u32>)>,
 }
 
 /// Builds the swarm, starts listening and dialing, and spawns its task. Returns the handle,
@@ -154,6 +161,7 @@ pub(crate) fn spawn(
         scores: PeerScores::default(),
         dropped_events: 0,
         last_maintenance: Instant::now(),
+        punch_retries: HashMap::new(),
         conns: HashMap::new(),
         routes: HashMap::new(),
         relay_server: parts.options.relay_server,
@@ -350,6 +358,7 @@ impl SwarmTask {
         for relay in relays {
             self.reserve(relay);
         }
+        self.retry_punches();
         if self.dropped_events > 0 {
             tracing::warn!(
                 dropped = self.dropped_events,
@@ -459,13 +468,58 @@ impl SwarmTask {
             BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
             BehaviourEvent::Dcutr(e) => match e.result {
                 Ok(_) => {
-                    tracing::info!(peer = %e.remote_peer_id, "hole punch: direct connection")
+                    tracing::info!(peer = %e.remote_peer_id, "hole punch: direct connection");
+                    self.punch_retries.remove(&e.remote_peer_id);
                 }
                 Err(err) => {
-                    tracing::info!(peer = %e.remote_peer_id, error = %err, "hole punch failed")
+                    tracing::info!(peer = %e.remote_peer_id, error = %err, "hole punch failed");
+                    // Both ends may see the failure: the one with the smaller id tries first,
+                    // the other a tick later if the link is still relayed by then.
+                    let first = *self.swarm.local_peer_id() < e.remote_peer_id;
+                    let (tries, due) = self.punch_retries.entry(e.remote_peer_id).or_default();
+                    *due = (*tries < PUNCH_RETRIES).then_some(if first { 1 } else { 2 });
+                    if due.is_none() {
+                        tracing::info!(peer = %e.remote_peer_id, "hole punching given up: the link stays relayed");
+                    }
                 }
             },
             BehaviourEvent::Block(_) | BehaviourEvent::Lanes(()) => {}
+        }
+    }
+
+    /// Tries the due hole punches again: a new circuit to the peer through the relay its
+    /// current one goes through makes the peer start DCUtR on it.
+    fn retry_punches(&mut self) {
+        let mut due = Vec::new();
+        for (peer, (_, ticks)) in &mut self.punch_retries {
+            if let Some(t) = ticks {
+                *t = t.saturating_sub(1);
+                if *t == 0 {
+                    *ticks = None;
+                    due.push(*peer);
+                }
+            }
+        }
+        for peer in due {
+            // Still reached only through a relay we know the address of?
+            let Some(relay) = self.routes.get(&peer).copied() else {
+                continue;
+            };
+            let Some((addr, _)) = self.relays.get(&relay) else {
+                continue;
+            };
+            let circuit = addr
+                .clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(peer));
+            let Some(entry) = self.punch_retries.get_mut(&peer) else {
+                continue;
+            };
+            entry.0 += 1;
+            tracing::info!(peer = %peer, retry = entry.0, "hole punch: trying again through a new circuit");
+            if let Err(e) = self.swarm.dial(circuit) {
+                tracing::debug!(peer = %peer, error = %e, "cannot dial a new circuit");
+            }
         }
     }
 
