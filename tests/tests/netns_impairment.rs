@@ -75,20 +75,9 @@ fn within(measured: f64, imposed: f64, rel: f64) -> bool {
 /// `rate=0.7`, `rtt=1.3`, `jitter=1.5`, `loss=+3`).
 const READINGS: usize = 3;
 
-/// The median (the mean of the middle two of an even count).
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
 /// The per-figure medians of a link's readings.
 fn medians(ms: &[Measured]) -> Measured {
-    let m = |f: fn(&Measured) -> f64| median(ms.iter().map(f).collect());
+    let m = |f: fn(&Measured) -> f64| measure::median(&ms.iter().map(f).collect::<Vec<_>>());
     Measured {
         rtt_ms: m(|x| x.rtt_ms),
         jitter_ms: m(|x| x.jitter_ms),

@@ -180,11 +180,9 @@ fn nodes_behind_nat_join_through_a_relay_and_serve_stages() -> Result<()> {
         |o| o.failures(&ids).is_empty(),
     )?;
     let Observed {
-        routes,
-        punched,
-        status,
+        punched, status, ..
     } = &waited.last;
-    let is_relayed = |a: usize, b: usize| routes[a].iter().any(|(p, _)| *p == ids[b]);
+    let is_relayed = |a: usize, b: usize| waited.last.is_relayed(&ids, a, b);
 
     println!(
         "\nnetns_nat: stages on nodes {devices:?} (0 public relay; 1, 3 cone NAT; 2 symmetric NAT)"
@@ -275,10 +273,15 @@ fn observe(bed: &Testbed, logs: &[std::path::PathBuf]) -> Result<Observed> {
 }
 
 impl Observed {
+    /// Whether node `a` reaches node `b` only through a relay.
+    fn is_relayed(&self, ids: &[String], a: usize, b: usize) -> bool {
+        self.routes[a].iter().any(|(p, _)| *p == ids[b])
+    }
+
     /// What is not (yet) as it must be; empty when the reading passes.
     fn failures(&self, ids: &[String]) -> Vec<String> {
         let (routes, status) = (&self.routes, &self.status);
-        let is_relayed = |a: usize, b: usize| routes[a].iter().any(|(p, _)| *p == ids[b]);
+        let is_relayed = |a: usize, b: usize| self.is_relayed(ids, a, b);
         let mut off = Vec::new();
         // The symmetric NAT defeats hole punching: node 2 reaches 1 and 3 only through node 0.
         for other in [1, 3] {

@@ -211,12 +211,11 @@ fn judge(bed: &Testbed, ids: &[&str], docs: &[Value]) -> Judged {
             }
             let want = bed.path(a, b);
             let got = |k: &str| {
-                let mut v: Vec<f64> = reports
+                let v: Vec<f64> = reports
                     .iter()
                     .map(|l| l[k].as_f64().unwrap_or(f64::NAN))
                     .collect();
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
+                measure::median(&v)
             };
             let (rtt, jit, bw, loss) = (
                 got("rtt_s"),

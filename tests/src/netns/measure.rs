@@ -29,6 +29,18 @@ pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
+/// The median (the mean of the middle two of an even count; NaN when empty).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// Round-trip times in seconds of `count` pings from node `from` to node `to`, one every
 /// `interval` (lost pings are simply missing).
 pub fn ping_rtts(
