@@ -11,7 +11,10 @@
 #   setup   (default) steps 1-3: chroot, its packages, static qemu-aarch64, ONNX Runtime; then a
 #           hello-world check (rustc for aarch64, run under qemu-aarch64)
 #   build   setup, then `cargo build --locked --profile $SHOAL_CROSS_PROFILE (default release)
-#           --target aarch64-unknown-linux-gnu -p shoal-node --bin shoal CARGO_ARGS...`
+#           --target aarch64-unknown-linux-gnu -p shoal-node --bin shoal CARGO_ARGS...`, then
+#           writes $SHOAL_CROSS_DIR/bin/shoal-aarch64: a runner that starts that binary on the
+#           host under qemu-aarch64 with the chroot's aarch64 libraries and the aarch64 ONNX
+#           Runtime (version $SHOAL_AARCH64_ORT, default the first of SHOAL_CROSS_ORT_VERSIONS)
 #   test    setup, then `cargo test --locked --profile $SHOAL_CROSS_PROFILE (default test)
 #           --target aarch64-unknown-linux-gnu CARGO_TEST_ARGS...` with the tests run under
 #           qemu-aarch64, e.g. `test -p shoal-keys -p shoal-protocol -- --test-threads 1`
@@ -52,7 +55,7 @@ PACKAGES=(rustc cargo libstd-rust-dev:arm64 gcc-aarch64-linux-gnu g++-aarch64-li
 
 log() { echo "[cross-aarch64] $*" >&2; }
 die() { log "error: $*"; exit 1; }
-usage() { sed -n '8,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '8,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 # ---- step timing ---------------------------------------------------------------------------
 STEP_LINES=()
@@ -383,6 +386,23 @@ timed() {
 
 finish() { print_steps; STEP_LINES=(); info "$@"; }
 
+# write_runner PROFILE-DIR: the host-side runner for the aarch64 binary (see `build` above).
+write_runner() {
+  local bin="$TARGET_DIR/$TARGET/$1/shoal" runner="$CROSS/bin/shoal-aarch64"
+  mkdir -p "$CROSS/bin"
+  cat >"$runner.tmp" <<RUNNER
+#!/bin/sh
+# Written by scripts/cross-aarch64.sh build: runs the aarch64 shoal on this host under qemu.
+v=\${SHOAL_AARCH64_ORT:-$ORT_MAIN}
+lib="$ORT_DIR/\$v/libonnxruntime.so.\$v"
+[ -f "\$lib" ] || { echo "shoal-aarch64: no aarch64 ONNX Runtime \$v at \$lib" >&2; exit 1; }
+ORT_DYLIB_PATH=\$lib exec "$QEMU" -L "$ROOT$C_SYSROOT" "$bin" "\$@"
+RUNNER
+  chmod 755 "$runner.tmp"
+  mv "$runner.tmp" "$runner"
+  log "runner:         $runner"
+}
+
 main() {
   local cmd=${1:-setup}
   [ $# -eq 0 ] || shift
@@ -414,6 +434,7 @@ main() {
       timed "4 cargo build ($prof)" \
         in_chroot "$WS" cargo build --locked --profile "$prof" --target "$TARGET" -p shoal-node --bin shoal "$@" || exit $?
       file "$TARGET_DIR/$TARGET/$(profile_dir "$prof")/shoal" | sed 's/^/[cross-aarch64] /' >&2
+      write_runner "$(profile_dir "$prof")"
       finish "$(profile_dir "$prof")"
       ;;
     test)

@@ -1,7 +1,8 @@
 //! The node's HTTP API (axum). [`router`] is the one place routes are registered: this file
-//! serves `GET /` (the live page, `api/page.rs`) and `GET /v1/status`; the pipeline adds its
-//! OpenAI-compatible routes and `/metrics` from submodules under `api/` by merging their
-//! routers here.
+//! serves `GET /` (the live page, `api/page.rs`), `GET /health` and `GET /v1/status`; the
+//! pipeline adds its OpenAI-compatible routes and `/metrics` from submodules under `api/` by
+//! merging their routers here. API keys (`api/auth.rs`) guard every route but the page and
+//! `/health`.
 //!
 //! `GET /v1/status` returns one JSON object: `node`, `epoch`, `next_coordinator`, `members`
 //! (id, capability, age), `links` (the directed link matrix), `plan` (DESIGN.md's plan JSON plus
@@ -21,22 +22,37 @@ use tokio_util::sync::CancellationToken;
 use crate::node::NodeHandle;
 use crate::pipeline::PipelineHandle;
 use crate::view::View;
+use auth::ApiKeys;
 
+pub mod auth;
 pub mod client;
 pub mod openai;
 pub mod page;
 pub mod stop;
 
 /// The full router of a node's API (the OpenAI routes and `/metrics` need the pipeline).
-pub fn router(node: &NodeHandle, pipeline: Option<PipelineHandle>) -> Router {
-    let router = Router::new()
-        .route("/", get(page::page))
+/// With `keys` set, every route but `GET /` (the page) and `GET /health` needs one of them.
+pub fn router(node: &NodeHandle, pipeline: Option<PipelineHandle>, keys: ApiKeys) -> Router {
+    let guarded = Router::new()
         .route("/v1/status", get(status))
         .with_state(node.clone());
-    match pipeline {
-        Some(p) => router.merge(openai::router(p)),
-        None => router,
-    }
+    let guarded = match pipeline {
+        Some(p) => guarded.merge(openai::router(p)),
+        None => guarded,
+    };
+    let guarded = guarded.route_layer(axum::middleware::from_fn_with_state(
+        keys,
+        auth::require_key,
+    ));
+    Router::new()
+        .route("/", get(page::page))
+        .route("/health", get(health))
+        .merge(guarded)
+}
+
+/// `GET /health`: 200 while the node serves its API (no key needed, nothing revealed).
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
 }
 
 /// Serves `router` on `listener` until `cancel` fires.

@@ -61,6 +61,15 @@ pub struct Config {
     /// Address of the HTTP API (`GET /v1/status`, ...). Default: `127.0.0.1:7070`.
     /// Use port 0 to let the OS pick (the ready line prints it).
     pub api: Option<SocketAddr>,
+    /// API keys: with any set (here or in `api_key_file`), every API route but `GET /health`
+    /// and the page (`GET /`) needs `Authorization: Bearer KEY`. Each at least 16 visible ASCII
+    /// characters. Default: none (an open API).
+    pub api_keys: ApiKeyList,
+    /// A file of API keys, one per line (blank lines and `#` comments skipped). Default: none.
+    pub api_key_file: Option<PathBuf>,
+    /// Serve the API on a non-loopback address without keys, so that anyone who reaches it can
+    /// generate. Default: `false`: such a node refuses to start.
+    pub api_insecure: bool,
     /// Discover peers on the local network with mDNS. Default: `true`.
     pub mdns: bool,
     /// Also use QUIC (needs the `quic` cargo feature; ignored with `psk_file`). Default: `true`.
@@ -87,6 +96,18 @@ pub struct Config {
     pub planner: PlannerConfig,
     /// Pipeline timeouts, failover and bounds (see [`PipelineConfig`]).
     pub pipeline: PipelineConfig,
+}
+
+/// The `api_keys` of the config: plain strings in TOML, never shown by `Debug` (a config may
+/// be logged; a key must not be).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKeyList(pub Vec<String>);
+
+impl std::fmt::Debug for ApiKeyList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} API keys]", self.0.len())
+    }
 }
 
 /// Timeouts and bounds of the pipeline: the `[pipeline]` section of the node config. Every
@@ -310,6 +331,9 @@ impl Default for Config {
             key_file: PathBuf::new(),
             model: None,
             api: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            api_keys: ApiKeyList::default(),
+            api_key_file: None,
+            api_insecure: false,
             mdns: true,
             quic: true,
             psk_file: None,

@@ -72,7 +72,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
 }
 
 /// How to start the swarm.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LaunchOptions {
     /// The `shoal` binary.
     pub bin: PathBuf,
@@ -87,6 +87,13 @@ pub struct LaunchOptions {
     /// TOML appended to every node's config after its own sections (e.g. a `[pipeline]`
     /// section); empty for none.
     pub extra_config: String,
+    /// Environment variables set for the node processes, on top of this process's.
+    pub env: Vec<(String, String)>,
+    /// Top-level TOML keys added to every node's config before its sections (e.g.
+    /// `api_keys = [...]`); empty for none.
+    pub top_config: String,
+    /// The API key the swarm's own client sends (for nodes started with `api_keys`).
+    pub api_key: Option<String>,
 }
 
 /// One running node process.
@@ -173,7 +180,7 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
     let boot: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
     format!(
         "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{}]\ndata_dir = {}\nkey_file = {}\nmodel = {}\n\
-         api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nort_spin = false\nmemory_offered = {}\n\n\
+         api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nort_spin = false\nmemory_offered = {}\n{}\n\n\
          [membership]\nliveness_timeout_ms = 2500\nannounce_interval_ms = 400\nsettle_ms = 1000\n\n\
          [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n\n{}\n",
         boot.join(", "),
@@ -181,6 +188,7 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
         q(&node_dir.join("node.key")),
         q(&opts.model),
         opts.memory.get(i).copied().unwrap_or(u64::MAX / 4),
+        opts.top_config,
         opts.extra_config,
     )
 }
@@ -189,8 +197,16 @@ impl LocalSwarm {
     /// Starts `opts.memory.len()` nodes and waits for each one's ready line.
     pub async fn start(opts: &LaunchOptions) -> Result<Self, LaunchError> {
         std::fs::create_dir_all(&opts.dir).map_err(io(format!("create {}", opts.dir.display())))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &opts.api_key {
+            let value = format!("Bearer {key}")
+                .parse()
+                .map_err(|_| LaunchError::Http("the API key is not a valid header value".into()))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .no_proxy()
+            .default_headers(headers)
             .build()
             .map_err(|e| LaunchError::Http(e.to_string()))?;
         let mut swarm = LocalSwarm {
@@ -495,6 +511,7 @@ async fn spawn_node(
         .arg("run")
         .arg("--config")
         .arg(&config)
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))

@@ -1,7 +1,7 @@
 //! The composition root: [`Node::start`] builds a whole node from its parts and wires them.
 //!
-//! 1. binds the HTTP API's listener (when configured), so a taken port fails before anything
-//!    runs;
+//! 1. loads the API keys and binds the HTTP API's listener (when configured), so a bad key
+//!    file, an API exposed without keys, or a taken port fails before anything runs;
 //! 2. starts the node ([`crate::node::start`]: swarm, probes, membership, coordinator), which
 //!    hands back its [`NodeHandle`] and the swarm's raw pipeline traffic;
 //! 3. starts the pipeline from the handle's parts, giving it the swarm through
@@ -19,6 +19,7 @@ use libp2p::PeerId;
 use shoal_keys::{Identity, NodeId};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::{ApiKeys, check_exposure};
 use crate::config::Config;
 use crate::node::{NodeError, NodeHandle};
 use crate::pipeline::net::{Net, Network, Request, SendError};
@@ -34,6 +35,9 @@ pub enum StartError {
     /// The pipeline could not start.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The API keys could not be loaded, or the API would be exposed without them.
+    #[error(transparent)]
+    ApiKeys(#[from] crate::api::auth::KeyError),
     /// The API's listener could not be opened.
     #[error("api listener {addr}: {source}")]
     Api {
@@ -94,9 +98,12 @@ impl Node {
         identity: Identity,
         cancel: CancellationToken,
     ) -> Result<Running, StartError> {
-        // Bound first, so a taken port fails before anything runs.
+        // Keys checked and the port bound first, so a bad key file, an API exposed without
+        // keys or a taken port fails before anything runs.
+        let keys = ApiKeys::load(&config.api_keys.0, config.api_key_file.as_deref())?;
         let listener = match config.api {
             Some(addr) => {
+                check_exposure(addr, &keys, config.api_insecure)?;
                 let api = |source| StartError::Api { addr, source };
                 let l = tokio::net::TcpListener::bind(addr).await.map_err(api)?;
                 let bound = l.local_addr().map_err(api)?;
@@ -127,7 +134,7 @@ impl Node {
             }
         };
         if let Some((listener, _)) = listener {
-            let router = crate::api::router(&node, Some(pipeline.clone()));
+            let router = crate::api::router(&node, Some(pipeline.clone()), keys);
             tokio::spawn(crate::api::serve(listener, router, cancel));
         }
         Ok(Running {

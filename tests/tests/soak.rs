@@ -193,6 +193,7 @@ async fn sixteen_streams_through_a_kill_a_freeze_and_a_join() {
         memory: vec![budget; 4],
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
         extra_config: String::new(),
+        ..Default::default()
     };
     let mut swarm = LocalSwarm::start(&opts).await.unwrap();
     let plan = match swarm.wait_plan(2, 0, PLAN_TIMEOUT).await {

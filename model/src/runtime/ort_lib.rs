@@ -1,6 +1,7 @@
 //! Finding and loading the ONNX Runtime shared library (`ort`'s load-dynamic mode).
 //!
-//! Search order: `ORT_DYLIB_PATH`, the configured path, next to the `shoal` binary, Termux's
+//! Search order: `ORT_DYLIB_PATH`, the configured path, next to the `shoal` binary (and its
+//! `lib/`), the install layout `../lib/shoal` and `../lib` (scripts/install.sh), Termux's
 //! `$PREFIX/lib`, system library folders, then Python `onnxruntime` installs. The library is
 //! loaded once per process; the environment is shared by all sessions.
 
@@ -26,7 +27,7 @@ const LIB: &str = "libonnxruntime.so";
 pub const INSTALL_HINT: &str = "install ONNX Runtime (>= 1.23) with `pip install onnxruntime` (shoal finds it \
 in the Python install), or on Termux `pkg install onnxruntime`, or download a release from \
 https://github.com/microsoft/onnxruntime/releases and set ORT_DYLIB_PATH=/path/to/libonnxruntime.so \
-(or `ort_dylib_path` in the node config)";
+(or `ort_dylib = \"...\"` in the node config)";
 
 /// Whether the pool's threads spin ([`set_thread_spinning`]).
 static SPIN: AtomicBool = AtomicBool::new(true);
@@ -134,6 +135,11 @@ fn candidate_dirs() -> Vec<PathBuf> {
     {
         dirs.push(d.to_owned());
         dirs.push(d.join("lib"));
+        // An installed layout, PREFIX/bin/shoal beside PREFIX/lib/shoal/ (scripts/install.sh).
+        if let Some(prefix) = d.parent() {
+            dirs.push(prefix.join("lib/shoal"));
+            dirs.push(prefix.join("lib"));
+        }
     }
     if let Some(prefix) = std::env::var_os("PREFIX") {
         dirs.push(PathBuf::from(prefix).join("lib"));
@@ -214,7 +220,7 @@ mod tests {
             "pip install onnxruntime",
             "pkg install onnxruntime",
             "ORT_DYLIB_PATH",
-            "ort_dylib_path",
+            "ort_dylib = ",
         ] {
             assert!(INSTALL_HINT.contains(needle), "{needle}");
         }

@@ -46,6 +46,8 @@ pub struct Completion {
     pub top_k: usize,
     /// Sampler seed.
     pub seed: u64,
+    /// An API key of the node (when it has `api_keys`), sent as a bearer token.
+    pub api_key: Option<String>,
 }
 
 /// The answer as the client saw it.
@@ -95,12 +97,11 @@ pub async fn complete(
         .build()
         .map_err(|e| http_err(e.to_string()))?;
     let start = Instant::now();
-    let r = client
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| http_err(e.to_string()))?;
+    let mut request = client.post(&url).json(&body);
+    if let Some(key) = &c.api_key {
+        request = request.bearer_auth(key);
+    }
+    let r = request.send().await.map_err(|e| http_err(e.to_string()))?;
     let status = r.status().as_u16();
     if status != 200 {
         let v: Value = r.json().await.unwrap_or(Value::Null);

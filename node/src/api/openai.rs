@@ -3,7 +3,7 @@
 //!
 //! The node that receives the request is the origin: it tokenizes (a `prompt` may also be an
 //! array of token ids), runs the generation through the pipeline and answers in OpenAI's
-//! shapes. Sampling: `temperature` (0 = greedy; default 1), `top_p` (default 1), `top_k`
+//! shapes. Sampling: `temperature` (0..=2, 0 = greedy; default 1), `top_p` (0..=1, default 1), `top_k`
 //! (extension, default off), `seed` (default 0, so a request is reproducible), `max_tokens`
 //! (default 16; `max_completion_tokens` is accepted too; more than the context has left is
 //! clamped to it). Generation stops at the model's end-of-sequence tokens and at `stop`
@@ -264,6 +264,19 @@ impl Common {
         Ok(())
     }
 
+    /// Sampling parameters in the ranges OpenAI's server accepts: `temperature` 0..=2,
+    /// `top_p` 0..=1.
+    fn ranges(&self) -> Result<(), ApiError> {
+        let check = |name: &str, v: Option<f32>, max: f32| match v {
+            Some(v) if !(0.0..=max).contains(&v) => Err(bad(format!(
+                "Invalid '{name}': expected a value from 0 to {max}, but got {v} instead."
+            ))),
+            _ => Ok(()),
+        };
+        check("temperature", self.temperature, 2.0)?;
+        check("top_p", self.top_p, 1.0)
+    }
+
     fn params(
         &self,
         p: &PipelineHandle,
@@ -271,6 +284,7 @@ impl Common {
         kind: Kind,
     ) -> Result<GenerateParams, ApiError> {
         self.unsupported()?;
+        self.ranges()?;
         let logprobs = self.logprobs(kind)?;
         if let (Some(want), Some(have)) = (&self.model, p.model_name())
             && *want != have

@@ -154,6 +154,7 @@ pub(crate) async fn start_swarm(
         memory: vec![budget; nodes],
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "warn".into()),
         extra_config: extra_config.to_string(),
+        ..Default::default()
     };
     Ok(LocalSwarm::start(&opts).await?)
 }

@@ -101,6 +101,9 @@ pub(crate) struct GenerateArgs {
     /// tokenizes and generates through the swarm.
     #[arg(long, conflicts_with_all = ["model", "backend", "ort_dylib"])]
     pub(crate) api: Option<String>,
+    /// With `--api`: an API key of the node (when it has `api_keys`), sent as a bearer token.
+    #[arg(long, env = "SHOAL_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
     #[command(flatten)]
     pub(crate) prompt: PromptArgs,
     /// Wrap the text prompt as a user turn in the model's chat template.

@@ -17,15 +17,20 @@ pub(crate) struct StatusArgs {
     /// Print the JSON document instead of tables.
     #[arg(long)]
     json: bool,
+    /// An API key of the node (when it has `api_keys`), sent as a bearer token.
+    #[arg(long, env = "SHOAL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 pub(crate) fn run(args: StatusArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let url = format!("http://{}/v1/status", args.api);
     let v: Value = rt.block_on(async {
-        let resp = reqwest::get(&url)
-            .await
-            .with_context(|| format!("GET {url}"))?;
+        let mut req = reqwest::Client::builder().no_proxy().build()?.get(&url);
+        if let Some(key) = &args.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.with_context(|| format!("GET {url}"))?;
         let resp = resp
             .error_for_status()
             .with_context(|| format!("GET {url}"))?;

@@ -67,6 +67,7 @@ pub(crate) async fn start_swarm_with(
         memory: vec![budget; n],
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
         extra_config: extra.to_string(),
+        ..Default::default()
     };
     LocalSwarm::start(&opts).await.expect("start swarm")
 }

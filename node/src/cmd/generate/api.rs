@@ -24,6 +24,7 @@ pub(crate) fn run_api(args: &GenerateArgs, addr: &str) -> anyhow::Result<Generat
         top_p: sampling.top_p,
         top_k: sampling.top_k,
         seed: sampling.seed,
+        api_key: args.api_key.clone(),
     };
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let stream = !args.json;
