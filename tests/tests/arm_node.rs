@@ -65,24 +65,52 @@ fn arm_runner(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Two x86 nodes, then the aarch64 node, each offering memory that forces a 3-stage plan;
-/// returns the swarm once all three agree on a plan in which the aarch64 node (index 2) holds
-/// a stage, and that plan.
+fn memory_fraction() -> f64 {
+    shoal_node::config::Config::default()
+        .planner
+        .memory_fraction
+}
+
+/// Memory for each x86 node and for the aarch64 node that leaves the plan one choice: the
+/// aarch64 node in the middle with a third or more of the decoder layers. Each x86 node holds
+/// the larger end (embedding or head) and a third of the decoder layers; the aarch64 node
+/// holds half of them and cannot hold an end.
+fn middle_budgets(model: &Path) -> (u64, u64) {
+    let info = shoal_node::node::ModelInfo::load(model).unwrap();
+    let need: Vec<f64> = info
+        .layers
+        .iter()
+        .map(|l| l.param_bytes + l.kv_bytes_per_token * info.context_tokens)
+        .collect();
+    let (first, last) = (need[0], need[need.len() - 1]);
+    let decoders: f64 = need[1..need.len() - 1].iter().sum();
+    let largest = need[1..need.len() - 1].iter().copied().fold(0.0, f64::max);
+    assert!(
+        first.min(last) > decoders / 2.0 + largest,
+        "the embedding and head must each outweigh half the decoder layers"
+    );
+    let offer = |bytes: f64| (bytes / memory_fraction()).ceil() as u64 + 1;
+    (
+        offer(first.max(last) + decoders / 3.0 + largest),
+        offer(decoders / 2.0 + largest),
+    )
+}
+
+/// Two x86 nodes, then the aarch64 node, offering `memory` (x86 each, aarch64) bytes; returns
+/// the swarm once all three agree on a 3-stage plan in which the aarch64 node (index 2) holds
+/// a stage, that plan, and the aarch64 node's layer range.
 async fn mixed_swarm(
     dir: &Path,
     model: &Path,
     runner: &Path,
     ort: Option<&str>,
-) -> (LocalSwarm, Value) {
-    let fraction = shoal_node::config::Config::default()
-        .planner
-        .memory_fraction;
-    let budget = launch::spanning_budget(model, 3, fraction).expect("budget");
+    memory: (u64, u64),
+) -> (LocalSwarm, Value, Value) {
     let mut opts = LaunchOptions {
         bin: shoal_bin(),
         dir: dir.join("swarm"),
         model: model.to_path_buf(),
-        memory: vec![budget; 2],
+        memory: vec![memory.0; 2],
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
         extra_config: String::new(),
         ..Default::default()
@@ -92,7 +120,10 @@ async fn mixed_swarm(
     if let Some(v) = ort {
         opts.env.push(("SHOAL_AARCH64_ORT".into(), v.into()));
     }
-    let arm = swarm.join(&opts, budget).await.expect("start aarch64 node");
+    let arm = swarm
+        .join(&opts, memory.1)
+        .await
+        .expect("start aarch64 node");
     assert_eq!(arm, 2);
     // Under emulation the aarch64 node calibrates and answers slower: allow it more time.
     let plan = match swarm.wait_plan(3, 0, PLAN_TIMEOUT + PLAN_TIMEOUT).await {
@@ -102,23 +133,24 @@ async fn mixed_swarm(
             panic!("{e}");
         }
     };
-    let devices: Vec<&str> = plan["stages"]
+    let Some(arm_layers) = plan["stages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["device"].as_str().unwrap())
-        .collect();
-    assert!(
-        devices.contains(&swarm.nodes[arm].id.as_str()),
-        "the aarch64 node {} holds no stage: {plan}",
-        swarm.nodes[arm].id
-    );
+        .find(|s| s["device"].as_str() == Some(swarm.nodes[arm].id.as_str()))
+        .map(|s| s["layers"].clone())
+    else {
+        panic!(
+            "the aarch64 node {} holds no stage: {plan}",
+            swarm.nodes[arm].id
+        );
+    };
     let log = std::fs::read_to_string(&swarm.nodes[arm].log).unwrap_or_default();
     assert!(
         log.contains("ONNX Runtime loaded"),
         "the aarch64 node did not load ONNX Runtime:\n{log}"
     );
-    (swarm, plan)
+    (swarm, plan, arm_layers)
 }
 
 /// Greedy completion of `prompt` from node `origin`; its token ids.
@@ -152,6 +184,7 @@ async fn aarch64_node_serves_a_stage_with_the_x86_tokens() {
     let model = synth_model(dir.path());
     let reference = reference_tokens(&model, &PROMPT, MAX_TOKENS);
     assert!(!reference.is_empty());
+    let budget = launch::spanning_budget(&model, 3, memory_fraction()).expect("budget");
     let versions: Vec<Option<String>> = match std::env::var("SHOAL_AARCH64_ORT_VERSIONS") {
         Ok(v) if !v.trim().is_empty() => v.split_whitespace().map(|s| Some(s.into())).collect(),
         _ => vec![None],
@@ -159,8 +192,12 @@ async fn aarch64_node_serves_a_stage_with_the_x86_tokens() {
     for (k, ort) in versions.iter().enumerate() {
         let label = ort.as_deref().unwrap_or("the runner's default");
         let run_dir = dir.path().join(format!("run{k}"));
-        let (swarm, plan) = mixed_swarm(&run_dir, &model, &runner, ort.as_deref()).await;
-        eprintln!("ONNX Runtime {label} on aarch64: plan {}", plan["stages"]);
+        let (swarm, plan, arm_layers) =
+            mixed_swarm(&run_dir, &model, &runner, ort.as_deref(), (budget, budget)).await;
+        eprintln!(
+            "ONNX Runtime {label} on aarch64: the aarch64 node holds layers {arm_layers}; plan {}",
+            plan["stages"]
+        );
         for origin in [0, 2] {
             let ids = complete(&swarm, origin, &PROMPT, MAX_TOKENS).await;
             assert_eq!(
@@ -201,14 +238,21 @@ async fn aarch64_node_in_a_gemma_swarm_agrees_with_x86() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let (swarm, plan) = mixed_swarm(dir.path(), &model, &runner, None).await;
-    let layers: Vec<String> = plan["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| format!("{}:{}", s["device"].as_str().unwrap_or("?"), s["layers"]))
-        .collect();
-    eprintln!("plan: {}", layers.join(" "));
+    let budgets = middle_budgets(&model);
+    let (swarm, plan, arm_layers) = mixed_swarm(dir.path(), &model, &runner, None, budgets).await;
+    let (start, end) = (
+        arm_layers[0].as_u64().unwrap(),
+        arm_layers[1].as_u64().unwrap(),
+    );
+    let last = manifest.figures().len() as u64 - 1;
+    assert!(
+        start >= 1 && end <= last && end > start,
+        "the aarch64 node should hold decoder layers only: {arm_layers} of {plan}"
+    );
+    eprintln!(
+        "the aarch64 node holds decoder layers {arm_layers}; plan {}",
+        plan["stages"]
+    );
 
     // Greedy from the prompt; then, from the first position where the swarm leaves the x86
     // run, again from the x86 prefix one token further: each position's top-1 is judged on
