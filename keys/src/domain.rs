@@ -25,6 +25,8 @@ impl Domain {
     pub const GENERATE: Domain = Domain("shoal/generate/1");
     /// Link probes.
     pub const PROBE: Domain = Domain("shoal/probe/1");
+    /// Invitations to a swarm.
+    pub const INVITE: Domain = Domain("shoal/invite/1");
 
     /// A domain for a message kind not listed above.
     pub const fn new(name: &'static str) -> Self {

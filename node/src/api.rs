@@ -1,7 +1,7 @@
 //! The node's HTTP API (axum). [`router`] is the one place routes are registered: this file
-//! serves `GET /` (the live page, `api/page.rs`), `GET /health` and `GET /v1/status`; the
-//! pipeline adds its OpenAI-compatible routes and `/metrics` from submodules under `api/` by
-//! merging their routers here. API keys (`api/auth.rs`) guard every route but the page and
+//! serves `GET /` (the live page, `api/page.rs`), `GET /health`, `GET /v1/status` and
+//! `POST /v1/invite` (`api/invite.rs`); the pipeline adds its OpenAI-compatible routes and
+//! `/metrics` from submodules under `api/` by merging their routers here. API keys (`api/auth.rs`) guard every route but the page and
 //! `/health`.
 //!
 //! `GET /v1/status` returns one JSON object: `node`, `epoch`, `next_coordinator`, `members`
@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use shoal_protocol::Plan;
@@ -26,6 +26,7 @@ use auth::ApiKeys;
 
 pub mod auth;
 pub mod client;
+pub mod invite;
 pub mod openai;
 pub mod page;
 pub mod stop;
@@ -35,6 +36,7 @@ pub mod stop;
 pub fn router(node: &NodeHandle, pipeline: Option<PipelineHandle>, keys: ApiKeys) -> Router {
     let guarded = Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/invite", post(invite::issue))
         .with_state(node.clone());
     let guarded = match pipeline {
         Some(p) => guarded.merge(openai::router(p)),

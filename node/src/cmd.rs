@@ -4,6 +4,7 @@
 pub(crate) mod bench;
 pub(crate) mod demo;
 pub(crate) mod generate;
+pub(crate) mod invite;
 pub(crate) mod keys;
 pub(crate) mod model;
 pub(crate) mod plan;

@@ -283,6 +283,24 @@ impl LocalSwarm {
         Ok(i)
     }
 
+    /// Starts one more node that is told no member's address: it joins with an invite token
+    /// alone (`shoal run --join`, given through `SHOAL_JOIN`), offering `memory` bytes.
+    pub async fn join_by_invite(
+        &mut self,
+        opts: &LaunchOptions,
+        memory: u64,
+        token: &str,
+    ) -> Result<usize, LaunchError> {
+        let i = self.nodes.len();
+        let mut opts = opts.clone();
+        opts.memory.resize(i, 0);
+        opts.memory.push(memory);
+        opts.env.push(("SHOAL_JOIN".into(), token.into()));
+        let node = spawn_node(&opts, i, &[]).await?;
+        self.nodes.push(node);
+        Ok(i)
+    }
+
     /// Waits until every running node reports the same plan with at least `stages` stages
     /// (and an epoch above `after`); returns that plan's JSON.
     pub async fn wait_plan(

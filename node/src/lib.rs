@@ -11,6 +11,7 @@ pub mod api;
 pub mod capability;
 pub mod config;
 pub mod coordinator;
+pub mod invite;
 pub mod launch;
 pub mod links;
 pub mod membership;

@@ -30,6 +30,8 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Show a running node's members, links and plan.
     Status(cmd::status::StatusArgs),
+    /// Print an invite token from a running node, for `shoal run --join` on a new device.
+    Invite(cmd::invite::InviteArgs),
     /// Generate text from a model directory in this process.
     Generate(cmd::generate::GenerateArgs),
     /// Import, synthesise or inspect models.
@@ -48,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Run(a) => cmd::run::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Invite(a) => cmd::invite::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Model(c) => cmd::model::run(c),

@@ -15,7 +15,14 @@ type Edges = BTreeSet<(String, String)>;
 
 /// Top-level modules by layer, lowest first; a module may import only from lower layers.
 const LAYERS: &[&[&str]] = &[
-    &["config", "links", "membership", "capability", "store"],
+    &[
+        "config",
+        "links",
+        "membership",
+        "capability",
+        "store",
+        "invite",
+    ],
     &["coordinator", "view"],
     &["swarm"],
     &["probe"],

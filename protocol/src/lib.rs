@@ -23,6 +23,7 @@
 //! | `/shoal/probe/1` | [`BandwidthProbe`] -> [`BandwidthProbeReply`] | no |
 //! | UDP loss echo | [`LossProbe`] | no |
 //! | UDP bandwidth train | [`TrainProbe`], answered by [`TrainAck`] | no |
+//! | out of band (text, QR code) | [`Invite`] | yes, by `inviter` |
 //!
 //! # Tests
 //!
@@ -42,6 +43,7 @@ mod codec;
 mod error;
 mod generate;
 mod gossip;
+mod invite;
 mod links;
 mod message;
 mod names;
@@ -64,6 +66,7 @@ pub use generate::{
     MAX_TEXT_BYTES, Sampling, TokenChunk,
 };
 pub use gossip::GossipMessage;
+pub use invite::{Invite, MAX_INVITE_ADDRS, MAX_INVITE_BYTES};
 pub use links::{LinkEntry, LinkReport};
 pub use message::{Kind, Message};
 pub use names::{

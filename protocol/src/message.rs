@@ -46,11 +46,13 @@ pub enum Kind {
     TrainProbe = 14,
     /// [`crate::TrainAck`], the receiver's note of a train datagram's arrival.
     TrainAck = 15,
+    /// [`crate::Invite`], carried out of band (text or QR code), never on the swarm.
+    Invite = 16,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Capability,
         Kind::LinkReport,
         Kind::Plan,
@@ -66,6 +68,7 @@ impl Kind {
         Kind::LossProbe,
         Kind::TrainProbe,
         Kind::TrainAck,
+        Kind::Invite,
     ];
 
     /// The code written in frame headers.
@@ -96,6 +99,7 @@ impl Kind {
             Kind::LossProbe => "loss_probe",
             Kind::TrainProbe => "train_probe",
             Kind::TrainAck => "train_ack",
+            Kind::Invite => "invite",
         }
     }
 }

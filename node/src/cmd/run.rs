@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use shoal_node::config::Config;
+use shoal_node::invite;
+use shoal_node::node::ModelInfo;
 use shoal_node::start::{Node, Running};
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +49,10 @@ pub(crate) struct RunArgs {
     /// HTTP API address (port 0: any free port).
     #[arg(long)]
     api: Option<SocketAddr>,
+    /// An invite token from `shoal invite` (or a member's page): joins that swarm with its key,
+    /// addresses and relays; nothing else is needed.
+    #[arg(long, env = "SHOAL_JOIN", hide_env_values = true)]
+    join: Option<String>,
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -89,7 +95,72 @@ fn config(args: RunArgs) -> anyhow::Result<Config> {
     if c.key_file.as_os_str().is_empty() {
         c.key_file = super::keys::default_key_file()?;
     }
+    if let Some(token) = &args.join {
+        join(&mut c, token)?;
+    }
     Ok(c)
+}
+
+/// Applies an invite to the config: its addresses first, its relays, its swarm key (written to
+/// `<data_dir>/swarm.key`); refuses a token that is not valid now, and a config that
+/// contradicts it (another swarm key, another model).
+fn join(c: &mut Config, token: &str) -> anyhow::Result<()> {
+    let inv = invite::read(token, invite::now_unix_s()).context("--join")?;
+    if let (Some(want), Some(dir)) = (&inv.model, &c.model) {
+        let have = ModelInfo::load(dir).context("--model")?.model_ref;
+        if have.manifest_sha256 != want.manifest_sha256 {
+            anyhow::bail!(
+                "--join: the swarm runs {} (manifest sha256 {}), but {} holds {} (sha256 {})",
+                want.name,
+                hex::encode(want.manifest_sha256),
+                dir.display(),
+                have.name,
+                hex::encode(have.manifest_sha256)
+            );
+        }
+    }
+    match (inv.swarm_key, &c.psk_file) {
+        (Some(key), Some(path)) => {
+            if invite::read_swarm_key(path)? != key {
+                anyhow::bail!(
+                    "--join: psk_file {} holds another swarm's key than the invite's; remove psk_file \
+                     from the config to join this swarm",
+                    path.display()
+                );
+            }
+        }
+        (Some(key), None) => {
+            let path = c.data_dir.join("swarm.key");
+            invite::write_swarm_key(&path, &key)?;
+            c.psk_file = Some(path);
+        }
+        (None, Some(path)) => anyhow::bail!(
+            "--join: the invite is for a public swarm, but psk_file {} makes this node private",
+            path.display()
+        ),
+        (None, None) => {}
+    }
+    let mut bootstrap = inv.bootstrap;
+    bootstrap.append(&mut c.bootstrap);
+    c.bootstrap = bootstrap;
+    for r in inv.relays {
+        if !c.relays.contains(&r) {
+            c.relays.push(r);
+        }
+    }
+    if c.model.is_none() {
+        tracing::warn!(
+            "joining without a model: this node holds no layers (give it --model with the \
+             swarm's model folder to serve a stage)"
+        );
+    }
+    tracing::info!(
+        inviter = %inv.inviter,
+        private = inv.swarm_key.is_some(),
+        model = inv.model.as_ref().map_or("-", |m| m.name.as_str()),
+        "joining through an invite"
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

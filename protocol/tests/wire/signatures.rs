@@ -167,3 +167,78 @@ fn frames_on_the_wrong_topic_or_protocol_are_refused() {
         "unknown_topic"
     );
 }
+
+fn invite(by: u8) -> Invite {
+    Invite {
+        inviter: node(by),
+        swarm_key: Some([7; 32]),
+        bootstrap: vec![format!("/ip4/192.168.1.20/tcp/4001/p2p/{}", node(by))],
+        relays: Vec::new(),
+        model: Some(ModelRef {
+            name: "gemma-3-270m-q4".into(),
+            manifest_sha256: [9; 32],
+        }),
+        issued_unix_s: 1_800_000_000,
+        expires_unix_s: 1_800_086_400,
+    }
+}
+
+#[test]
+fn invites_verify_only_untampered_and_from_their_inviter() {
+    let signed = Signed::sign(&identity(0), invite(0)).unwrap();
+    let bytes = encode(&signed).unwrap();
+    let decoded: Signed<Invite> = decode(&bytes).unwrap();
+    assert_eq!(decoded.verify().unwrap(), &invite(0));
+    // Every single-bit change is refused, by the decoder or by the signature, or is one the
+    // encoding does not see (a map key written as a byte string instead of text): what
+    // verifies is always the very invite that was signed.
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut b = bytes.clone();
+            b[i] ^= 1 << bit;
+            if let Ok(d) = decode::<Signed<Invite>>(&b) {
+                if let Ok(body) = d.verify() {
+                    assert_eq!(body, &invite(0), "byte {i} bit {bit}");
+                    assert_eq!(d.signer(), signed.signer(), "byte {i} bit {bit}");
+                }
+            }
+        }
+    }
+    // Node 1 cannot issue an invite in node 0's name.
+    assert!(Signed::sign(&identity(1), invite(0)).is_err());
+    // Nor pass node 0's signature off as its own.
+    let forged =
+        Signed::<Invite>::from_parts(node(1), *signed.signature(), signed.body_bytes().to_vec())
+            .unwrap();
+    assert!(forged.verify().is_err());
+    // An activation's signature is not an invite's.
+    let other = Signed::sign(&identity(0), activation()).unwrap();
+    let wrong =
+        Signed::<Invite>::from_parts(node(0), *other.signature(), signed.body_bytes().to_vec())
+            .unwrap();
+    assert!(wrong.verify().is_err());
+}
+
+#[test]
+fn invites_are_validated() {
+    let id = identity(0);
+    let mut no_addr = invite(0);
+    no_addr.bootstrap.clear();
+    assert!(Signed::sign(&id, no_addr).is_err());
+    let mut bare = invite(0);
+    bare.bootstrap = vec!["/ip4/10.0.0.1/tcp/4001".into()];
+    assert!(Signed::sign(&id, bare).is_err());
+    let mut backwards = invite(0);
+    backwards.expires_unix_s = backwards.issued_unix_s;
+    assert!(Signed::sign(&id, backwards).is_err());
+    let mut many = invite(0);
+    many.relays = vec![many.bootstrap[0].clone(); MAX_INVITE_ADDRS + 1];
+    assert!(Signed::sign(&id, many).is_err());
+    let mut public = invite(0);
+    public.swarm_key = None;
+    let bytes = encode(&Signed::sign(&id, public.clone()).unwrap()).unwrap();
+    assert_eq!(
+        decode::<Signed<Invite>>(&bytes).unwrap().verify().unwrap(),
+        &public
+    );
+}
