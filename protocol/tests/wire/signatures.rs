@@ -196,11 +196,11 @@ fn invites_verify_only_untampered_and_from_their_inviter() {
         for bit in 0..8 {
             let mut b = bytes.clone();
             b[i] ^= 1 << bit;
-            if let Ok(d) = decode::<Signed<Invite>>(&b) {
-                if let Ok(body) = d.verify() {
-                    assert_eq!(body, &invite(0), "byte {i} bit {bit}");
-                    assert_eq!(d.signer(), signed.signer(), "byte {i} bit {bit}");
-                }
+            if let Ok(d) = decode::<Signed<Invite>>(&b)
+                && let Ok(body) = d.verify()
+            {
+                assert_eq!(body, &invite(0), "byte {i} bit {bit}");
+                assert_eq!(d.signer(), signed.signer(), "byte {i} bit {bit}");
             }
         }
     }
