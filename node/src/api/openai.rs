@@ -3,10 +3,10 @@
 //!
 //! The node that receives the request is the origin: it tokenizes (a `prompt` may also be an
 //! array of token ids), runs the generation through the pipeline and answers in OpenAI's
-//! shapes. Sampling: `temperature` (0..=2, 0 = greedy; default 1), `top_p` (0..=1, default 1), `top_k`
-//! (extension, default off), `seed` (default 0, so a request is reproducible), `max_tokens`
-//! (default 16; `max_completion_tokens` is accepted too; more than the context has left is
-//! clamped to it). Generation stops at the model's end-of-sequence tokens and at `stop`
+//! shapes. Sampling: `temperature` (0..=2, 0 = greedy; default 1), `top_p` (0..=1, default
+//! 1), `top_k` (extension, default off), `seed` (default 0, so a request is reproducible),
+//! `max_tokens` (default 16; `max_completion_tokens` is accepted too; more than the context has
+//! left is clamped to it). Generation stops at the model's end-of-sequence tokens and at `stop`
 //! sequences (a string or up to four, matched on the decoded text, also when streaming; the
 //! stop sequence itself is not returned, see `stop.rs`). `usage` is in every plain answer and,
 //! with `stream_options.include_usage`, in a last streamed chunk with no choices. `n` must be 1.
