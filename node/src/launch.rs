@@ -269,18 +269,12 @@ impl LocalSwarm {
     /// Starts one more node, index `self.nodes.len()`, offering `memory` bytes, with node 0
     /// as its bootstrap peer; returns its index once it printed its ready line.
     pub async fn join(&mut self, opts: &LaunchOptions, memory: u64) -> Result<usize, LaunchError> {
-        let i = self.nodes.len();
-        let mut opts = opts.clone();
-        opts.memory.resize(i, 0);
-        opts.memory.push(memory);
         let bootstrap = self
             .nodes
             .first()
             .map(|n| n.listen.clone())
             .unwrap_or_default();
-        let node = spawn_node(&opts, i, &bootstrap).await?;
-        self.nodes.push(node);
-        Ok(i)
+        self.add_node(opts.clone(), memory, &bootstrap).await
     }
 
     /// Starts one more node that is told no member's address: it joins with an invite token
@@ -291,12 +285,22 @@ impl LocalSwarm {
         memory: u64,
         token: &str,
     ) -> Result<usize, LaunchError> {
-        let i = self.nodes.len();
         let mut opts = opts.clone();
+        opts.env.push(("SHOAL_JOIN".into(), token.into()));
+        self.add_node(opts, memory, &[]).await
+    }
+
+    /// Starts node `self.nodes.len()` with `opts`, offering `memory` bytes, dialling `bootstrap`.
+    async fn add_node(
+        &mut self,
+        mut opts: LaunchOptions,
+        memory: u64,
+        bootstrap: &[String],
+    ) -> Result<usize, LaunchError> {
+        let i = self.nodes.len();
         opts.memory.resize(i, 0);
         opts.memory.push(memory);
-        opts.env.push(("SHOAL_JOIN".into(), token.into()));
-        let node = spawn_node(&opts, i, &[]).await?;
+        let node = spawn_node(&opts, i, bootstrap).await?;
         self.nodes.push(node);
         Ok(i)
     }

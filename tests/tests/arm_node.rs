@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use serde_json::Value;
-use shoal_node::launch::{self, LaunchOptions, LocalSwarm};
+use shoal_node::launch::{self, LocalSwarm};
 
 const PROMPT: [u32; 6] = [72, 101, 108, 108, 111, 32];
 const MAX_TOKENS: usize = 24;
@@ -65,12 +65,6 @@ fn arm_runner(test: &str) -> Option<PathBuf> {
     }
 }
 
-fn memory_fraction() -> f64 {
-    shoal_node::config::Config::default()
-        .planner
-        .memory_fraction
-}
-
 /// Memory for each x86 node and for the aarch64 node that leaves the plan one choice: the
 /// aarch64 node in the middle with a third or more of the decoder layers. Each x86 node holds
 /// the larger end (embedding or head) and a third of the decoder layers; the aarch64 node
@@ -106,15 +100,7 @@ async fn mixed_swarm(
     ort: Option<&str>,
     memory: (u64, u64),
 ) -> (LocalSwarm, Value, Value) {
-    let mut opts = LaunchOptions {
-        bin: shoal_bin(),
-        dir: dir.join("swarm"),
-        model: model.to_path_buf(),
-        memory: vec![memory.0; 2],
-        log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
-        extra_config: String::new(),
-        ..Default::default()
-    };
+    let mut opts = launch_options(dir, model, vec![memory.0; 2]);
     let mut swarm = LocalSwarm::start(&opts).await.expect("start x86 nodes");
     opts.bin = runner.to_path_buf();
     if let Some(v) = ort {
@@ -153,28 +139,6 @@ async fn mixed_swarm(
     (swarm, plan, arm_layers)
 }
 
-/// Greedy completion of `prompt` from node `origin`; its token ids.
-async fn complete(
-    swarm: &LocalSwarm,
-    origin: usize,
-    prompt: &[u32],
-    max_tokens: usize,
-) -> Vec<u32> {
-    let (status, answer) = swarm
-        .post_json(
-            origin,
-            "/v1/completions",
-            &greedy_request(prompt, max_tokens, false),
-        )
-        .await
-        .unwrap();
-    if status != 200 {
-        dump_logs(swarm);
-    }
-    assert_eq!(status, 200, "origin node{origin}: {answer}");
-    token_ids(&answer)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aarch64_node_serves_a_stage_with_the_x86_tokens() {
     let Some(runner) = arm_runner("aarch64_node_serves_a_stage_with_the_x86_tokens") else {
@@ -199,7 +163,7 @@ async fn aarch64_node_serves_a_stage_with_the_x86_tokens() {
             plan["stages"]
         );
         for origin in [0, 2] {
-            let ids = complete(&swarm, origin, &PROMPT, MAX_TOKENS).await;
+            let ids = greedy_tokens(&swarm, origin, &PROMPT, MAX_TOKENS).await;
             assert_eq!(
                 ids, reference,
                 "origin node{origin}, aarch64 ONNX Runtime {label}"
@@ -257,7 +221,7 @@ async fn aarch64_node_in_a_gemma_swarm_agrees_with_x86() {
     // Greedy from the prompt; then, from the first position where the swarm leaves the x86
     // run, again from the x86 prefix one token further: each position's top-1 is judged on
     // the x86 context (teacher forcing), with one request per disagreement instead of 64.
-    let greedy = complete(&swarm, 0, &prompt, FORCED).await;
+    let greedy = greedy_tokens(&swarm, 0, &prompt, FORCED).await;
     let same_start = greedy
         .iter()
         .zip(&reference)
@@ -283,7 +247,7 @@ async fn aarch64_node_in_a_gemma_swarm_agrees_with_x86() {
         if at < FORCED {
             let mut context = prompt.clone();
             context.extend_from_slice(&reference[..at]);
-            next = complete(&swarm, 0, &context, FORCED - at).await;
+            next = greedy_tokens(&swarm, 0, &context, FORCED - at).await;
         }
     }
     swarm.shutdown().await;

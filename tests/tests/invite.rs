@@ -72,22 +72,14 @@ async fn a_device_joins_a_private_swarm_with_nothing_but_an_invite() {
     let psk = dir.path().join("swarm.key");
     let secret: [u8; 32] = rand::random();
     invite::write_swarm_key(&psk, &secret).unwrap();
-    let fraction = shoal_node::config::Config::default()
-        .planner
-        .memory_fraction;
-    let budget = launch::spanning_budget(&model, 2, fraction).unwrap();
+    let budget = launch::spanning_budget(&model, 2, memory_fraction()).unwrap();
     let opts = LaunchOptions {
-        bin: shoal_bin(),
-        dir: dir.path().join("swarm"),
-        model: model.clone(),
-        memory: vec![budget],
-        log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
         top_config: format!(
             "psk_file = {:?}\napi_keys = [{KEY:?}]",
             psk.display().to_string()
         ),
         api_key: Some(KEY.into()),
-        ..Default::default()
+        ..launch_options(dir.path(), &model, vec![budget])
     };
     let mut swarm = LocalSwarm::start(&opts).await.unwrap();
     let api = swarm.nodes[0].api.clone();
@@ -176,16 +168,8 @@ async fn a_device_joins_a_private_swarm_with_nothing_but_an_invite() {
     let written = dir.path().join("swarm/node1/data/swarm.key");
     assert_eq!(invite::read_swarm_key(&written).unwrap(), secret);
     for origin in [0, b] {
-        let (status, answer) = swarm
-            .post_json(
-                origin,
-                "/v1/completions",
-                &greedy_request(&PROMPT, MAX_TOKENS, false),
-            )
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{answer}");
-        assert_eq!(token_ids(&answer), reference, "origin node{origin}");
+        let ids = greedy_tokens(&swarm, origin, &PROMPT, MAX_TOKENS).await;
+        assert_eq!(ids, reference, "origin node{origin}");
     }
     swarm.shutdown().await;
 }

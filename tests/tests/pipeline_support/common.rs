@@ -56,20 +56,55 @@ pub(crate) async fn start_swarm_with(
     span: usize,
     extra: &str,
 ) -> LocalSwarm {
-    let fraction = shoal_node::config::Config::default()
-        .planner
-        .memory_fraction;
-    let budget = launch::spanning_budget(model, span, fraction).expect("budget");
+    let budget = launch::spanning_budget(model, span, memory_fraction()).expect("budget");
     let opts = LaunchOptions {
+        extra_config: extra.to_string(),
+        ..launch_options(dir, model, vec![budget; n])
+    };
+    LocalSwarm::start(&opts).await.expect("start swarm")
+}
+
+/// The share of offered memory the planner uses (the default config's).
+pub(crate) fn memory_fraction() -> f64 {
+    shoal_node::config::Config::default()
+        .planner
+        .memory_fraction
+}
+
+/// Options for nodes of `model` in `dir/swarm` offering `memory` bytes each, logging at
+/// `SHOAL_LOG` (default info); everything else default.
+pub(crate) fn launch_options(dir: &Path, model: &Path, memory: Vec<u64>) -> LaunchOptions {
+    LaunchOptions {
         bin: shoal_bin(),
         dir: dir.join("swarm"),
         model: model.to_path_buf(),
-        memory: vec![budget; n],
+        memory,
         log: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
-        extra_config: extra.to_string(),
         ..Default::default()
-    };
-    LocalSwarm::start(&opts).await.expect("start swarm")
+    }
+}
+
+/// The token ids of a greedy `/v1/completions` of `prompt` from node `origin`; a non-200
+/// answer fails the test with every node's log.
+pub(crate) async fn greedy_tokens(
+    swarm: &LocalSwarm,
+    origin: usize,
+    prompt: &[u32],
+    max_tokens: usize,
+) -> Vec<u32> {
+    let (status, answer) = swarm
+        .post_json(
+            origin,
+            "/v1/completions",
+            &greedy_request(prompt, max_tokens, false),
+        )
+        .await
+        .expect("completion request");
+    if status != 200 {
+        dump_logs(swarm);
+    }
+    assert_eq!(status, 200, "origin node{origin}: {answer}");
+    token_ids(&answer)
 }
 
 /// `n` nodes over which `model` must span, once they agree on an `n`-stage plan (its JSON);
