@@ -18,6 +18,8 @@ pub const MAX_LISTEN_ADDRS: usize = 16;
 pub const MAX_ADDR_LEN: usize = 256;
 /// Longest model name, in bytes.
 pub const MAX_MODEL_NAME_LEN: usize = 128;
+/// Most layer ranges one announcement lists as held on disk.
+pub const MAX_HELD_RANGES: usize = 64;
 
 /// A model a node holds: the manifest's name and the sha256 of `manifest.json`, which is
 /// what identifies it (two nodes run the same model only if the hashes match).
@@ -108,6 +110,21 @@ pub struct Capability {
     /// run no speculative pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculation: Option<SpecFigures>,
+    /// The planner layers of `model` whose files the node holds on disk, as ascending,
+    /// disjoint, non-empty half-open ranges (at most [`MAX_HELD_RANGES`]); absent: every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Vec<(u32, u32)>>,
+}
+
+impl Capability {
+    /// Whether the node holds planner layer `layer` of its model on disk.
+    pub fn holds(&self, layer: u32) -> bool {
+        self.model.is_some()
+            && self
+                .held
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|&(a, b)| (a..b).contains(&layer)))
+    }
 }
 
 impl Message for Capability {
@@ -130,6 +147,19 @@ impl Message for Capability {
         }
         if let Some(model) = &self.model {
             model.check(k)?;
+        }
+        if let Some(held) = &self.held {
+            max_len(k, "held", held.len(), MAX_HELD_RANGES)?;
+            let mut next = 0u32;
+            for &(a, b) in held {
+                if a < next || b <= a || b > crate::MAX_LAYERS {
+                    return Err(ProtocolError::invalid(
+                        k,
+                        format!("held range [{a}, {b}) not ascending, disjoint and non-empty"),
+                    ));
+                }
+                next = b;
+            }
         }
         max_len(k, "listen_addrs", self.listen_addrs.len(), MAX_LISTEN_ADDRS)?;
         for addr in &self.listen_addrs {

@@ -21,6 +21,7 @@
 //! | `/shoal/activation/1` | [`Activation`], [`TokenReturn`], [`SessionEnd`] | yes, by the sender |
 //! | `/shoal/generate/1` | [`GenerateRequest`]; answers [`TokenChunk`]*, then [`GenerateResult`] or [`ErrorReply`] | no |
 //! | `/shoal/probe/1` | [`BandwidthProbe`] -> [`BandwidthProbeReply`] | no |
+//! | `/shoal/layers/1` | [`FileRequest`] -> [`FileChunk`] or [`ErrorReply`] | no (checked by sha256) |
 //! | UDP loss echo | [`LossProbe`] | no |
 //! | UDP bandwidth train | [`TrainProbe`], answered by [`TrainAck`] | no |
 //! | out of band (text, QR code) | [`Invite`] | yes, by `inviter` |
@@ -41,6 +42,7 @@ mod capability;
 mod check;
 mod codec;
 mod error;
+mod files;
 mod generate;
 mod gossip;
 mod invite;
@@ -54,12 +56,14 @@ mod signed;
 mod tensor;
 
 pub use capability::{
-    Battery, Capability, MAX_ADDR_LEN, MAX_LISTEN_ADDRS, MAX_MODEL_NAME_LEN, ModelRef, SpecFigures,
+    Battery, Capability, MAX_ADDR_LEN, MAX_HELD_RANGES, MAX_LISTEN_ADDRS, MAX_MODEL_NAME_LEN,
+    ModelRef, SpecFigures,
 };
 pub use codec::{
     Header, RECURSION_LIMIT, SCHEMA_VERSION, Wire, decode, encode, encode_unchecked, peek,
 };
 pub use error::ProtocolError;
+pub use files::{FileChunk, FileRequest, FileResponse, MAX_FILE_BYTES, MAX_FILE_CHUNK};
 pub use generate::{
     ErrorCode, ErrorReply, FinishReason, GenerateRequest, GenerateResponse, GenerateResult,
     MAX_CHUNK_TOKENS, MAX_ERROR_MESSAGE, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MAX_STOP_IDS,
@@ -70,8 +74,8 @@ pub use invite::{Invite, MAX_INVITE_ADDRS, MAX_INVITE_BYTES};
 pub use links::{LinkEntry, LinkReport};
 pub use message::{Kind, Message};
 pub use names::{
-    ACTIVATION_PROTOCOL, CAPABILITY_TOPIC, GENERATE_PROTOCOL, GOSSIP_MAX_BYTES, LINKS_TOPIC,
-    MAX_SWARM, PLAN_TOPIC, PROBE_PROTOCOL, PROTOCOLS, Topic,
+    ACTIVATION_PROTOCOL, CAPABILITY_TOPIC, GENERATE_PROTOCOL, GOSSIP_MAX_BYTES, LAYERS_PROTOCOL,
+    LINKS_TOPIC, MAX_SWARM, PLAN_TOPIC, PROBE_PROTOCOL, PROTOCOLS, Topic,
 };
 pub use pipeline::{
     Activation, MAX_ACTIVATION_BYTES, MAX_DRAFT, MAX_LOGITS_BYTES, PipelineMessage, Sampled,

@@ -48,11 +48,15 @@ pub enum Kind {
     TrainAck = 15,
     /// [`crate::Invite`], carried out of band (text or QR code), never on the swarm.
     Invite = 16,
+    /// [`crate::FileRequest`], a chunk of a model file asked for on `/shoal/layers/1`.
+    FileRequest = 17,
+    /// [`crate::FileChunk`], the answer to a file request.
+    FileChunk = 18,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Capability,
         Kind::LinkReport,
         Kind::Plan,
@@ -69,6 +73,8 @@ impl Kind {
         Kind::TrainProbe,
         Kind::TrainAck,
         Kind::Invite,
+        Kind::FileRequest,
+        Kind::FileChunk,
     ];
 
     /// The code written in frame headers.
@@ -100,6 +106,8 @@ impl Kind {
             Kind::TrainProbe => "train_probe",
             Kind::TrainAck => "train_ack",
             Kind::Invite => "invite",
+            Kind::FileRequest => "file_request",
+            Kind::FileChunk => "file_chunk",
         }
     }
 }

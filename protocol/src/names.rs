@@ -15,8 +15,15 @@ pub const PROBE_PROTOCOL: &str = "/shoal/probe/1";
 pub const ACTIVATION_PROTOCOL: &str = "/shoal/activation/1";
 /// Client generation requests ([`crate::GenerateRequest`] and [`crate::GenerateResponse`]).
 pub const GENERATE_PROTOCOL: &str = "/shoal/generate/1";
+/// Model files between peers ([`crate::FileRequest`] and [`crate::FileResponse`]).
+pub const LAYERS_PROTOCOL: &str = "/shoal/layers/1";
 /// Every stream protocol name.
-pub const PROTOCOLS: [&str; 3] = [PROBE_PROTOCOL, ACTIVATION_PROTOCOL, GENERATE_PROTOCOL];
+pub const PROTOCOLS: [&str; 4] = [
+    PROBE_PROTOCOL,
+    ACTIVATION_PROTOCOL,
+    GENERATE_PROTOCOL,
+    LAYERS_PROTOCOL,
+];
 
 /// Gossip topic of [`crate::Capability`] announcements.
 pub const CAPABILITY_TOPIC: &str = "shoal/1/capability";

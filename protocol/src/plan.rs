@@ -90,6 +90,10 @@ pub struct Plan {
     pub optimal: bool,
     /// Coordinator's wall clock when it signed, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// Layers nodes should fetch for a coming plan, which the coordinator will put in force
+    /// once they hold them (not in force; at most one range per node, members only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefetch: Vec<Stage>,
 }
 
 impl Plan {
@@ -157,6 +161,22 @@ impl Plan {
                 k,
                 format!("stage node {} is not a member", s.node),
             ));
+        }
+        max_len(k, "prefetch", self.prefetch.len(), MAX_SWARM)?;
+        let mut nodes = BTreeSet::new();
+        for s in &self.prefetch {
+            if !is_member(&s.node) || !nodes.insert(s.node) {
+                return Err(ProtocolError::invalid(
+                    k,
+                    format!("prefetch node {} is not a member or listed twice", s.node),
+                ));
+            }
+            if s.end <= s.start || s.end > self.num_layers {
+                return Err(ProtocolError::invalid(
+                    k,
+                    format!("prefetch range [{}, {}) outside the model", s.start, s.end),
+                ));
+            }
         }
         Ok(())
     }

@@ -31,6 +31,9 @@ pub(crate) fn run_all(bytes: &[u8]) -> (usize, usize) {
         decode::<LossProbe>(bytes).is_ok(),
         decode::<TrainProbe>(bytes).is_ok(),
         decode::<TrainAck>(bytes).is_ok(),
+        decode::<FileRequest>(bytes).is_ok(),
+        decode::<FileChunk>(bytes).is_ok(),
+        FileResponse::decode(bytes).is_ok(),
         Topic::Capability.decode(bytes).is_ok(),
         Topic::Links.decode(bytes).is_ok(),
         Topic::Plan.decode(bytes).is_ok(),
@@ -85,6 +88,8 @@ pub(crate) fn corpus(per_kind: usize) -> Vec<Vec<u8>> {
             encode(&sample(&mut r, strategies::loss_probe())),
             encode(&sample(&mut r, strategies::train_probe())),
             encode(&sample(&mut r, strategies::train_ack())),
+            encode(&sample(&mut r, strategies::file_request())),
+            encode(&sample(&mut r, strategies::file_chunk())),
         ];
         out.extend(frames.into_iter().map(|f| f.unwrap()));
     }

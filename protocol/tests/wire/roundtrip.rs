@@ -204,4 +204,20 @@ proptest! {
         prop_assert!(encode(&l).unwrap().len() <= MAX_LOSS_PROBE_BYTES);
         prop_assert!(encode(&a).unwrap().len() <= MAX_TRAIN_ACK_BYTES);
     }
+
+    #[test]
+    fn files(
+        q in strategies::file_request(),
+        c in strategies::file_chunk(),
+        e in strategies::error_reply(),
+        cut: Index,
+        fl in flips(),
+    ) {
+        check_unsigned(&q, cut, &fl)?;
+        check_unsigned(&c, cut, &fl)?;
+        for r in [FileResponse::Chunk(c), FileResponse::Error(e)] {
+            let back = FileResponse::decode(&r.encode().unwrap()).unwrap();
+            prop_assert_eq!(back, r);
+        }
+    }
 }

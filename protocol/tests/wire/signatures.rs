@@ -40,6 +40,7 @@ fn capability(of: u8) -> Capability {
         listen_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
         loss_probe_port: Some(4002),
         speculation: None,
+        held: None,
     }
 }
 

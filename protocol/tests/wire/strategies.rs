@@ -47,6 +47,7 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
         vec(text(60), 0..=4),
         proptest::option::of(any::<u16>()),
         proptest::option::of((1.0f64..=9.0, 0.0f64..=1.0)),
+        proptest::option::of(vec((0u32..4, 1u32..4), 0..=8)),
     )
         .prop_map(
             move |(
@@ -56,6 +57,7 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
                 listen_addrs,
                 loss_probe_port,
                 speculation,
+                held,
             )| {
                 Capability {
                     node: node(author),
@@ -72,6 +74,18 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
                     speculation: speculation.map(|(positions, share)| SpecFigures {
                         positions,
                         tokens_per_pass: 1.0 + share * (positions - 1.0),
+                    }),
+                    // Gaps and lengths, laid out as ascending disjoint ranges.
+                    held: held.map(|steps| {
+                        let mut next = 0;
+                        steps
+                            .into_iter()
+                            .map(|(gap, len)| {
+                                let a = next + gap;
+                                next = a + len;
+                                (a, next)
+                            })
+                            .collect()
                     }),
                 }
             },
@@ -170,6 +184,17 @@ pub(crate) fn plan(author: u8) -> impl Strategy<Value = Plan> {
                     .collect();
                 members.sort();
                 members.dedup();
+                // A prefetch order on every other epoch: the first stage's node, layer 0.
+                let prefetch = stages
+                    .first()
+                    .filter(|_| epoch % 2 == 0)
+                    .map(|s| Stage {
+                        node: s.node,
+                        start: 0,
+                        end: 1,
+                    })
+                    .into_iter()
+                    .collect();
                 Plan {
                     epoch,
                     coordinator: node(author),
@@ -182,6 +207,7 @@ pub(crate) fn plan(author: u8) -> impl Strategy<Value = Plan> {
                     strategy,
                     optimal,
                     timestamp_ms,
+                    prefetch,
                 }
             })
         })
@@ -376,6 +402,36 @@ pub(crate) fn bandwidth_probe_reply() -> impl Strategy<Value = BandwidthProbeRep
             payload,
         },
     )
+}
+
+/// A request for one chunk of a model file.
+pub(crate) fn file_request() -> impl Strategy<Value = FileRequest> {
+    (
+        any::<[u8; 32]>(),
+        0..MAX_FILE_BYTES,
+        1u32..=MAX_FILE_CHUNK as u32,
+    )
+        .prop_map(|(sha256, offset, len)| FileRequest {
+            sha256,
+            offset,
+            len,
+        })
+}
+
+/// One chunk of a model file, somewhere inside a file of up to 1 GiB.
+pub(crate) fn file_chunk() -> impl Strategy<Value = FileChunk> {
+    (
+        any::<[u8; 32]>(),
+        0u64..1 << 30,
+        vec(any::<u8>(), 0..512),
+        0u64..1 << 20,
+    )
+        .prop_map(|(sha256, offset, data, after)| FileChunk {
+            sha256,
+            offset,
+            total: offset + data.len() as u64 + after,
+            data,
+        })
 }
 
 /// A loss-probe datagram.

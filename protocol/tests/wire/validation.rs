@@ -121,6 +121,7 @@ fn plan() -> Plan {
         strategy: PlanStrategy::Milp,
         optimal: true,
         timestamp_ms: 0,
+        prefetch: vec![],
     }
 }
 
@@ -128,6 +129,21 @@ fn plan() -> Plan {
 fn plan_rules() {
     let p = plan();
     p.validate().unwrap();
+    let order = |node: shoal_keys::NodeId, start, end| Stage { node, start, end };
+    let mut fetch = plan();
+    fetch.prefetch = vec![order(node(0), 0, 10), order(node(2), 2, 3)];
+    fetch.validate().unwrap();
+    fetch.prefetch.push(order(node(0), 3, 4));
+    assert!(refused(fetch).contains("listed twice"));
+    let mut outsider = plan();
+    outsider.prefetch = vec![order(node(7), 0, 1)];
+    assert!(refused(outsider).contains("not a member"));
+    let mut past = plan();
+    past.prefetch = vec![order(node(1), 9, 11)];
+    assert!(refused(past).contains("outside the model"));
+    let mut empty = plan();
+    empty.prefetch = vec![order(node(1), 3, 3)];
+    assert!(refused(empty).contains("outside the model"));
     assert_eq!(p.stages[1].layers(), 4..10);
     assert_eq!(p.stage_of(&node(2)), Some(1));
     assert_eq!(p.stage_of(&node(0)), None);
@@ -227,8 +243,31 @@ fn link_and_capability_rules() {
         listen_addrs: vec![],
         loss_probe_port: None,
         speculation: None,
+        held: None,
     };
     cap.validate().unwrap();
+    let held = |ranges: Vec<(u32, u32)>| Capability {
+        model: Some(ModelRef {
+            name: "m".into(),
+            manifest_sha256: [1; 32],
+        }),
+        held: Some(ranges),
+        ..cap.clone()
+    };
+    let some = held(vec![(0, 2), (5, 6)]);
+    some.validate().unwrap();
+    assert!(some.holds(1) && !some.holds(2) && some.holds(5) && !some.holds(6));
+    assert!(held(vec![]).validate().is_ok() && !held(vec![]).holds(0));
+    assert!(!cap.holds(0), "no model, no layers");
+    assert!(refused(held(vec![(0, 2), (1, 3)])).contains("held range"));
+    assert!(refused(held(vec![(2, 2)])).contains("held range"));
+    assert!(refused(held(vec![(3, 4), (0, 1)])).contains("held range"));
+    assert!(refused(held(vec![(0, MAX_LAYERS + 1)])).contains("held range"));
+    refused(held(
+        (0..=MAX_HELD_RANGES as u32)
+            .map(|i| (2 * i, 2 * i + 1))
+            .collect(),
+    ));
     let spec = |positions, tokens_per_pass| Capability {
         speculation: Some(SpecFigures {
             positions,
@@ -377,6 +416,8 @@ fn largest_gossip_messages_fit_gossipsub() {
             end: i as u32 * 16 + 16,
         })
         .collect::<Vec<_>>();
+    // Every stage node also told to prefetch a range as long as its stage.
+    let stages_copy = stages.clone();
     let plan = Plan {
         epoch: u64::MAX,
         coordinator: me.node_id(),
@@ -392,6 +433,7 @@ fn largest_gossip_messages_fit_gossipsub() {
         strategy: PlanStrategy::Exhaustive,
         optimal: false,
         timestamp_ms: u64::MAX,
+        prefetch: stages_copy,
     };
     let bytes = encode(&Signed::sign(&me, plan).unwrap()).unwrap();
     assert!(
