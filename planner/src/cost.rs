@@ -10,7 +10,11 @@
 
 use crate::error::PlanError;
 use crate::plan::{Objective, Stage};
-use crate::scenario::{Device, Layer, Link, Net, Scenario, Speculation};
+use crate::scenario::{Device, Fetch, Layer, Link, Net, Scenario, Speculation};
+
+/// Seconds charged for fetching a layer to a device no link reaches (it then never wins
+/// while anything else fits).
+pub const UNREACHABLE_FETCH_S: f64 = 1e9;
 
 /// Compute seconds of one layer on one device: `max(flops_l / flops_i, read_bytes_l / mem_bw_i)`.
 pub fn layer_time(layer: &Layer, device: &Device) -> f64 {
@@ -32,6 +36,66 @@ pub fn layer_time_at(layer: &Layer, device: &Device, positions: f64) -> f64 {
 /// Bytes a layer occupies on a device: `param_bytes + kv_bytes_per_token * context_tokens`.
 pub fn layer_memory(layer: &Layer, context_tokens: f64) -> f64 {
     layer.param_bytes + layer.kv_bytes_per_token * context_tokens
+}
+
+/// Seconds to fetch `bytes` over `link`: `rtt_s + 8 * bytes / (bandwidth_bps * (1 - loss))`
+/// (one request round trip; lost packets are sent again, so loss takes its share of the rate).
+pub fn fetch_time(link: &Link, bytes: f64) -> f64 {
+    link.rtt_s + 8.0 * bytes / (link.bandwidth_bps * (1.0 - link.loss))
+}
+
+/// `fetch[i][l]`: one-time seconds for device `i` to fetch layer `l`: 0 when it holds the
+/// layer, else the fastest [`fetch_time`] over a link into `i` from a device holding it
+/// (from any device when no holder has a link: the bytes are relayed), else
+/// [`UNREACHABLE_FETCH_S`].
+pub(crate) fn fetch_matrix(s: &Scenario, f: &Fetch) -> Vec<Vec<f64>> {
+    let layers = &s.model.layers;
+    let bytes = |l: usize| {
+        f.layer_bytes
+            .as_ref()
+            .map_or(layers[l].param_bytes, |b| b[l])
+    };
+    // (sender, link) of every link into `to`, either listed that way or symmetric.
+    let into = |to: &str| -> Vec<(&str, &Link)> {
+        s.links
+            .iter()
+            .filter_map(|k| {
+                if k.to == to {
+                    Some((k.from.as_str(), k))
+                } else if k.symmetric && k.from == to {
+                    Some((k.to.as_str(), k))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    };
+    s.devices
+        .iter()
+        .map(|dev| {
+            (0..layers.len())
+                .map(|l| {
+                    if f.holds(&dev.id, l) {
+                        return 0.0;
+                    }
+                    let best = |holder_only: bool| {
+                        into(&dev.id)
+                            .into_iter()
+                            .filter(|(from, _)| !holder_only || f.holds(from, l))
+                            .map(|(_, k)| fetch_time(k, bytes(l)))
+                            .fold(f64::INFINITY, f64::min)
+                    };
+                    let t = best(true);
+                    let t = if t.is_finite() { t } else { best(false) };
+                    if t.is_finite() {
+                        t
+                    } else {
+                        UNREACHABLE_FETCH_S
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The terms of one hop's cost (DESIGN.md "hop(i, j, B)").
@@ -85,8 +149,13 @@ pub(crate) struct Instance {
     pub(crate) ids: Vec<String>,
     /// Index of the origin device.
     pub(crate) origin: usize,
-    /// `compute[i][l]`: seconds of layer `l` on device `i`.
+    /// `compute[i][l]`: seconds of layer `l` on device `i`, plus its fetch time spread over
+    /// the horizon when `i` must fetch it.
     pub(crate) compute: Vec<Vec<f64>>,
+    /// `fetch[i][l]`: one-time seconds for `i` to fetch layer `l` (all 0 without `fetch`).
+    fetch: Vec<Vec<f64>>,
+    /// Tokens a fetch is spread over (1 without `fetch`).
+    horizon: f64,
     /// Per-device stage overhead in seconds.
     pub(crate) overhead: Vec<f64>,
     /// Bytes each layer occupies.
@@ -129,6 +198,9 @@ pub struct StageCost {
     pub layers: [usize; 2],
     /// Sum of the layers' roofline times.
     pub compute_s: f64,
+    /// One-time seconds to fetch the layers the device does not hold (scenario `fetch`); the
+    /// objective charges it spread over the horizon.
+    pub fetch_s: f64,
     /// The device's per-stage overhead.
     pub overhead_s: f64,
     /// Bytes held (weights plus KV cache).
@@ -186,19 +258,29 @@ impl Instance {
         let spec = s.speculation.clone().unwrap_or(Speculation::NONE);
         let per_token = 1.0 / spec.tokens_per_pass;
         let positions = spec.positions;
+        let (fetch, horizon) = match &s.fetch {
+            Some(f) => (fetch_matrix(s, f), f.horizon_tokens),
+            None => (vec![vec![0.0; layers.len()]; d], 1.0),
+        };
         Ok(Self {
             ids: s.devices.iter().map(|x| x.id.clone()).collect(),
             origin,
             compute: s
                 .devices
                 .iter()
-                .map(|dev| {
+                .zip(&fetch)
+                .map(|(dev, fetch)| {
                     layers
                         .iter()
-                        .map(|l| layer_time_at(l, dev, spec.positions) * per_token)
+                        .zip(fetch)
+                        .map(|(l, f)| {
+                            layer_time_at(l, dev, spec.positions) * per_token + f / horizon
+                        })
                         .collect()
                 })
                 .collect(),
+            fetch,
+            horizon,
             overhead: s.devices.iter().map(|x| x.overhead_s * per_token).collect(),
             mem: layers
                 .iter()
@@ -309,6 +391,11 @@ impl Instance {
             }
         }
         class
+    }
+
+    /// The fetch seconds of layers `[a, b)` on `i` as `compute` carries them (over the horizon).
+    fn fetch_spread(&self, i: usize, a: usize, b: usize) -> f64 {
+        self.fetch[i][a..b].iter().sum::<f64>() / self.horizon
     }
 
     /// Bytes held by a run of layers.
@@ -445,7 +532,8 @@ impl Instance {
             .map(|&(i, a, b)| StageCost {
                 device: self.ids[i].clone(),
                 layers: [a, b],
-                compute_s: self.compute[i][a..b].iter().sum(),
+                compute_s: self.compute[i][a..b].iter().sum::<f64>() - self.fetch_spread(i, a, b),
+                fetch_s: self.fetch[i][a..b].iter().sum(),
                 overhead_s: self.overhead[i],
                 memory_bytes: self.seg_mem(a, b),
                 memory_limit_bytes: self.cap[i],

@@ -46,7 +46,7 @@ pub use cost::{
 pub use error::{PlanError, ScenarioError};
 pub use exhaustive::{EXHAUSTIVE_LIMIT, candidates};
 pub use plan::{Objective, Plan, Stage, Strategy, UnknownName};
-pub use scenario::{Device, Layer, Link, Model, Net, Scenario, Speculation};
+pub use scenario::{Device, Fetch, Layer, Link, Model, Net, Scenario, Speculation};
 
 use cost::{IdxStage, Instance};
 

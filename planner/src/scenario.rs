@@ -39,6 +39,37 @@ pub struct Scenario {
     /// one position and one token per pass, DESIGN.md's model as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculation: Option<Speculation>,
+    /// Which layers each device holds on disk and what fetching the others costs. Absent:
+    /// every device holds every layer, DESIGN.md's model as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<Fetch>,
+}
+
+/// The fetch term (planner/README.md, "Layers on disk"): a device given a layer it does not
+/// hold must first fetch the layer's files from a device that does. The transfer's seconds are
+/// charged once, spread over the `horizon_tokens` the plan is expected to serve, so a short
+/// horizon keeps layers where they are and a long one moves them to faster devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fetch {
+    /// Tokens the plan is expected to serve (> 0).
+    pub horizon_tokens: f64,
+    /// Per device id, the half-open layer ranges its disk holds; a device not listed holds
+    /// every layer.
+    #[serde(default)]
+    pub holds: std::collections::BTreeMap<String, Vec<[usize; 2]>>,
+    /// Bytes to transfer per layer (its files); absent: each layer's `param_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_bytes: Option<Vec<f64>>,
+}
+
+impl Fetch {
+    /// Whether device `id` holds layer `l` on disk.
+    pub fn holds(&self, id: &str, l: usize) -> bool {
+        self.holds
+            .get(id)
+            .is_none_or(|r| r.iter().any(|&[a, b]| (a..b).contains(&l)))
+    }
 }
 
 /// What one pass of speculative decoding costs and yields (docs/pipeline.md, "Speculative
@@ -244,6 +275,9 @@ impl Scenario {
             ));
         }
         non_negative("stage_penalty_s", self.stage_penalty_s)?;
+        if let Some(f) = &self.fetch {
+            self.validate_fetch(f, &ids)?;
+        }
         if let Some(sp) = &self.speculation {
             let p = sp.positions;
             if !(p.is_finite() && p >= 1.0) {
@@ -279,6 +313,41 @@ impl Scenario {
             }
             non_negative(&f("kv_bytes_per_token"), l.kv_bytes_per_token)?;
             non_negative(&f("out_bytes"), l.out_bytes)?;
+        }
+        Ok(())
+    }
+
+    fn validate_fetch(&self, f: &Fetch, ids: &HashSet<&str>) -> Result<(), ScenarioError> {
+        positive("fetch.horizon_tokens", f.horizon_tokens)?;
+        let n = self.model.layers.len();
+        for (id, ranges) in &f.holds {
+            let field = format!("fetch.holds.{id}");
+            if !ids.contains(id.as_str()) {
+                return Err(bad(&field, &format!("unknown device {id:?}")));
+            }
+            if ranges.iter().any(|&[a, b]| b <= a || b > n) {
+                return Err(bad(
+                    &field,
+                    &format!("every range [a, b) must have a < b <= {n} layers"),
+                ));
+            }
+        }
+        if let Some(k) = (0..n).find(|&k| self.devices.iter().all(|d| !f.holds(&d.id, k))) {
+            return Err(bad(
+                "fetch.holds",
+                &format!("layer {k} is held by no device, so none can fetch it"),
+            ));
+        }
+        if let Some(bytes) = &f.layer_bytes {
+            if bytes.len() != n {
+                return Err(bad(
+                    "fetch.layer_bytes",
+                    &format!("{} entries for {n} layers", bytes.len()),
+                ));
+            }
+            for (k, &b) in bytes.iter().enumerate() {
+                non_negative(&format!("fetch.layer_bytes[{k}]"), b)?;
+            }
         }
         Ok(())
     }

@@ -120,6 +120,7 @@ pub fn cluster(devices: usize, layers: usize, seed: u64) -> Scenario {
         memory_fraction: 0.8,
         stage_penalty_s: 0.0,
         speculation: None,
+        fetch: None,
     }
 }
 
@@ -177,5 +178,6 @@ pub fn heterogeneous(devices: usize, layers: usize, seed: u64) -> Scenario {
         memory_fraction,
         stage_penalty_s: 0.0,
         speculation: None,
+        fetch: None,
     }
 }

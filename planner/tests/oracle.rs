@@ -8,9 +8,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_planner::{
-    Device, EXHAUSTIVE_LIMIT, Layer, Link, Model, Net, Objective, Plan, PlanError, PlanOptions,
-    Scenario, Speculation, Strategy, candidates, evaluate, lower_bound, plan, plan_with, synthetic,
-    throughput_within,
+    Device, EXHAUSTIVE_LIMIT, Fetch, Layer, Link, Model, Net, Objective, Plan, PlanError,
+    PlanOptions, Scenario, Speculation, Strategy, candidates, evaluate, lower_bound, plan,
+    plan_with, synthetic, throughput_within,
 };
 
 /// Cases per objective; `SHOAL_ORACLE_CASES` raises it for a longer run.
@@ -153,7 +153,37 @@ fn sized_scenario(rng: &mut ChaCha8Rng, max_devices: usize, max_layers: usize) -
                 tokens_per_pass: rng.random_range(1.0..=positions),
             }
         }),
+        // A third of the cases have layers on disk here and there, fetched at a cost.
+        fetch: rng.random_bool(1.0 / 3.0).then(|| random_fetch(rng, d, l)),
     }
+}
+
+/// Random disk contents: each device holds nothing, a random range or (unlisted) everything;
+/// every layer is held somewhere. The horizon spans 1 to 100,000 tokens.
+fn random_fetch(rng: &mut ChaCha8Rng, d: usize, l: usize) -> Fetch {
+    let mut holds = std::collections::BTreeMap::new();
+    for k in 0..d {
+        match rng.random_range(0..3) {
+            0 => {}
+            1 => {
+                holds.insert(format!("d{k}"), vec![]);
+            }
+            _ => {
+                let a = rng.random_range(0..l);
+                let b = rng.random_range(a + 1..=l);
+                holds.insert(format!("d{k}"), vec![[a, b]]);
+            }
+        }
+    }
+    let mut f = Fetch {
+        horizon_tokens: 10f64.powf(rng.random_range(0.0..5.0)),
+        holds,
+        layer_bytes: None,
+    };
+    if (0..l).any(|x| (0..d).all(|k| !f.holds(&format!("d{k}"), x))) {
+        f.holds.remove("d0");
+    }
+    f
 }
 
 #[derive(Debug, Default)]
@@ -548,6 +578,7 @@ fn speculation_is_per_token_and_moves_the_optimum() {
         memory_fraction: 0.8,
         stage_penalty_s: 0.0,
         speculation: None,
+        fetch: None,
     };
     let on = |dev: &str| {
         vec![shoal_planner::Stage {
@@ -593,5 +624,113 @@ fn speculation_is_per_token_and_moves_the_optimum() {
         best(&with(5.0, 4.0)),
         vec!["d"],
         "with it the far fast device"
+    );
+}
+
+/// The fetch term: a joiner that holds nothing gets layers only when the horizon pays for the
+/// transfer, or when nothing else fits; explain reports the one-time seconds.
+#[test]
+fn fetch_horizon_decides_whether_layers_move() {
+    // 4 layers of 10 MB and 1 GFLOP: 0.1 s each on "a" (holds all), 0.01 s on "b" (holds
+    // nothing); 80 Mbit/s, 2 ms RTT between them.
+    let layer = Layer {
+        flops: 1e9,
+        param_bytes: 1e7,
+        read_bytes: None,
+        kv_bytes_per_token: 0.0,
+        out_bytes: 1000.0,
+    };
+    let device = |id: &str, flops: f64| Device {
+        id: id.into(),
+        flops,
+        mem_bw: None,
+        mem_bytes: 1e9,
+        overhead_s: 0.0,
+    };
+    let fetch = |horizon_tokens: f64| Fetch {
+        horizon_tokens,
+        holds: [("b".to_string(), vec![])].into_iter().collect(),
+        layer_bytes: None,
+    };
+    let base = Scenario {
+        model: Model {
+            name: "fetch".into(),
+            context_tokens: 0.0,
+            token_bytes: 4.0,
+            layers: vec![layer; 4],
+        },
+        devices: vec![device("a", 1e10), device("b", 1e11)],
+        links: vec![Link {
+            from: "a".into(),
+            to: "b".into(),
+            rtt_s: 0.002,
+            jitter_s: 0.0,
+            bandwidth_bps: 8e7,
+            loss: 0.0,
+            symmetric: true,
+        }],
+        origin: "a".into(),
+        net: Net::default(),
+        memory_fraction: 1.0,
+        stage_penalty_s: 0.0,
+        speculation: None,
+        fetch: None,
+    };
+    let with = |h: f64| Scenario {
+        fetch: Some(fetch(h)),
+        ..base.clone()
+    };
+    let best = |s: &Scenario| {
+        let p = plan(s, Objective::Latency, Strategy::Milp).unwrap();
+        let oracle = plan(s, Objective::Latency, Strategy::Exhaustive).unwrap();
+        assert!(
+            (p.cost_s - oracle.cost_s).abs() < 1e-9,
+            "{p:?} vs {oracle:?}"
+        );
+        p
+    };
+    // Each layer: 0.002 + 8e7 / 8e7 = 1.002 s to fetch; b saves 0.09 s per layer per token.
+    let all_on_b = vec![shoal_planner::Stage {
+        device: "b".into(),
+        layers: [0, 4],
+    }];
+    let e = shoal_planner::explain(&with(100.0), &all_on_b, Objective::Latency).unwrap();
+    assert!((e.stages[0].fetch_s - 4.008).abs() < 1e-9, "{e:?}");
+    assert!((e.stages[0].compute_s - 0.04).abs() < 1e-9, "{e:?}");
+    let devices = |p: &Plan| {
+        p.stages
+            .iter()
+            .map(|s| s.device.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(devices(&best(&base)), vec!["b"], "without the term b wins");
+    assert_eq!(
+        devices(&best(&with(5.0))),
+        vec!["a"],
+        "a short horizon keeps the layers"
+    );
+    assert_eq!(
+        devices(&best(&with(1e5))),
+        vec!["b"],
+        "a long one moves them"
+    );
+    // a cannot hold more than two layers: b fetches the rest whatever the horizon.
+    let mut tight = with(5.0);
+    tight.devices[0].mem_bytes = 2.5e7;
+    let p = best(&tight);
+    assert_eq!(devices(&p), vec!["a", "b"]);
+    assert_eq!(p.stages[0].layers, [0, 2]);
+    // Nobody holds a layer: refused up front.
+    let mut orphan = with(5.0);
+    orphan
+        .fetch
+        .as_mut()
+        .unwrap()
+        .holds
+        .insert("a".into(), vec![[0, 3]]);
+    let err = plan(&orphan, Objective::Latency, Strategy::Milp).unwrap_err();
+    assert!(
+        err.to_string().contains("layer 3 is held by no device"),
+        "{err}"
     );
 }
