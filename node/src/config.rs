@@ -96,6 +96,42 @@ pub struct Config {
     pub planner: PlannerConfig,
     /// Pipeline timeouts, failover and bounds (see [`PipelineConfig`]).
     pub pipeline: PipelineConfig,
+    /// Fetching model files from the swarm.
+    pub layers: LayersConfig,
+    /// The swarm's model, to fetch from peers into `model` when that directory has no
+    /// `manifest.json` yet (set by `shoal run --join`). Default: none.
+    pub join_model: Option<JoinModel>,
+}
+
+/// A model to fetch from the swarm by its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinModel {
+    /// The manifest's model name.
+    pub name: String,
+    /// sha256 of its `manifest.json`, hex.
+    pub manifest_sha256: String,
+}
+
+/// Fetching model files from the swarm: the `[layers]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LayersConfig {
+    /// Share of a link's measured rate a fetch may use, in (0, 1], so activations on the same
+    /// link keep room. Default: `0.8`.
+    pub link_share: f64,
+    /// How long a node started without its model waits for a peer to serve the manifest, in
+    /// milliseconds. Default: `120000`.
+    pub bootstrap_timeout_ms: u64,
+}
+
+impl Default for LayersConfig {
+    fn default() -> Self {
+        LayersConfig {
+            link_share: 0.8,
+            bootstrap_timeout_ms: 120_000,
+        }
+    }
 }
 
 /// The `api_keys` of the config: plain strings in TOML, never shown by `Debug` (a config may
@@ -315,6 +351,9 @@ pub struct PlannerConfig {
     /// it costs at least this fraction less than the held plan in the same view. Default:
     /// `0.05`.
     pub improve_margin: f64,
+    /// Tokens a plan is expected to serve: a layer a node must fetch first costs its transfer
+    /// time spread over them (planner/README.md, "Layers on disk"). Default: `4096`.
+    pub fetch_horizon_tokens: f64,
 }
 
 impl Default for Config {
@@ -344,6 +383,8 @@ impl Default for Config {
             probe: ProbeConfig::default(),
             planner: PlannerConfig::default(),
             pipeline: PipelineConfig::default(),
+            layers: LayersConfig::default(),
+            join_model: None,
         }
     }
 }
@@ -391,6 +432,7 @@ impl Default for PlannerConfig {
             solve_time_limit_s: 3.0,
             improve_time_limit_s: 60.0,
             improve_margin: 0.05,
+            fetch_horizon_tokens: 4096.0,
         }
     }
 }

@@ -218,6 +218,9 @@ pub enum Trigger {
     /// A member signed a newer epoch than our plan that our view could not accept: the swarm
     /// moved on while this node was away, so its held plan is stale.
     Behind,
+    /// Every node the held plan ordered to prefetch layers now holds them: the plan that
+    /// needed them can take effect.
+    Fetched,
     /// A link metric moved past its threshold.
     LinkDrift {
         /// Sender side of the link.

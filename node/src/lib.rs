@@ -13,6 +13,7 @@ pub mod config;
 pub mod coordinator;
 pub mod invite;
 pub mod launch;
+pub mod layers;
 pub mod links;
 pub mod membership;
 pub mod node;

@@ -85,6 +85,7 @@ pub struct NodeHandle {
     config: Arc<Config>,
     cancel: CancellationToken,
     speculation: Arc<watch::Sender<Option<shoal_protocol::SpecFigures>>>,
+    fetch: watch::Receiver<Option<crate::layers::follow::FetchStatus>>,
 }
 
 impl NodeHandle {
@@ -92,6 +93,11 @@ impl NodeHandle {
     /// them in its capability, and coordinators plan with them.
     pub fn speculation_reporter(&self) -> Arc<watch::Sender<Option<shoal_protocol::SpecFigures>>> {
         self.speculation.clone()
+    }
+
+    /// The last fetch of layers from the swarm, if any.
+    pub fn fetch_status(&self) -> Option<crate::layers::follow::FetchStatus> {
+        self.fetch.borrow().clone()
     }
 
     /// This node's id.

@@ -52,11 +52,18 @@ pub enum Proto {
     Activation,
     /// `/shoal/generate/1`: client requests forwarded to a node.
     Generate,
+    /// `/shoal/layers/1`: chunks of model files.
+    Layers,
 }
 
 impl Proto {
     /// Every protocol.
-    pub const ALL: [Proto; 3] = [Proto::Probe, Proto::Activation, Proto::Generate];
+    pub const ALL: [Proto; 4] = [
+        Proto::Probe,
+        Proto::Activation,
+        Proto::Generate,
+        Proto::Layers,
+    ];
 
     /// The protocol name negotiated on the stream.
     pub fn name(self) -> &'static str {
@@ -64,6 +71,7 @@ impl Proto {
             Proto::Probe => shoal_protocol::PROBE_PROTOCOL,
             Proto::Activation => shoal_protocol::ACTIVATION_PROTOCOL,
             Proto::Generate => shoal_protocol::GENERATE_PROTOCOL,
+            Proto::Layers => shoal_protocol::LAYERS_PROTOCOL,
         }
     }
 }
@@ -164,6 +172,8 @@ pub struct InboundStreams {
     pub activation: mpsc::Receiver<InboundRequest>,
     /// `/shoal/generate/1` (served by the pipeline).
     pub generate: mpsc::Receiver<InboundRequest>,
+    /// `/shoal/layers/1` (served by the node's file server, `layers/serve.rs`).
+    pub layers: mpsc::Receiver<InboundRequest>,
 }
 
 /// What the swarm task can be asked to do.

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["coordinator", "view"],
     &["swarm"],
-    &["probe"],
+    &["probe", "layers"],
     &["node", "pipeline"],
     &["api", "launch"],
     &["start"],

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use shoal_node::config::Config;
+use shoal_node::config::{Config, JoinModel};
 use shoal_node::invite;
 use shoal_node::node::ModelInfo;
 use shoal_node::start::{Node, Running};
@@ -148,10 +148,23 @@ fn join(c: &mut Config, token: &str) -> anyhow::Result<()> {
             c.relays.push(r);
         }
     }
+    // Without --model, the swarm's model is fetched from the members into the data folder:
+    // the manifest and tokenizer at start, then the layers the plan gives this node.
+    if let (None, Some(m)) = (&c.model, &inv.model) {
+        let sha = hex::encode(m.manifest_sha256);
+        c.model = Some(c.data_dir.join("models").join(format!(
+            "{}-{}",
+            folder_name(&m.name),
+            &sha[..12]
+        )));
+        c.join_model = Some(JoinModel {
+            name: m.name.clone(),
+            manifest_sha256: sha,
+        });
+    }
     if c.model.is_none() {
         tracing::warn!(
-            "joining without a model: this node holds no layers (give it --model with the \
-             swarm's model folder to serve a stage)"
+            "joining without a model: the invite names none, so this node holds no layers"
         );
     }
     tracing::info!(
@@ -161,6 +174,21 @@ fn join(c: &mut Config, token: &str) -> anyhow::Result<()> {
         "joining through an invite"
     );
     Ok(())
+}
+
+/// A model name as a folder name: letters, digits, `-`, `_` and `.` kept, the rest `_`.
+fn folder_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || "-_.".contains(ch) {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.trim_start_matches('.').chars().take(64).collect()
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

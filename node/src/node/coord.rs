@@ -17,6 +17,7 @@ use super::state::{NodeTask, SolveOutcome, unix_ms};
 use crate::config::ms;
 use crate::coordinator::{ReplanPolicy, Trigger, coordinator, replan_trigger};
 use crate::view::{LinkView, MemberView, View};
+use shoal_keys::NodeId;
 
 /// A refused plan moves our idea of the swarm's epoch at most this far ahead of the held one,
 /// so a misbehaving member cannot push epochs towards `u64::MAX`.
@@ -80,7 +81,9 @@ impl NodeTask {
             }
             (None, None) => Some(Trigger::NoPlan),
         };
-        let trigger = trigger.or((self.seen_epoch > self.gate.epoch()).then_some(Trigger::Behind));
+        let trigger = trigger
+            .or((self.seen_epoch > self.gate.epoch()).then_some(Trigger::Behind))
+            .or(self.prefetch_done().then_some(Trigger::Fetched));
         let Some(trigger) = trigger else {
             self.maybe_improve(&model, &members, &links, epoch);
             return;
@@ -116,6 +119,50 @@ impl NodeTask {
         self.solving = true;
         let limit = self.cfg.planner.solve_time_limit_s;
         self.spawn_solve(scen, (objective, strategy), limit, epoch, members, None);
+    }
+
+    /// Whether the held plan ordered prefetches and every ordered node now holds its layers.
+    fn prefetch_done(&self) -> bool {
+        let Some(plan) = self.plan.as_ref().map(|p| p.unverified()) else {
+            return false;
+        };
+        !plan.prefetch.is_empty() && plan.prefetch.iter().all(|s| self.holds(s))
+    }
+
+    /// Whether the stage's node announces every layer of the stage as on disk.
+    fn holds(&self, s: &Stage) -> bool {
+        self.membership
+            .iter()
+            .find(|(id, _)| **id == s.node)
+            .is_some_and(|(_, m)| (s.start..s.end).all(|l| m.info.holds(l)))
+    }
+
+    /// Which plan to put in force for a solved placement `target` (the two phases of
+    /// docs/pipeline.md, "Layers from the swarm"): when every stage node holds its layers,
+    /// `target` itself; otherwise, while the held plan still runs (its nodes members and
+    /// holding their layers), the held stages again, with the missing layers of `target` as
+    /// the prefetch order; otherwise (nothing runs without the fetches) `target`, whose
+    /// stages fetch and then load. Returns the stages, the prefetch order and the cost.
+    fn phase(
+        &self,
+        target: Vec<Stage>,
+        cost: f64,
+        members: &[NodeId],
+    ) -> (Vec<Stage>, Vec<Stage>, f64) {
+        let missing: Vec<Stage> = target.iter().filter(|s| !self.holds(s)).cloned().collect();
+        if missing.is_empty() {
+            return (target, Vec::new(), cost);
+        }
+        let held = self.plan.as_ref().map(|p| p.unverified()).filter(|p| {
+            Some(&p.model) == self.model.as_ref().map(|m| &m.model_ref)
+                && p.stages
+                    .iter()
+                    .all(|s| members.contains(&s.node) && self.holds(s))
+        });
+        match held {
+            Some(p) => (p.stages.clone(), missing, p.cost_s),
+            None => (target, Vec::new(), cost),
+        }
     }
 
     /// Solves `scen` on a blocking thread within `limit_s` and sends the outcome to the task.
@@ -286,18 +333,27 @@ impl NodeTask {
             tracing::error!("planner returned an unknown device");
             return;
         };
+        let (stages, prefetch, cost_s) = self.phase(stages, solved.cost_s, &out.members);
+        if !prefetch.is_empty() {
+            tracing::info!(
+                node = %self.me.short(), epoch = out.epoch,
+                prefetch = ?prefetch.iter().map(|s| (s.node.short(), s.start, s.end)).collect::<Vec<_>>(),
+                "the best placement needs layers fetched first; the held plan keeps serving"
+            );
+        }
         let plan = Plan {
             epoch: out.epoch,
             coordinator: self.me,
             model: model.model_ref.clone(),
             num_layers: u32::try_from(model.layers.len()).unwrap_or(u32::MAX),
             objective: convert_objective(solved.objective),
-            cost_s: solved.cost_s,
+            cost_s,
             stages,
             members: out.members.clone(),
             strategy: convert_strategy(solved.strategy),
             optimal: solved.optimal,
             timestamp_ms: unix_ms(),
+            prefetch,
         };
         let signed = match Signed::sign(&self.identity, plan) {
             Ok(s) => s,

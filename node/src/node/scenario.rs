@@ -9,7 +9,7 @@
 //! model are not devices.
 
 use shoal_keys::NodeId;
-use shoal_planner::{Device, Link, Model, Net, Scenario, Speculation};
+use shoal_planner::{Device, Fetch, Link, Model, Net, Scenario, Speculation};
 use shoal_protocol::Capability;
 
 use super::model::ModelInfo;
@@ -88,7 +88,38 @@ pub(crate) fn build(
         memory_fraction: cfg.memory_fraction,
         stage_penalty_s: cfg.stage_penalty_s,
         speculation: speculation(devices),
+        fetch: fetch(model, devices, cfg),
     }
+}
+
+/// The planner's fetch term: which layers each device holds on disk (from `Capability.held`),
+/// spread over `fetch_horizon_tokens`; `None` when every device holds every layer.
+pub(crate) fn fetch(
+    model: &ModelInfo,
+    devices: &[(NodeId, &Capability)],
+    cfg: &PlannerConfig,
+) -> Option<Fetch> {
+    let n = model.layers.len();
+    let holds: std::collections::BTreeMap<String, Vec<[usize; 2]>> = devices
+        .iter()
+        .filter_map(|(id, c)| {
+            let held = c.held.as_ref()?;
+            let ranges = held
+                .iter()
+                .map(|&(a, b)| [a as usize, (b as usize).min(n)])
+                .filter(|[a, b]| a < b)
+                .collect();
+            Some((id.to_string(), ranges))
+        })
+        .collect();
+    if holds.is_empty() {
+        return None;
+    }
+    Some(Fetch {
+        horizon_tokens: cfg.fetch_horizon_tokens.max(1.0),
+        holds,
+        layer_bytes: None,
+    })
 }
 
 /// The speculation a pass of the plan is expected to have: the mean of the figures the
@@ -141,6 +172,7 @@ mod tests {
                 positions,
                 tokens_per_pass,
             }),
+            held: None,
         }
     }
 

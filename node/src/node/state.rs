@@ -109,6 +109,10 @@ pub(super) struct NodeTask {
     /// Speculative decoding's figures measured by this node's pipeline as origin, announced
     /// in its capability.
     pub(super) speculation: tokio::sync::watch::Receiver<Option<shoal_protocol::SpecFigures>>,
+    /// Layers of the model on disk, as the follower (`layers::follow`) reports them.
+    pub(super) held: watch::Receiver<Vec<(u32, u32)>>,
+    /// Keeps `held` open on a node without a model (no follower owns the sender then).
+    pub(super) _held_tx: Option<watch::Sender<Vec<(u32, u32)>>>,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

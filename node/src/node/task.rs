@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use shoal_keys::{Identity, NodeId};
-use shoal_protocol::{Battery, Capability};
+use shoal_protocol::{Battery, Capability, ModelRef};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -22,6 +22,7 @@ use super::{NodeError, NodeHandle, PipelineStreams, with_peer};
 use crate::capability;
 use crate::config::{Config, ms};
 use crate::coordinator::{LinkMatrix, PlanGate};
+use crate::layers::{self, serve::FileIndex};
 use crate::links::LinkEstimator;
 use crate::membership::{Membership, MembershipEvent};
 use crate::probe::{self, LossProber, LossSample, UdpEcho};
@@ -52,21 +53,18 @@ pub async fn start(
     let cfg = Arc::new(config);
     let identity = Arc::new(identity);
     let me = identity.node_id();
-    let model = match &cfg.model {
-        Some(dir) => Some(Arc::new(ModelInfo::load(dir)?)),
-        None => None,
+    // A model directory without a manifest, with the swarm's model named: fetched from peers
+    // once the swarm runs (`layers::bootstrap`).
+    let join = join_model(&cfg)?;
+    let mut model = match (&cfg.model, &join) {
+        (Some(_), Some(_)) => None,
+        (Some(dir), None) => Some(Arc::new(ModelInfo::load(dir)?)),
+        (None, _) => None,
     };
     if cfg.data_dir.as_os_str().is_empty() {
         return Err(NodeError::Config("data_dir is empty".into()));
     }
     let store = Store::open(&cfg.data_dir)?;
-    let hidden = model.as_ref().map_or(1024, |m| m.hidden);
-    // Compute is timed through the runtime the stages will use, with the same settings.
-    let runtime = model.as_ref().map(|_| cfg.runtime());
-    let speeds = tokio::task::spawn_blocking(move || capability::measure(hidden, runtime.as_ref()))
-        .await
-        .map_err(|e| NodeError::Config(format!("calibration thread: {e}")))?;
-    tracing::info!(node = %me.short(), flops = speeds.flops, mem_bw = speeds.mem_bw, "measured capability");
 
     let activity = probe::TrainActivity::default();
     let echo = UdpEcho::bind(cfg.probe.udp_echo, activity.clone())
@@ -110,6 +108,49 @@ pub async fn start(
     let listen = wait_listen(&net, cfg.listen.len() + cfg.relays.len()).await;
     let listen: Vec<Multiaddr> = listen.iter().map(|a| with_peer(a, me)).collect();
 
+    if let (Some(dir), Some(want)) = (&cfg.model, &join) {
+        let wait = ms(cfg.layers.bootstrap_timeout_ms);
+        let t = Instant::now();
+        let (_, got) = layers::bootstrap(&net, want, dir, wait)
+            .await
+            .map_err(|e| NodeError::Config(format!("fetching the model: {e}")))?;
+        tracing::info!(node = %me.short(), model = %want.name, bytes = got.bytes, seconds = t.elapsed().as_secs_f64(), "model manifest and tokenizer fetched from the swarm");
+        model = Some(Arc::new(ModelInfo::load(dir)?));
+    }
+    let hidden = model.as_ref().map_or(1024, |m| m.hidden);
+    // Compute is timed through the runtime the stages will use, with the same settings.
+    let runtime = model.as_ref().map(|_| cfg.runtime());
+    let speeds = tokio::task::spawn_blocking(move || capability::measure(hidden, runtime.as_ref()))
+        .await
+        .map_err(|e| NodeError::Config(format!("calibration thread: {e}")))?;
+    tracing::info!(node = %me.short(), flops = speeds.flops, mem_bw = speeds.mem_bw, "measured capability");
+
+    // The model's files: served to peers, and fetched when a plan wants layers not on disk.
+    let files = match (&cfg.model, &model) {
+        (Some(dir), Some(m)) => {
+            let manifest = shoal_model::Manifest::load(dir)
+                .map_err(|e| NodeError::Config(format!("model manifest: {e}")))?;
+            Some((dir.clone(), Arc::new(manifest), m.model_ref.clone()))
+        }
+        _ => None,
+    };
+    let index = files
+        .as_ref()
+        .map_or_else(FileIndex::default, |(dir, man, r)| {
+            FileIndex::new(layers::disk::index(dir, man, r.manifest_sha256))
+        });
+    tokio::spawn(layers::serve::serve(
+        inbound.layers,
+        index.clone(),
+        net.clone(),
+        cancel.clone(),
+    ));
+    let held_now = files.as_ref().map_or_else(Vec::new, |(dir, man, _)| {
+        layers::disk::held_ranges(dir, man)
+    });
+    let (held_tx, held_rx) = watch::channel(held_now.clone());
+    let (fetch_tx, fetch_rx) = watch::channel(None);
+
     let own = Capability {
         node: me,
         seq: 0,
@@ -127,6 +168,9 @@ pub async fn start(
             .collect(),
         loss_probe_port: Some(echo_port),
         speculation: None,
+        held: model
+            .as_ref()
+            .and_then(|m| held_field(&held_now, m.layers.len())),
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::empty(me)));
     let (spec_tx, spec_rx) = watch::channel(None);
@@ -167,6 +211,8 @@ pub async fn start(
         connected: Default::default(),
         routes: BTreeMap::new(),
         speculation: spec_rx,
+        held: held_rx,
+        _held_tx: files.is_none().then_some(held_tx.clone()),
     };
     task.restore_plan();
     task.announce().await;
@@ -181,7 +227,22 @@ pub async fn start(
         config: cfg,
         cancel: cancel.clone(),
         speculation: Arc::new(spec_tx),
+        fetch: fetch_rx,
     };
+    if let Some((dir, manifest, model_ref)) = files {
+        let follower = layers::follow::Follower {
+            net: handle.net.clone(),
+            me,
+            dir,
+            manifest,
+            model: model_ref,
+            index,
+            link_share: cfg_share(&handle.config),
+            held: held_tx,
+            status: fetch_tx,
+        };
+        tokio::spawn(follower.run(handle.view.clone(), cancel.clone()));
+    }
     let streams = PipelineStreams {
         activation: inbound.activation,
         generate: inbound.generate,
@@ -192,6 +253,41 @@ pub async fn start(
             .instrument(span),
     );
     Ok((handle, streams))
+}
+
+/// The swarm's model to fetch, when `model` names a directory without a manifest and the
+/// config names the model (`shoal run --join`).
+fn join_model(cfg: &Config) -> Result<Option<ModelRef>, NodeError> {
+    let (Some(dir), Some(j)) = (&cfg.model, &cfg.join_model) else {
+        return Ok(None);
+    };
+    if dir.join(shoal_model::manifest::MANIFEST_FILE).is_file() {
+        return Ok(None);
+    }
+    let sha = layers::disk::parse_sha(&j.manifest_sha256).ok_or_else(|| {
+        NodeError::Config(format!(
+            "join_model.manifest_sha256 {:?} is not a sha256",
+            j.manifest_sha256
+        ))
+    })?;
+    Ok(Some(ModelRef {
+        name: j.name.clone(),
+        manifest_sha256: sha,
+    }))
+}
+
+/// `held` as the capability carries it: absent when every one of `layers` is on disk.
+pub(super) fn held_field(held: &[(u32, u32)], layers: usize) -> Option<Vec<(u32, u32)>> {
+    (held != [(0, layers as u32)]).then(|| held.to_vec())
+}
+
+fn cfg_share(cfg: &Config) -> f64 {
+    let s = cfg.layers.link_share;
+    if s.is_finite() && s > 0.0 {
+        s.min(1.0)
+    } else {
+        1.0
+    }
 }
 
 fn swarm_parts(cfg: &Config) -> Result<SwarmParts, NodeError> {
@@ -283,6 +379,7 @@ impl NodeTask {
                 Some(s) = loss.recv() => self.on_loss(s),
                 Some(r) = bw.recv() => self.on_bandwidth(r),
                 Some(o) = solved.recv() => self.on_solved(o).await,
+                Ok(()) = self.held.changed() => self.on_held().await,
                 _ = tick.tick() => self.on_tick().await,
             }
         }
@@ -542,6 +639,16 @@ impl NodeTask {
             };
             let _ = tx.send((peer, outcome)).await;
         });
+    }
+
+    /// The layers on disk changed (a fetch finished): announce them now.
+    async fn on_held(&mut self) {
+        let held = self.held.borrow_and_update().clone();
+        let Some(model) = &self.model else { return };
+        self.own.held = held_field(&held, model.layers.len());
+        tracing::info!(node = %self.me.short(), held = ?held, "layers on disk changed");
+        self.announce().await;
+        self.publish_view();
     }
 
     /// Publishes this node's capability and link report, and refreshes its own membership.

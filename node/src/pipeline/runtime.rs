@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_model::{Manifest, RuntimeConfig, StageInput, StageOutput, StageRunner};
@@ -71,6 +72,9 @@ enum Job {
 #[derive(Debug, Clone)]
 pub struct RuntimeHandle {
     tx: mpsc::Sender<Job>,
+    /// The model directory and the files of each planner layer (to tell whether a range is on
+    /// disk before loading it).
+    files: Arc<(PathBuf, Vec<Vec<String>>)>,
 }
 
 impl std::fmt::Debug for Job {
@@ -104,8 +108,23 @@ impl RuntimeHandle {
             let _guard = guard;
             std::future::pending::<()>().await
         });
+        let files = Arc::new((
+            dir.clone(),
+            manifest.layers.iter().map(|l| l.files.clone()).collect(),
+        ));
         tokio::task::spawn_blocking(move || run(dir, manifest, config, max_batch, rx, stop));
-        RuntimeHandle { tx }
+        RuntimeHandle { tx, files }
+    }
+
+    /// Whether every file of planner layers `layers` is on disk (a node that joined without
+    /// the model fetches them first: `crate::layers`).
+    pub fn on_disk(&self, layers: &Range<usize>) -> bool {
+        let (dir, files) = &*self.files;
+        layers.clone().all(|l| {
+            files
+                .get(l)
+                .is_some_and(|f| f.iter().all(|name| dir.join(name).is_file()))
+        })
     }
 
     async fn ask<T>(

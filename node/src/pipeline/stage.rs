@@ -212,6 +212,12 @@ impl StageCtx {
             self.metrics.stage_loaded(a.epoch);
             return;
         }
+        if !rt.on_disk(&a.layers) {
+            // Joined without these layers: the follower fetches them, and the view that
+            // announces them brings this stage back here.
+            tracing::info!(node = %self.me.short(), epoch = a.epoch, layers = ?a.layers, "stage waits for its layers to arrive");
+            return;
+        }
         let t = Instant::now();
         match rt.load(a.layers.clone()).await {
             Ok(()) => {
@@ -583,6 +589,7 @@ mod tests {
             strategy: PlanStrategy::Milp,
             optimal: true,
             timestamp_ms: 0,
+            prefetch: vec![],
         }
     }
 

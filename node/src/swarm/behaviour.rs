@@ -1,7 +1,7 @@
 //! The composed libp2p behaviour: identify, ping, Kademlia, mDNS (optional), gossipsub with
 //! explicit validation and peer scoring, relay client + DCUtR, a relay server when the node
 //! offers one, a block list, a
-//! request/response behaviour for probes and for client requests, and the streams of the
+//! request/response behaviour for probes, client requests and model files, and the streams of the
 //! activation lanes (`lanes.rs`).
 
 use std::time::Duration;
@@ -27,6 +27,8 @@ const IDENTIFY_VERSION: &str = "/shoal/1";
 const GOSSIP_MAX: usize = shoal_protocol::GOSSIP_MAX_BYTES + 4096;
 /// Largest probe frame: the 1 MiB transfer plus room for its envelope.
 const PROBE_MAX: usize = (1 << 20) + 4096;
+/// Largest `/shoal/layers/1` frame: a file chunk plus room for its envelope.
+const LAYERS_MAX: usize = shoal_protocol::MAX_FILE_CHUNK + 4096;
 /// How long a request may take before it fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent inbound+outbound streams per connection and protocol.
@@ -46,6 +48,7 @@ pub(crate) struct Behaviour {
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) probe: request_response::Behaviour<FrameCodec>,
     pub(crate) generate: request_response::Behaviour<FrameCodec>,
+    pub(crate) layers: request_response::Behaviour<FrameCodec>,
     pub(crate) lanes: libp2p_stream::Behaviour,
 }
 
@@ -116,6 +119,7 @@ impl Behaviour {
             dcutr: dcutr::Behaviour::new(id),
             probe: rr(PROBE_MAX, Proto::Probe),
             generate: rr(opts.generate_max, Proto::Generate),
+            layers: rr(LAYERS_MAX, Proto::Layers),
             lanes: libp2p_stream::Behaviour::new(),
         })
     }

@@ -141,9 +141,14 @@ pub(crate) fn spawn(
     let (probe_tx, probe) = mpsc::channel(INBOUND_CAPACITY);
     let (act_tx, activation) = mpsc::channel(INBOUND_CAPACITY);
     let (gen_tx, generate) = mpsc::channel(INBOUND_CAPACITY);
+    let (layers_tx, layers) = mpsc::channel(INBOUND_CAPACITY);
     // The request/response protocols' queues; activations arrive on lanes, served straight
     // into theirs, and lanes to peers are opened through the same behaviour.
-    let inbound = HashMap::from([(Proto::Probe, probe_tx), (Proto::Generate, gen_tx)]);
+    let inbound = HashMap::from([
+        (Proto::Probe, probe_tx),
+        (Proto::Generate, gen_tx),
+        (Proto::Layers, layers_tx),
+    ]);
     let max = parts.options.activation_max;
     let mut control = swarm.behaviour().lanes.new_control();
     let incoming = control
@@ -177,6 +182,7 @@ pub(crate) fn spawn(
             probe,
             activation,
             generate,
+            layers,
         },
     ))
 }
@@ -282,6 +288,7 @@ impl SwarmTask {
                 let id = match proto {
                     Proto::Probe => b.probe.send_request(&peer, Frame::Data(data)),
                     Proto::Generate => b.generate.send_request(&peer, Frame::Data(data)),
+                    Proto::Layers => b.layers.send_request(&peer, Frame::Data(data)),
                     // The handle sends activations on lanes; never here.
                     Proto::Activation => {
                         let reason = "activations go over the activation lanes".to_string();
@@ -338,6 +345,7 @@ impl SwarmTask {
         let res = match proto {
             Proto::Probe => b.probe.send_response(channel, data),
             Proto::Generate => b.generate.send_response(channel, data),
+            Proto::Layers => b.layers.send_response(channel, data),
             // Inbound activations arrive on lanes, which answer on their own streams.
             Proto::Activation => return,
         };
@@ -464,6 +472,7 @@ impl SwarmTask {
             BehaviourEvent::Mdns(e) => self.on_mdns(e),
             BehaviourEvent::Probe(e) => self.on_rr(Proto::Probe, e),
             BehaviourEvent::Generate(e) => self.on_rr(Proto::Generate, e),
+            BehaviourEvent::Layers(e) => self.on_rr(Proto::Layers, e),
             BehaviourEvent::Relay(e) => tracing::info!(event = ?e, "relay client"),
             BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
             BehaviourEvent::Dcutr(e) => match e.result {
