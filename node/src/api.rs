@@ -68,7 +68,9 @@ pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationTo
 }
 
 async fn status(State(node): State<NodeHandle>) -> Json<Value> {
-    Json(status_json(&node.snapshot()))
+    let mut doc = status_json(&node.snapshot());
+    doc["fetch"] = json!(node.fetch_status());
+    Json(doc)
 }
 
 /// The `/v1/status` document of a view.
@@ -86,6 +88,7 @@ pub fn status_json(view: &Arc<View>) -> Value {
                 "overhead_s": c.overhead_s,
                 "battery": c.battery.map(|b| json!({"on_battery": b.on_battery, "level": b.level})),
                 "model": c.model.as_ref().map(|m| m.name.clone()),
+                "held": c.held,
                 "listen_addrs": c.listen_addrs,
                 "loss_probe_port": c.loss_probe_port,
                 "age_s": m.age_s,
@@ -140,5 +143,9 @@ pub fn plan_json(plan: &Plan) -> Value {
         "strategy": plan.strategy,
         "optimal": plan.optimal,
         "members": plan.members.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+        "prefetch": plan.prefetch.iter().map(|s| json!({
+            "device": s.node.to_string(),
+            "layers": [s.start, s.end],
+        })).collect::<Vec<_>>(),
     })
 }

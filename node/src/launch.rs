@@ -78,7 +78,7 @@ pub struct LaunchOptions {
     pub bin: PathBuf,
     /// Work directory (configs, keys, stores, logs); created if missing.
     pub dir: PathBuf,
-    /// The model every node holds.
+    /// The model every node holds; empty: the node starts without one.
     pub model: PathBuf,
     /// Memory each node offers, bytes, one entry per node.
     pub memory: Vec<u64>,
@@ -178,15 +178,22 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
     let node_dir = opts.dir.join(format!("node{i}"));
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let boot: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+    // An empty model path: a node that starts without the model (it fetches it when it joins
+    // by invite).
+    let model = if opts.model.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("model = {}\n", q(&opts.model))
+    };
     format!(
-        "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{}]\ndata_dir = {}\nkey_file = {}\nmodel = {}\n\
+        "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{}]\ndata_dir = {}\nkey_file = {}\n{}\
          api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nort_spin = false\nmemory_offered = {}\n{}\n\n\
          [membership]\nliveness_timeout_ms = 2500\nannounce_interval_ms = 400\nsettle_ms = 1000\n\n\
          [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n\n{}\n",
         boot.join(", "),
         q(&node_dir.join("data")),
         q(&node_dir.join("node.key")),
-        q(&opts.model),
+        model,
         opts.memory.get(i).copied().unwrap_or(u64::MAX / 4),
         opts.top_config,
         opts.extra_config,
