@@ -20,6 +20,10 @@
 //! **Re-planning** ([`replan_trigger`]): when the members differ from the plan's, or a link
 //! metric moved past its threshold and the hysteresis interval since the last plan has passed.
 //! Only the coordinator of the next epoch (`current + 1`) acts on a trigger.
+//!
+//! **Layers on disk** ([`phase`]): a placement whose nodes lack layers takes effect in two
+//! phases: the held plan keeps serving with a prefetch order, and the placement follows once
+//! the ordered nodes announce the layers ([`Trigger::Fetched`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -309,6 +313,34 @@ pub fn replan_trigger(
         }
     }
     None
+}
+
+/// The plan to put in force for a solved placement `target` of cost `cost`: when every stage
+/// node holds its layers on disk (`holds`), `target` itself; otherwise, while the `held` plan
+/// still runs (its stage nodes are in `members` and hold their layers), the held stages again
+/// with the stages of `target` that lack layers as the prefetch order; otherwise (nothing
+/// runs without the fetches) `target`, whose nodes fetch and then load. Returns the stages,
+/// the prefetch order and the cost.
+pub fn phase(
+    target: Vec<shoal_protocol::Stage>,
+    cost: f64,
+    held: Option<&shoal_protocol::Plan>,
+    members: &[NodeId],
+    holds: impl Fn(&shoal_protocol::Stage) -> bool,
+) -> (Vec<shoal_protocol::Stage>, Vec<shoal_protocol::Stage>, f64) {
+    let missing: Vec<_> = target.iter().filter(|s| !holds(s)).cloned().collect();
+    if missing.is_empty() {
+        return (target, Vec::new(), cost);
+    }
+    let running = held.filter(|p| {
+        p.stages
+            .iter()
+            .all(|s| members.contains(&s.node) && holds(s))
+    });
+    match running {
+        Some(p) => (p.stages.clone(), missing, p.cost_s),
+        None => (target, Vec::new(), cost),
+    }
 }
 
 /// |new - old| / old, with a zero old value counting as no change unless new is non-zero.

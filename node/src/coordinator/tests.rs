@@ -315,3 +315,50 @@ fn a_relayed_link_is_charged_as_its_two_legs() {
     assert!(ab.plannable());
     assert_eq!(m[&(a, other)], leg(0.2, 0.0, 1e6, 0.0));
 }
+
+#[test]
+fn a_placement_that_needs_fetches_waits_behind_the_running_plan() {
+    use shoal_protocol::{ModelRef, Objective, Plan, PlanStrategy, Stage};
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let n = ids(&mut rng, 3);
+    let st = |i: usize, start: u32, end: u32| Stage {
+        node: n[i],
+        start,
+        end,
+    };
+    let mut members = n.clone();
+    members.sort();
+    let running = Plan {
+        epoch: 4,
+        coordinator: n[0],
+        model: ModelRef {
+            name: "m".into(),
+            manifest_sha256: [1; 32],
+        },
+        num_layers: 10,
+        objective: Objective::Latency,
+        cost_s: 0.2,
+        stages: vec![st(0, 0, 6), st(1, 6, 10)],
+        members: members.clone(),
+        strategy: PlanStrategy::Milp,
+        optimal: true,
+        timestamp_ms: 0,
+        prefetch: vec![],
+    };
+    // Node 2 joined with nothing on disk; the others hold everything.
+    let holds = |s: &Stage| s.node != n[2];
+    let target = vec![st(0, 0, 4), st(2, 4, 10)];
+    let (stages, prefetch, cost) = phase(target.clone(), 0.1, Some(&running), &members, holds);
+    assert_eq!(stages, running.stages, "the running plan keeps serving");
+    assert_eq!(prefetch, vec![st(2, 4, 10)], "node 2 is told what to fetch");
+    assert_eq!(cost, 0.2);
+    // Once node 2 holds its layers, the placement takes effect.
+    let (stages, prefetch, cost) = phase(target.clone(), 0.1, Some(&running), &members, |_| true);
+    assert_eq!((stages, prefetch, cost), (target.clone(), vec![], 0.1));
+    // No running plan (or one whose node left): the placement at once; its nodes fetch, then load.
+    let (stages, prefetch, _) = phase(target.clone(), 0.1, None, &members, holds);
+    assert_eq!((stages, prefetch), (target.clone(), vec![]));
+    let without_1: Vec<NodeId> = members.iter().copied().filter(|m| *m != n[1]).collect();
+    let (stages, _, _) = phase(target.clone(), 0.1, Some(&running), &without_1, holds);
+    assert_eq!(stages, target);
+}

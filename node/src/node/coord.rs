@@ -15,9 +15,8 @@ use shoal_protocol::{Plan, Signed, Stage, Topic, encode};
 use super::scenario;
 use super::state::{NodeTask, SolveOutcome, unix_ms};
 use crate::config::ms;
-use crate::coordinator::{ReplanPolicy, Trigger, coordinator, replan_trigger};
+use crate::coordinator::{ReplanPolicy, Trigger, coordinator, phase, replan_trigger};
 use crate::view::{LinkView, MemberView, View};
-use shoal_keys::NodeId;
 
 /// A refused plan moves our idea of the swarm's epoch at most this far ahead of the held one,
 /// so a misbehaving member cannot push epochs towards `u64::MAX`.
@@ -135,34 +134,6 @@ impl NodeTask {
             .iter()
             .find(|(id, _)| **id == s.node)
             .is_some_and(|(_, m)| (s.start..s.end).all(|l| m.info.holds(l)))
-    }
-
-    /// Which plan to put in force for a solved placement `target` (the two phases of
-    /// docs/pipeline.md, "Layers from the swarm"): when every stage node holds its layers,
-    /// `target` itself; otherwise, while the held plan still runs (its nodes members and
-    /// holding their layers), the held stages again, with the missing layers of `target` as
-    /// the prefetch order; otherwise (nothing runs without the fetches) `target`, whose
-    /// stages fetch and then load. Returns the stages, the prefetch order and the cost.
-    fn phase(
-        &self,
-        target: Vec<Stage>,
-        cost: f64,
-        members: &[NodeId],
-    ) -> (Vec<Stage>, Vec<Stage>, f64) {
-        let missing: Vec<Stage> = target.iter().filter(|s| !self.holds(s)).cloned().collect();
-        if missing.is_empty() {
-            return (target, Vec::new(), cost);
-        }
-        let held = self.plan.as_ref().map(|p| p.unverified()).filter(|p| {
-            Some(&p.model) == self.model.as_ref().map(|m| &m.model_ref)
-                && p.stages
-                    .iter()
-                    .all(|s| members.contains(&s.node) && self.holds(s))
-        });
-        match held {
-            Some(p) => (p.stages.clone(), missing, p.cost_s),
-            None => (target, Vec::new(), cost),
-        }
     }
 
     /// Solves `scen` on a blocking thread within `limit_s` and sends the outcome to the task.
@@ -333,7 +304,14 @@ impl NodeTask {
             tracing::error!("planner returned an unknown device");
             return;
         };
-        let (stages, prefetch, cost_s) = self.phase(stages, solved.cost_s, &out.members);
+        // The held plan counts only while it places the same model.
+        let held = self
+            .plan
+            .as_ref()
+            .map(|p| p.unverified())
+            .filter(|p| p.model == model.model_ref);
+        let (stages, prefetch, cost_s) =
+            phase(stages, solved.cost_s, held, &out.members, |s| self.holds(s));
         if !prefetch.is_empty() {
             tracing::info!(
                 node = %self.me.short(), epoch = out.epoch,
