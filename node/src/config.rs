@@ -78,6 +78,11 @@ pub struct Config {
     /// swarm: outsiders cannot complete a handshake. TCP only: QUIC is switched off when it is
     /// set. Default: none.
     pub psk_file: Option<PathBuf>,
+    /// Run a public swarm: a node that starts a swarm (no `psk_file`, no bootstrap address)
+    /// generates no swarm key, so anyone who reaches it can join. Default: `false`: such a
+    /// node generates `<data_dir>/swarm.key` on its first start and keeps it (a private
+    /// swarm); `shoal invite` hands the key to new devices.
+    pub public: bool,
     /// Memory this node offers for model layers, in bytes. Default: none, meaning 70% of the
     /// available memory (`MemAvailable` in `/proc/meminfo`).
     pub memory_offered: Option<u64>,
@@ -376,6 +381,7 @@ impl Default for Config {
             mdns: true,
             quic: true,
             psk_file: None,
+            public: false,
             memory_offered: None,
             ort_dylib: None,
             ort_spin: true,

@@ -178,6 +178,13 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
     let node_dir = opts.dir.join(format!("node{i}"));
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let boot: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+    // A local swarm is public unless the caller chose a key (every node would otherwise make
+    // its own private swarm).
+    let public = if opts.top_config.contains("psk_file") || opts.top_config.contains("public") {
+        ""
+    } else {
+        "public = true\n"
+    };
     // An empty model path: a node that starts without the model (it fetches it when it joins
     // by invite).
     let model = if opts.model.as_os_str().is_empty() {
@@ -187,7 +194,7 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
     };
     format!(
         "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{}]\ndata_dir = {}\nkey_file = {}\n{}\
-         api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nort_spin = false\nmemory_offered = {}\n{}\n\n\
+         api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nort_spin = false\nmemory_offered = {}\n{}{}\n\n\
          [membership]\nliveness_timeout_ms = 2500\nannounce_interval_ms = 400\nsettle_ms = 1000\n\n\
          [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n\n{}\n",
         boot.join(", "),
@@ -195,6 +202,7 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
         q(&node_dir.join("node.key")),
         model,
         opts.memory.get(i).copied().unwrap_or(u64::MAX / 4),
+        public,
         opts.top_config,
         opts.extra_config,
     )

@@ -3,7 +3,8 @@
 //! fetch the manifest and tokenizer from the swarm, announce that they hold no layers, are
 //! given stages by a plan that charges the transfer, fetch exactly the files of their stages
 //! (verified by sha256), load them, and the greedy tokens from every origin equal the
-//! one-process run.
+//! one-process run. The first node was given no swarm key: it made the swarm private, and the
+//! invite carries the key it generated.
 
 // Tests fail by panicking: unwrap and expect are the assertions here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -80,8 +81,14 @@ async fn devices_with_no_model_join_by_invite_fetch_their_layers_and_serve() {
     let reference = reference_tokens(&model, &PROMPT, MAX_TOKENS);
     // Three nodes are needed to hold the model; the first alone has it on disk.
     let budget = launch::spanning_budget(&model, 3, memory_fraction()).unwrap();
-    let opts = launch_options(dir.path(), &model, vec![budget]);
+    // No key given and not public: the first node makes the swarm private.
+    let opts = LaunchOptions {
+        top_config: "public = false".into(),
+        ..launch_options(dir.path(), &model, vec![budget])
+    };
     let mut swarm = LocalSwarm::start(&opts).await.unwrap();
+    let generated = opts.dir.join("node0/data/swarm.key");
+    let key = shoal_node::invite::read_swarm_key(&generated).unwrap();
     let out = Command::new(shoal_bin())
         .args(["invite", "--api", &swarm.nodes[0].api, "--ttl", "600"])
         .env_remove("SHOAL_API_KEY")
@@ -93,6 +100,12 @@ async fn devices_with_no_model_join_by_invite_fetch_their_layers_and_serve() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let inv = shoal_node::invite::read(&token, shoal_node::invite::now_unix_s()).unwrap();
+    assert_eq!(
+        inv.swarm_key,
+        Some(key),
+        "the invite carries the generated key"
+    );
 
     let bare = LaunchOptions {
         model: PathBuf::new(),

@@ -98,6 +98,7 @@ fn config(args: RunArgs) -> anyhow::Result<Config> {
     if let Some(token) = &args.join {
         join(&mut c, token)?;
     }
+    private_by_default(&mut c)?;
     Ok(c)
 }
 
@@ -138,7 +139,7 @@ fn join(c: &mut Config, token: &str) -> anyhow::Result<()> {
             "--join: the invite is for a public swarm, but psk_file {} makes this node private",
             path.display()
         ),
-        (None, None) => {}
+        (None, None) => c.public = true,
     }
     let mut bootstrap = inv.bootstrap;
     bootstrap.append(&mut c.bootstrap);
@@ -173,6 +174,31 @@ fn join(c: &mut Config, token: &str) -> anyhow::Result<()> {
         model = inv.model.as_ref().map_or("-", |m| m.name.as_str()),
         "joining through an invite"
     );
+    Ok(())
+}
+
+/// A node that starts a swarm (no swarm key, no bootstrap address, not `public`) makes it
+/// private: it generates `<data_dir>/swarm.key` on its first start and uses it from then on.
+fn private_by_default(c: &mut Config) -> anyhow::Result<()> {
+    if c.psk_file.is_some() || c.public {
+        return Ok(());
+    }
+    if !c.bootstrap.is_empty() {
+        tracing::warn!(
+            "no swarm key: joining as a public node (a private swarm refuses it; join with \
+             `--join TOKEN` from `shoal invite` instead)"
+        );
+        return Ok(());
+    }
+    let path = c.data_dir.join("swarm.key");
+    if !path.exists() {
+        std::fs::create_dir_all(&c.data_dir)
+            .with_context(|| format!("creating {}", c.data_dir.display()))?;
+        invite::write_swarm_key(&path, &rand::random())?;
+        tracing::info!(key = %path.display(), "new private swarm: generated its key (set public = true for an open swarm)");
+    }
+    invite::read_swarm_key(&path).with_context(|| format!("swarm key {}", path.display()))?;
+    c.psk_file = Some(path);
     Ok(())
 }
 

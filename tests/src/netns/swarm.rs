@@ -99,6 +99,10 @@ pub fn config_text(bed: &Testbed, i: usize, spec: &NodeSpec, bootstrap: &[String
         q(&spec.model)
     );
     let _ = writeln!(t, "memory_offered = {}\n{}", spec.memory, spec.top);
+    // The bed's swarms are public unless the spec chose a key.
+    if !spec.top.contains("psk_file") && !spec.top.contains("public") {
+        let _ = writeln!(t, "public = true");
+    }
     let _ = writeln!(
         t,
         "[membership]\nliveness_timeout_ms = 4000\nannounce_interval_ms = 500\nsettle_ms = 2000\n"
