@@ -44,6 +44,8 @@ listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
 api = "127.0.0.1:0"
 mdns = false
 ort_spin = false
+# A public swarm: the three nodes share no key.
+public = true
 memory_offered = 1073741824
 [membership]
 liveness_timeout_ms = 3000
