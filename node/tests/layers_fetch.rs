@@ -4,6 +4,9 @@
 //! again from an honest holder, the corrupt one loses score, and no corrupt byte is ever kept
 //! under the file's name; a file nobody holds fails with a clear error.
 
+// Tests fail by panicking: unwrap and expect are the assertions here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "support/swarm.rs"]
 mod support;
 
