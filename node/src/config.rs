@@ -130,6 +130,18 @@ pub struct LayersConfig {
     pub bootstrap_timeout_ms: u64,
 }
 
+impl LayersConfig {
+    /// `link_share` clamped to (0, 1] (1 when it is not a number in range).
+    pub fn share(&self) -> f64 {
+        let s = self.link_share;
+        if s.is_finite() && s > 0.0 {
+            s.min(1.0)
+        } else {
+            1.0
+        }
+    }
+}
+
 impl Default for LayersConfig {
     fn default() -> Self {
         LayersConfig {

@@ -30,7 +30,7 @@ use shoal_protocol::ModelRef;
 
 use crate::swarm::NetworkHandle;
 use disk::ModelFile;
-use fetch::{FetchError, FetchReport, Source, fetch_all, fetch_file};
+use fetch::{FetchError, FetchReport, Pacer, Source, fetch_all, fetch_file};
 
 /// Errors of bootstrapping a model from peers.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,7 @@ pub async fn bootstrap(
             })
             .collect();
         if !peers.is_empty() {
-            match fetch_file(net, dir, &manifest_file, &peers).await {
+            match fetch_file(net, dir, &manifest_file, &peers, &Pacer::default()).await {
                 Ok(r) => {
                     report = r;
                     break;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_node::layers::disk::{ModelFile, layer_files};
-use shoal_node::layers::fetch::{CHUNK, FetchError, Source, fetch_file, part_path};
+use shoal_node::layers::fetch::{CHUNK, FetchError, Pacer, Source, fetch_file, part_path};
 use shoal_node::start::{Node, Running};
 use support::{fast_config, identity, synth_model, wait_all};
 use tokio_util::sync::CancellationToken;
@@ -90,9 +90,15 @@ async fn fetches_resume_after_a_holder_dies_and_refuse_corrupt_copies() {
         peer: r.node_id(),
         rate_bps: None,
     };
-    let report = fetch_file(c.net(), &into, &other, &[src(&b), src(&a)])
-        .await
-        .expect("fetch despite a corrupt holder");
+    let report = fetch_file(
+        c.net(),
+        &into,
+        &other,
+        &[src(&b), src(&a)],
+        &Pacer::default(),
+    )
+    .await
+    .expect("fetch despite a corrupt holder");
     assert_eq!(
         std::fs::read(into.join(&other.name)).unwrap(),
         std::fs::read(model.join(&other.name)).unwrap()
@@ -106,7 +112,7 @@ async fn fetches_resume_after_a_holder_dies_and_refuse_corrupt_copies() {
     );
     // Asked of b alone, the corrupt file never lands under its name.
     let alone = tmp.path().join("alone");
-    let err = fetch_file(c.net(), &alone, &other, &[src(&b)])
+    let err = fetch_file(c.net(), &alone, &other, &[src(&b)], &Pacer::default())
         .await
         .unwrap_err();
     assert!(matches!(err, FetchError::NoSource { .. }), "{err}");
@@ -123,7 +129,10 @@ async fn fetches_resume_after_a_holder_dies_and_refuse_corrupt_copies() {
     let part = part_path(&into.join(&file.name));
     let net = c.net().clone();
     let (into2, file2) = (into.clone(), file.clone());
-    let job = tokio::spawn(async move { fetch_file(&net, &into2, &file2, &sources).await });
+    let job =
+        tokio::spawn(
+            async move { fetch_file(&net, &into2, &file2, &sources, &Pacer::default()).await },
+        );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while std::fs::metadata(&part).map_or(0, |m| m.len()) < size / 3 {
         assert!(tokio::time::Instant::now() < deadline, "no progress");
@@ -148,7 +157,7 @@ async fn fetches_resume_after_a_holder_dies_and_refuse_corrupt_copies() {
         name: "ghost.onnx".into(),
         sha256: [7; 32],
     };
-    let err = fetch_file(c.net(), &into, &ghost, &[src(&b)])
+    let err = fetch_file(c.net(), &into, &ghost, &[src(&b)], &Pacer::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not held"), "{err}");

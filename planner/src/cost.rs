@@ -38,10 +38,11 @@ pub fn layer_memory(layer: &Layer, context_tokens: f64) -> f64 {
     layer.param_bytes + layer.kv_bytes_per_token * context_tokens
 }
 
-/// Seconds to fetch `bytes` over `link`: `rtt_s + 8 * bytes / (bandwidth_bps * (1 - loss))`
-/// (one request round trip; lost packets are sent again, so loss takes its share of the rate).
-pub fn fetch_time(link: &Link, bytes: f64) -> f64 {
-    link.rtt_s + 8.0 * bytes / (link.bandwidth_bps * (1.0 - link.loss))
+/// Seconds to fetch `bytes` over `link` using `share` of its bandwidth:
+/// `rtt_s + 8 * bytes / (share * bandwidth_bps * (1 - loss))` (one request round trip; lost
+/// packets are sent again, so loss takes its share of the rate).
+pub fn fetch_time(link: &Link, bytes: f64, share: f64) -> f64 {
+    link.rtt_s + 8.0 * bytes / (share * link.bandwidth_bps * (1.0 - link.loss))
 }
 
 /// `fetch[i][l]`: one-time seconds for device `i` to fetch layer `l`: 0 when it holds the
@@ -82,7 +83,7 @@ pub(crate) fn fetch_matrix(s: &Scenario, f: &Fetch) -> Vec<Vec<f64>> {
                         into(&dev.id)
                             .into_iter()
                             .filter(|(from, _)| !holder_only || f.holds(from, l))
-                            .map(|(_, k)| fetch_time(k, bytes(l)))
+                            .map(|(_, k)| fetch_time(k, bytes(l), f.rate_share))
                             .fold(f64::INFINITY, f64::min)
                     };
                     let t = best(true);

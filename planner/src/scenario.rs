@@ -61,6 +61,14 @@ pub struct Fetch {
     /// Bytes to transfer per layer (its files); absent: each layer's `param_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_bytes: Option<Vec<f64>>,
+    /// Share of a link's bandwidth a fetch uses, in (0, 1] (the node paces fetches so that
+    /// activations keep room). Default 1.
+    #[serde(default = "default_rate_share")]
+    pub rate_share: f64,
+}
+
+fn default_rate_share() -> f64 {
+    1.0
 }
 
 impl Fetch {
@@ -319,6 +327,12 @@ impl Scenario {
 
     fn validate_fetch(&self, f: &Fetch, ids: &HashSet<&str>) -> Result<(), ScenarioError> {
         positive("fetch.horizon_tokens", f.horizon_tokens)?;
+        if !(f.rate_share.is_finite() && f.rate_share > 0.0 && f.rate_share <= 1.0) {
+            return Err(bad(
+                "fetch.rate_share",
+                &format!("must be in (0, 1], got {}", f.rate_share),
+            ));
+        }
         let n = self.model.layers.len();
         for (id, ranges) in &f.holds {
             let field = format!("fetch.holds.{id}");

@@ -179,6 +179,7 @@ fn random_fetch(rng: &mut ChaCha8Rng, d: usize, l: usize) -> Fetch {
         horizon_tokens: 10f64.powf(rng.random_range(0.0..5.0)),
         holds,
         layer_bytes: None,
+        rate_share: rng.random_range(0.1..=1.0),
     };
     if (0..l).any(|x| (0..d).all(|k| !f.holds(&format!("d{k}"), x))) {
         f.holds.remove("d0");
@@ -651,6 +652,7 @@ fn fetch_horizon_decides_whether_layers_move() {
         horizon_tokens,
         holds: [("b".to_string(), vec![])].into_iter().collect(),
         layer_bytes: None,
+        rate_share: 1.0,
     };
     let base = Scenario {
         model: Model {

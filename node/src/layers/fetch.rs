@@ -3,7 +3,8 @@
 //!
 //! A file is written under `<name>.part` in order, a window of [`WINDOW`] chunk requests of
 //! [`CHUNK`] bytes in flight, paced to the source's rate limit, so memory stays at
-//! `WINDOW * CHUNK` whatever the file's size. When a holder fails (disconnect, timeout) the
+//! `WINDOW * CHUNK` whatever the file's size; the pace is per holder, shared by every file
+//! pulled from it at once ([`Pacer`]). When a holder fails (disconnect, timeout) the
 //! fetch resumes at the `.part` file's length from the next holder; a `.part` file left by an
 //! earlier run is resumed the same way (its bytes are hashed again first). The file's size is
 //! known from the first chunk; the free space of the file system is checked then, before a
@@ -13,8 +14,9 @@
 //! holder loses score and is not asked again (when several did, the file is fetched again from
 //! one holder alone, so the culprit can be named).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -39,6 +41,27 @@ pub const DISK_RESERVE: u64 = 64 << 20;
 const ROUNDS: usize = 3;
 /// Pause between rounds.
 const ROUND_PAUSE: Duration = Duration::from_secs(1);
+
+/// When each holder may next be sent a chunk request: the rate limit of a [`Source`] holds
+/// for all the files pulled from it at once. Cheap to clone; clones share the schedule.
+#[derive(Debug, Clone, Default)]
+pub struct Pacer(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Pacer {
+    /// Waits for `src`'s next slot for `bytes` and books it.
+    async fn slot(&self, src: &Source, bytes: u32) {
+        let Some(rate) = src.rate_bps else { return };
+        let due = {
+            let mut next = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let due = next.get(&src.peer).copied().unwrap_or(now).max(now);
+            let gap = Duration::from_secs_f64(f64::from(bytes) * 8.0 / rate.max(1.0));
+            next.insert(src.peer, due + gap);
+            due
+        };
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
 
 /// A peer that holds a file, and how fast to pull from it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,12 +147,14 @@ enum PullError {
     Fatal(FetchError),
 }
 
-/// Fetches `file` into `dir` from `sources` (in order of preference).
+/// Fetches `file` into `dir` from `sources` (in order of preference), pacing requests to each
+/// source's rate through `pacer` (shared by the fetches running at once).
 pub async fn fetch_file(
     net: &NetworkHandle,
     dir: &Path,
     file: &ModelFile,
     sources: &[Source],
+    pacer: &Pacer,
 ) -> Result<FetchReport, FetchError> {
     let start = Instant::now();
     let target = dir.join(&file.name);
@@ -169,7 +194,7 @@ pub async fn fetch_file(
                 report.switches += 1;
             }
             let before = w.len;
-            let res = pull(net, file, src, &mut w).await;
+            let res = pull(net, file, src, &mut w, pacer).await;
             if w.len > before {
                 report.bytes += w.len - before;
                 report.peers.insert(src.peer);
@@ -230,11 +255,11 @@ async fn pull(
     file: &ModelFile,
     src: &Source,
     w: &mut PartFile,
+    pacer: &Pacer,
 ) -> Result<(), PullError> {
     let peer = src.peer.to_peer_id();
     let mut total: Option<u64> = w.total;
     let mut next = w.len;
-    let mut due = Instant::now();
     let mut flight = FuturesOrdered::new();
     loop {
         while flight.len() < WINDOW && total.is_none_or(|t| next < t) {
@@ -242,11 +267,7 @@ async fn pull(
             if total.is_none() && !flight.is_empty() {
                 break;
             }
-            if let Some(rate) = src.rate_bps {
-                tokio::time::sleep_until(due.into()).await;
-                due = due.max(Instant::now())
-                    + Duration::from_secs_f64(f64::from(CHUNK) * 8.0 / rate.max(1.0));
-            }
+            pacer.slot(src, CHUNK).await;
             let ask = FileRequest {
                 sha256: file.sha256,
                 offset: next,
@@ -388,6 +409,8 @@ pub async fn fetch_all(
     sources_of: impl Fn(&ModelFile) -> Vec<Source>,
 ) -> Result<FetchReport, FetchError> {
     let start = Instant::now();
+    let pacer = Pacer::default();
+    let pacer = &pacer;
     let jobs: Vec<_> = files
         .iter()
         .cloned()
@@ -398,7 +421,7 @@ pub async fn fetch_all(
                 let n = sources.len();
                 sources.rotate_left(k % n);
             }
-            async move { fetch_file(net, dir, &f, &sources).await }
+            async move { fetch_file(net, dir, &f, &sources, pacer).await }
         })
         .collect();
     let mut results = futures::stream::iter(jobs).buffer_unordered(CONCURRENT_FILES);

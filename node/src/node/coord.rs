@@ -106,7 +106,14 @@ impl NodeTask {
         if !scenario::links_complete(&devices, &links) && self.clock.elapsed() < patience {
             return;
         }
-        let scen = scenario::build(&model, &devices, &links, self.me, &self.cfg.planner);
+        let scen = scenario::build(
+            &model,
+            &devices,
+            &links,
+            self.me,
+            &self.cfg.planner,
+            self.cfg.layers.share(),
+        );
         let (objective, strategy) = match self.objective_strategy() {
             Ok(x) => x,
             Err(e) => {
@@ -438,7 +445,14 @@ impl NodeTask {
             .map(|(id, m)| (id, &m.info))
             .collect();
         let devices = scenario::devices(model, entries);
-        let scen = scenario::build(model, &devices, links, self.me, &self.cfg.planner);
+        let scen = scenario::build(
+            model,
+            &devices,
+            links,
+            self.me,
+            &self.cfg.planner,
+            self.cfg.layers.share(),
+        );
         let stages: Vec<shoal_planner::Stage> = plan
             .stages
             .iter()

@@ -35,6 +35,7 @@ pub(crate) fn build(
     links: &LinkMatrix,
     origin: NodeId,
     cfg: &PlannerConfig,
+    fetch_share: f64,
 ) -> Scenario {
     let device_list = devices
         .iter()
@@ -88,16 +89,18 @@ pub(crate) fn build(
         memory_fraction: cfg.memory_fraction,
         stage_penalty_s: cfg.stage_penalty_s,
         speculation: speculation(devices),
-        fetch: fetch(model, devices, cfg),
+        fetch: fetch(model, devices, cfg, fetch_share),
     }
 }
 
 /// The planner's fetch term: which layers each device holds on disk (from `Capability.held`),
-/// spread over `fetch_horizon_tokens`; `None` when every device holds every layer.
+/// spread over `fetch_horizon_tokens`, at `share` of a link's rate (the follower's pace);
+/// `None` when every device holds every layer.
 pub(crate) fn fetch(
     model: &ModelInfo,
     devices: &[(NodeId, &Capability)],
     cfg: &PlannerConfig,
+    share: f64,
 ) -> Option<Fetch> {
     let n = model.layers.len();
     let holds: std::collections::BTreeMap<String, Vec<[usize; 2]>> = devices
@@ -119,6 +122,7 @@ pub(crate) fn fetch(
         horizon_tokens: cfg.fetch_horizon_tokens.max(1.0),
         holds,
         layer_bytes: None,
+        rate_share: share,
     })
 }
 

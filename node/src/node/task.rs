@@ -237,7 +237,7 @@ pub async fn start(
             manifest,
             model: model_ref,
             index,
-            link_share: cfg_share(&handle.config),
+            link_share: handle.config.layers.share(),
             held: held_tx,
             status: fetch_tx,
         };
@@ -279,15 +279,6 @@ fn join_model(cfg: &Config) -> Result<Option<ModelRef>, NodeError> {
 /// `held` as the capability carries it: absent when every one of `layers` is on disk.
 pub(super) fn held_field(held: &[(u32, u32)], layers: usize) -> Option<Vec<(u32, u32)>> {
     (held != [(0, layers as u32)]).then(|| held.to_vec())
-}
-
-fn cfg_share(cfg: &Config) -> f64 {
-    let s = cfg.layers.link_share;
-    if s.is_finite() && s > 0.0 {
-        s.min(1.0)
-    } else {
-        1.0
-    }
 }
 
 fn swarm_parts(cfg: &Config) -> Result<SwarmParts, NodeError> {
