@@ -15,6 +15,7 @@ TIMING_TESTS=(
   netns_security
   netns_nat
   netns_speculation
+  netns_layers
   soak
   pipeline_failover
   concurrency
