@@ -38,19 +38,11 @@ pub fn layer_memory(layer: &Layer, context_tokens: f64) -> f64 {
     layer.param_bytes + layer.kv_bytes_per_token * context_tokens
 }
 
-/// Bytes of one segment of the stream a fetch travels on (TCP on a 1500-byte MTU).
-pub const FETCH_SEGMENT_BYTES: f64 = 1448.0;
-
-/// Seconds to fetch `bytes` over `link` using `share` of its bandwidth: `rtt_s + 8 * bytes /
-/// rate` with `rate = min(share * bandwidth_bps * (1 - loss), 8 * FETCH_SEGMENT_BYTES / rtt_s *
-/// sqrt(3 / (2 * loss)))`: one request round trip, lost packets sent again, and a reliable
-/// stream's loss-limited rate (Mathis et al. 1997) when loss and round trip are not zero.
+/// Seconds to fetch `bytes` over `link` using `share` of its bandwidth:
+/// `rtt_s + 8 * bytes / (share * bandwidth_bps * (1 - loss))` (one request round trip; lost
+/// packets are sent again, so loss takes its share of the rate).
 pub fn fetch_time(link: &Link, bytes: f64, share: f64) -> f64 {
-    let mut rate = share * link.bandwidth_bps * (1.0 - link.loss);
-    if link.loss > 0.0 && link.rtt_s > 0.0 {
-        rate = rate.min(8.0 * FETCH_SEGMENT_BYTES / link.rtt_s * (1.5 / link.loss).sqrt());
-    }
-    link.rtt_s + 8.0 * bytes / rate
+    link.rtt_s + 8.0 * bytes / (share * link.bandwidth_bps * (1.0 - link.loss))
 }
 
 /// `fetch[i][l]`: one-time seconds for device `i` to fetch layer `l`: 0 when it holds the

@@ -40,8 +40,8 @@ pub mod synthetic;
 use std::time::Instant;
 
 pub use cost::{
-    Breakdown, FETCH_SEGMENT_BYTES, HopCost, HopDetail, StageCost, UNREACHABLE_FETCH_S, evaluate,
-    explain, fetch_time, hop_cost, layer_memory, layer_time, layer_time_at,
+    Breakdown, HopCost, HopDetail, StageCost, UNREACHABLE_FETCH_S, evaluate, explain, fetch_time,
+    hop_cost, layer_memory, layer_time, layer_time_at,
 };
 pub use error::{PlanError, ScenarioError};
 pub use exhaustive::{EXHAUSTIVE_LIMIT, candidates};

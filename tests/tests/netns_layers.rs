@@ -4,8 +4,7 @@
 //! the manifest and tokenizer, is given a stage, fetches that stage's layers at
 //! `layers.link_share` of the measured rate, serves, and node 0's greedy tokens equal the
 //! one-process run. The fetch time the planner predicts (its fetch term with the link node 1
-//! measured, planner/README.md "Layers on disk": the paced rate or the transport's loss-limited
-//! rate, whichever is lower, plus a round trip per layer) must be within 30%
+//! measured: `rtt + 8 * bytes / (share * bandwidth * (1 - loss))` per layer) must be within 30%
 //! of the fetch's measured wall time. Prints the figures. Needs root.
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! `bench/`; add a variant and a match arm here for a new one.
 
 mod concurrent;
+mod join;
 mod model;
 mod pipeline;
 mod planner;
@@ -19,6 +20,8 @@ pub(crate) enum BenchCommand {
     Pipeline(pipeline::PipelineArgs),
     /// Aggregate tokens/s of a loopback swarm under concurrent streaming requests.
     Concurrent(concurrent::ConcurrentArgs),
+    /// Time from `shoal run --join` to serving a stage: fetching layers vs copying the model.
+    Join(join::JoinArgs),
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -27,5 +30,6 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(args) => pipeline::run(&args),
         BenchCommand::Model(args) => model::run(&args),
         BenchCommand::Concurrent(args) => concurrent::run(&args),
+        BenchCommand::Join(args) => join::run(&args),
     }
 }
