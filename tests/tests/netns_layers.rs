@@ -125,6 +125,17 @@ fn a_fetch_over_a_lossy_10_mbit_link_completes_as_predicted() -> Result<()> {
         fetch["switches"],
         fetch["rejected"],
     );
+    // The way without fetching, over the same link: the whole model folder in one TCP stream
+    // from node 0 to node 1 (what copying it to the device costs; reported, not asserted).
+    let folder = folder_bytes(&model)?;
+    let copy_s = tcp_copy(&bed, folder)?;
+    println!(
+        "netns_layers: copying the whole folder ({folder} bytes) over the same link: {copy_s:.2} s \
+         ({:.2} Mbit/s); fetching the stage: {measured:.2} s ({:.2}x the copy's time, {:.0}% of its bytes)",
+        folder as f64 * 8.0 / copy_s / 1e6,
+        measured / copy_s,
+        bytes as f64 / folder as f64 * 100.0
+    );
     ensure!(fetch["rejected"] == 0, "a holder was rejected: {fetch}");
     ensure!(
         reference
@@ -160,5 +171,66 @@ fn link_of(status: &Value, from: &str, to: &str) -> Result<shoal_planner::Link> 
         bandwidth_bps: num("bandwidth_bps")?,
         loss: num("loss")?,
         symmetric: false,
+    })
+}
+
+fn folder_bytes(dir: &std::path::Path) -> Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        n += if p.is_dir() {
+            folder_bytes(&p)?
+        } else {
+            std::fs::metadata(&p)?.len()
+        };
+    }
+    Ok(n)
+}
+
+/// Seconds to send `bytes` over one TCP connection from node 0's namespace to node 1's, as the
+/// receiver times it from the connection to the last byte.
+fn tcp_copy(bed: &Testbed, bytes: u64) -> Result<f64> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from((bed.addr(1), 47_000));
+    std::thread::scope(|s| {
+        let receiver = s.spawn(move || {
+            bed.in_ns(1, move || {
+                let listener = std::net::TcpListener::bind(addr)?;
+                let (mut conn, _) = listener.accept()?;
+                let start = Instant::now();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut got = 0u64;
+                loop {
+                    let n = conn.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n as u64;
+                }
+                ensure!(got == bytes, "received {got} of {bytes} bytes");
+                Ok(start.elapsed().as_secs_f64())
+            })
+        });
+        bed.in_ns(0, move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut conn = loop {
+                match std::net::TcpStream::connect(addr) {
+                    Ok(c) => break c,
+                    Err(e) if Instant::now() > deadline => return Err(e.into()),
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            let chunk = vec![0x5au8; 1 << 16];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                conn.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            Ok(())
+        })?;
+        receiver
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("receiver panicked")))
     })
 }
