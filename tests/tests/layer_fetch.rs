@@ -107,6 +107,17 @@ async fn devices_with_no_model_join_by_invite_fetch_their_layers_and_serve() {
         "the invite carries the generated key"
     );
 
+    // The page's invite: the same token kind, with its QR code drawn by the node.
+    let (code, page_invite) = swarm
+        .post_json(0, "/v1/invite", &serde_json::json!({"ttl_s": 600}))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{page_invite}");
+    let svg = page_invite["qr_svg"].as_str().unwrap();
+    assert!(svg.contains("<svg") && svg.contains("</svg>"), "{svg}");
+    let page = swarm.get_text(0, "/").await.unwrap();
+    assert!(page.contains("invite-qr"), "the page has no invite");
+
     let bare = LaunchOptions {
         model: PathBuf::new(),
         ..opts.clone()

@@ -68,6 +68,7 @@ fn build(node: &NodeHandle, ttl_s: u64) -> Result<serde_json::Value, invite::Inv
     let now = invite::now_unix_s();
     let token = invite::issue(&identity, body, ttl_s, now)?;
     Ok(json!({
+        "qr_svg": qr_svg(&token),
         "token": token,
         "inviter": identity.node_id().to_string(),
         "expires_unix_s": now.saturating_add(ttl_s),
@@ -76,6 +77,18 @@ fn build(node: &NodeHandle, ttl_s: u64) -> Result<serde_json::Value, invite::Inv
         "model": model.map(|m| m.name),
         "private": swarm_key.is_some(),
     }))
+}
+
+/// The token as a QR code in SVG (drawn here, so the page needs no script or network for it);
+/// `None` when the token is too long for a QR code.
+pub fn qr_svg(token: &str) -> Option<String> {
+    let code = qrcode::QrCode::with_error_correction_level(token, qrcode::EcLevel::L).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(240, 240)
+            .quiet_zone(true)
+            .build(),
+    )
 }
 
 /// This node's addresses, then other members', each ending in `/p2p/<id>`; non-loopback first.
