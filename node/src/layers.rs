@@ -75,17 +75,7 @@ pub async fn bootstrap(
     let mut report;
     let mut last = "no peer connected".to_string();
     loop {
-        let peers: Vec<Source> = net
-            .connected_peers()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|p| NodeId::from_peer_id(p).ok())
-            .map(|peer| Source {
-                peer,
-                rate_bps: None,
-            })
-            .collect();
+        let peers = connected(net).await;
         if !peers.is_empty() {
             match fetch_file(net, dir, &manifest_file, &peers, &Pacer::default()).await {
                 Ok(r) => {
@@ -113,8 +103,17 @@ pub async fn bootstrap(
     if manifest.name != model.name {
         return Err(bad(format!("the manifest names {:?}", manifest.name)));
     }
-    let peers: Vec<Source> = net
-        .connected_peers()
+    let peers = connected(net).await;
+    let common = disk::common_files(&manifest);
+    let more = fetch_all(net, dir, &common, |_| peers.clone()).await?;
+    report.bytes += more.bytes;
+    report.peers.extend(more.peers);
+    Ok((manifest, report))
+}
+
+/// Every connected peer, unpaced: before it is a member, the node has no link figures.
+async fn connected(net: &NetworkHandle) -> Vec<Source> {
+    net.connected_peers()
         .await
         .unwrap_or_default()
         .into_iter()
@@ -123,10 +122,5 @@ pub async fn bootstrap(
             peer,
             rate_bps: None,
         })
-        .collect();
-    let common = disk::common_files(&manifest);
-    let more = fetch_all(net, dir, &common, |_| peers.clone()).await?;
-    report.bytes += more.bytes;
-    report.peers.extend(more.peers);
-    Ok((manifest, report))
+        .collect()
 }

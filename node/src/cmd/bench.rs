@@ -33,3 +33,24 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Join(args) => join::run(&args),
     }
 }
+
+/// A fresh work folder `<tmp>/<prefix>-<pid>` and the model to run: `model`, or the built-in
+/// synthesised model written into the folder. The caller removes the folder.
+fn work_dir(
+    prefix: &str,
+    model: Option<&std::path::Path>,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use anyhow::Context;
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let model = match model {
+        Some(m) => m.to_path_buf(),
+        None => {
+            let out = dir.join("model");
+            shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &out, false)
+                .context("synthesising the model")?;
+            out
+        }
+    };
+    Ok((dir, model))
+}

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use serde_json::{Value, json};
 use shoal_node::launch::{ApiClient, LocalSwarm};
@@ -54,20 +54,10 @@ pub(crate) fn run(args: &ConcurrentArgs) -> anyhow::Result<()> {
     if args.tokens < 2 || args.levels.is_empty() || args.levels.contains(&0) {
         bail!("--tokens must be at least 2 and every level at least 1");
     }
-    let dir = std::env::temp_dir().join(format!("shoal-bench-conc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let model = match &args.model {
-        Some(m) => Ok(m.clone()),
-        None => {
-            let out = dir.join("model");
-            shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &out, false)
-                .context("synthesising the model")
-                .map(|_| out)
-        }
-    };
-    let result = model.and_then(|model| {
-        tokio::runtime::Runtime::new()?.block_on(bench(args, &model, &dir.join("swarm")))
-    });
+    let (dir, model) = super::work_dir("shoal-bench-conc", args.model.as_deref())?;
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(bench(args, &model, &dir.join("swarm"))));
     let _ = std::fs::remove_dir_all(&dir);
     let levels = result?;
     let base = levels[0].tokens as f64 / levels[0].wall_s;

@@ -48,19 +48,10 @@ pub(crate) fn run(args: &JoinArgs) -> anyhow::Result<()> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let dir = std::env::temp_dir().join(format!("shoal-bench-join-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let model = match &args.model {
-        Some(m) => Ok(m.clone()),
-        None => {
-            let out = dir.join("model");
-            shoal_model::synth::synth(&shoal_model::synth::SynthOptions::default(), &out, false)
-                .context("synthesising the model")
-                .map(|_| out)
-        }
-    };
-    let result =
-        model.and_then(|model| tokio::runtime::Runtime::new()?.block_on(bench(args, &model, &dir)));
+    let (dir, model) = super::work_dir("shoal-bench-join", args.model.as_deref())?;
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(bench(args, &model, &dir)));
     let _ = std::fs::remove_dir_all(&dir);
     let (ways, model_bytes) = result?;
     let mean = |name: &str| {
