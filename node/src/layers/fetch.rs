@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesOrdered, StreamExt};
 use sha2::{Digest, Sha256};
 use shoal_keys::NodeId;
-use shoal_protocol::{ErrorCode, FileRequest, FileResponse, encode};
+use shoal_protocol::{FileRequest, FileResponse, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::disk::{ModelFile, free_bytes};
@@ -284,9 +284,7 @@ async fn pull(
         let answer = answer.map_err(|e| PullError::Holder(e.to_string()))?;
         let chunk = match FileResponse::decode(&answer) {
             Ok(FileResponse::Chunk(c)) => c,
-            Ok(FileResponse::Error(e)) if e.code == ErrorCode::WrongModel => {
-                return Err(PullError::Holder(e.message));
-            }
+            // Not held (`WrongModel`) or a read error there: the next holder may do better.
             Ok(FileResponse::Error(e)) => return Err(PullError::Holder(e.message)),
             Err(e) => return Err(PullError::Bad(e.reason(), e.to_string())),
         };
@@ -317,12 +315,8 @@ async fn pull(
             w.total = total;
         }
         w.append(&chunk.data).await.map_err(PullError::Fatal)?;
-        if total.is_some_and(|t| w.len >= t) && flight.is_empty() {
-            return Ok(());
-        }
+        // Requests are only sent for bytes below the size, so nothing is in flight then.
         if total.is_some_and(|t| w.len >= t) {
-            // Answers past the end may still be in flight; they are empty: drain them.
-            while flight.next().await.is_some() {}
             return Ok(());
         }
     }

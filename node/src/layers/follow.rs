@@ -102,7 +102,8 @@ impl Follower {
         let Some(plan) = v.plan().filter(|p| p.model == self.model) else {
             return Vec::new();
         };
-        let held = disk::held_ranges(&self.dir, &self.manifest);
+        // The follower alone changes the disk, and reports every change on `held`.
+        let held = self.held.borrow().clone();
         let has = |l: u32| held.iter().any(|&(a, b)| (a..b).contains(&l));
         let wanted = plan
             .stages
