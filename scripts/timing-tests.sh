@@ -18,6 +18,7 @@ TIMING_TESTS=(
   netns_layers
   soak
   pipeline_failover
+  power
   concurrency
   speculation
   api_page

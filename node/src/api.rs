@@ -86,7 +86,11 @@ pub fn status_json(view: &Arc<View>) -> Value {
                 "mem_bw": c.mem_bw,
                 "mem_bytes": c.mem_bytes,
                 "overhead_s": c.overhead_s,
-                "battery": c.battery.map(|b| json!({"on_battery": b.on_battery, "level": b.level})),
+                "battery": c.battery.map(|b| json!({
+                    "on_battery": b.on_battery, "level": b.level, "watts": b.watts,
+                })),
+                "temp_c": c.temp_c,
+                "throttle": c.throttle,
                 "model": c.model.as_ref().map(|m| m.name.clone()),
                 "held": c.held,
                 "listen_addrs": c.listen_addrs,
@@ -128,7 +132,8 @@ pub fn status_json(view: &Arc<View>) -> Value {
 
 /// A plan as JSON: DESIGN.md's `shoal plan` object (`objective`, `cost_s`, `stages` with
 /// `device` and half-open `layers`, `strategy`, `optimal`) plus `epoch`, `coordinator`,
-/// `model` and `members`.
+/// `model`, `members`, `prefetch`, `cause` (why it replaced the one before) and
+/// `below_floor` (nodes on battery below the floor that hold layers all the same).
 pub fn plan_json(plan: &Plan) -> Value {
     json!({
         "epoch": plan.epoch,
@@ -147,5 +152,7 @@ pub fn plan_json(plan: &Plan) -> Value {
             "device": s.node.to_string(),
             "layers": [s.start, s.end],
         })).collect::<Vec<_>>(),
+        "cause": plan.cause,
+        "below_floor": plan.below_floor.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
     })
 }

@@ -1,6 +1,5 @@
-//! What this node can do, measured at start: effective FLOP/s, memory bandwidth, the memory it
-//! offers, and its battery where the OS reports one (`/sys/class/power_supply`, which Android
-//! exposes too).
+//! What this node can do, measured at start: effective FLOP/s, memory bandwidth and the memory
+//! it offers (its battery and heat are `crate::power`'s).
 //!
 //! Compute is timed on a decode-shaped matrix product of the model's hidden size, run through
 //! the model runtime the stages use (`shoal_model::runtime::calibrate`) when the node holds a
@@ -9,7 +8,6 @@
 //! times a hidden x hidden block that fits in cache). Memory bandwidth is timed on large
 //! copies that do not fit in cache. Both run once at start on a blocking thread.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Share of `MemAvailable` offered when the config sets no `memory_offered`.
@@ -30,15 +28,6 @@ pub struct Speeds {
     pub flops: f64,
     /// Memory bandwidth, bytes per second (bytes read + written per second of copying).
     pub mem_bw: f64,
-}
-
-/// Battery state, if the OS reports one.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BatteryState {
-    /// Running on battery (discharging).
-    pub on_battery: bool,
-    /// Charge level in [0, 1], if known.
-    pub level: Option<f64>,
 }
 
 /// Times compute on blocks shaped by `hidden` (the model's hidden size, or 1024 without one)
@@ -112,25 +101,6 @@ pub fn memory_offered(override_bytes: Option<u64>) -> u64 {
     (avail_kib as f64 * 1024.0 * DEFAULT_MEMORY_SHARE) as u64
 }
 
-/// The battery under `root` (normally `/sys/class/power_supply`), if there is one.
-pub fn battery(root: &Path) -> Option<BatteryState> {
-    let entries = std::fs::read_dir(root).ok()?;
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string());
-        if read("type").ok().as_deref() != Some("Battery") {
-            continue;
-        }
-        let level = read("capacity")
-            .ok()
-            .and_then(|c| c.parse::<f64>().ok())
-            .map(|p| (p / 100.0).clamp(0.0, 1.0));
-        let on_battery = read("status").ok().as_deref() == Some("Discharging");
-        return Some(BatteryState { on_battery, level });
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,27 +120,6 @@ mod tests {
         let mut y = vec![0.0; BATCH * n];
         matmul(&x, &w, &mut y, n);
         assert_eq!(&y[..2], &[7.0, 10.0]);
-    }
-
-    #[test]
-    fn battery_from_sysfs_layout() {
-        let root = tempfile::tempdir().unwrap();
-        assert_eq!(battery(root.path()), None);
-        let ac = root.path().join("AC");
-        std::fs::create_dir(&ac).unwrap();
-        std::fs::write(ac.join("type"), "Mains\n").unwrap();
-        let bat = root.path().join("BAT0");
-        std::fs::create_dir(&bat).unwrap();
-        std::fs::write(bat.join("type"), "Battery\n").unwrap();
-        std::fs::write(bat.join("capacity"), "57\n").unwrap();
-        std::fs::write(bat.join("status"), "Discharging\n").unwrap();
-        assert_eq!(
-            battery(root.path()),
-            Some(BatteryState {
-                on_battery: true,
-                level: Some(0.57)
-            })
-        );
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Fetching model files from the swarm.
     pub layers: LayersConfig,
+    /// Battery, temperature and throttling.
+    pub power: PowerConfig,
     /// The swarm's model, to fetch from peers into `model` when that directory has no
     /// `manifest.json` yet (set by `shoal run --join`). Default: none.
     pub join_model: Option<JoinModel>,
@@ -147,6 +149,50 @@ impl Default for LayersConfig {
         LayersConfig {
             link_share: 0.8,
             bootstrap_timeout_ms: 120_000,
+        }
+    }
+}
+
+/// Battery, temperature and throttling: the `[power]` section (`crate::power`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PowerConfig {
+    /// Where batteries are reported. Default: `/sys/class/power_supply`.
+    pub supply_dir: PathBuf,
+    /// Where temperatures are reported. Default: `/sys/class/thermal`.
+    pub thermal_dir: PathBuf,
+    /// Ask `termux-battery-status` (Termux:API) when `supply_dir` shows no battery, as on
+    /// Android 10 and later. Default: `true`.
+    pub termux: bool,
+    /// How often the battery and temperature are read, milliseconds. Default: `5000`.
+    pub poll_ms: u64,
+    /// Watts this device draws computing, announced while on battery when the OS measures
+    /// none. Default: none, meaning 4 W on Android and 15 W elsewhere.
+    pub watts: Option<f64>,
+    /// Decode steps per window of the throttling watch. Default: `25`.
+    pub throttle_window: usize,
+    /// Two windows slower than this share of the best pace seen count as throttling.
+    /// Default: `0.6`.
+    pub throttle_below: f64,
+    /// Two windows faster than this share end it. Default: `0.85`.
+    pub recover_above: f64,
+    /// A throttled node that ran no step for this long counts as cooled down, milliseconds.
+    /// Default: `300000`.
+    pub idle_recover_ms: u64,
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        PowerConfig {
+            supply_dir: PathBuf::from("/sys/class/power_supply"),
+            thermal_dir: PathBuf::from("/sys/class/thermal"),
+            termux: true,
+            poll_ms: 5_000,
+            watts: None,
+            throttle_window: 25,
+            throttle_below: 0.6,
+            recover_above: 0.85,
+            idle_recover_ms: 300_000,
         }
     }
 }
@@ -371,6 +417,15 @@ pub struct PlannerConfig {
     /// Tokens a plan is expected to serve: a layer a node must fetch first costs its transfer
     /// time spread over them (planner/README.md, "Layers on disk"). Default: `4096`.
     pub fetch_horizon_tokens: f64,
+    /// A node on battery below this charge holds no layers unless the model does not fit
+    /// without it (planner/README.md, "Energy"). Default: `20`.
+    pub min_battery_percent: f64,
+    /// Seconds of objective one joule from a full battery costs; the price rises as the
+    /// charge falls. 0 turns the energy term off (the floor still holds). Default: `0.02`.
+    pub energy_price_s_per_j: f64,
+    /// A battery's charge counts as changed for re-planning in steps of this many percent.
+    /// Default: `10`.
+    pub battery_step_percent: f64,
 }
 
 impl Default for Config {
@@ -402,6 +457,7 @@ impl Default for Config {
             planner: PlannerConfig::default(),
             pipeline: PipelineConfig::default(),
             layers: LayersConfig::default(),
+            power: PowerConfig::default(),
             join_model: None,
         }
     }
@@ -451,6 +507,9 @@ impl Default for PlannerConfig {
             improve_time_limit_s: 60.0,
             improve_margin: 0.05,
             fetch_horizon_tokens: 4096.0,
+            min_battery_percent: 20.0,
+            energy_price_s_per_j: 0.02,
+            battery_step_percent: 10.0,
         }
     }
 }

@@ -21,6 +21,11 @@
 //! metric moved past its threshold and the hysteresis interval since the last plan has passed.
 //! Only the coordinator of the next epoch (`current + 1`) acts on a trigger.
 //!
+//! **Power** ([`power_trigger`]): a member that went on battery or back on mains, whose charge
+//! crossed a step of `battery_step_percent`, or whose announced throttle changed, re-plans at
+//! once (no hysteresis interval: the node's own watch already has one, and charge moves
+//! slowly); the trigger names the cause for the plan and the log.
+//!
 //! **Layers on disk** ([`phase`]): a placement whose nodes lack layers takes effect in two
 //! phases: the held plan keeps serving with a prefetch order, and the placement follows once
 //! the ordered nodes announce the layers ([`Trigger::Fetched`]).
@@ -225,6 +230,13 @@ pub enum Trigger {
     /// Every node the held plan ordered to prefetch layers now holds them: the plan that
     /// needed them can take effect.
     Fetched,
+    /// A member's battery or speed changed ([`power_trigger`]).
+    Power {
+        /// The member.
+        node: NodeId,
+        /// What changed.
+        cause: PowerCause,
+    },
     /// A link metric moved past its threshold.
     LinkDrift {
         /// Sender side of the link.
@@ -234,6 +246,135 @@ pub enum Trigger {
         /// Which metric: `rtt`, `bandwidth` or `loss`.
         metric: &'static str,
     },
+}
+
+/// What changed in a member's power state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PowerCause {
+    /// It was unplugged (charge, if known).
+    OnBattery(Option<f64>),
+    /// It was plugged in.
+    OnMains,
+    /// Its charge crossed a step, or the floor (the new charge).
+    Charge(f64),
+    /// Its own step times show it running at this share of its measured speed.
+    Throttled(f64),
+    /// It runs at full speed again.
+    FullSpeed,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |x: f64| (x * 100.0).round();
+        match self {
+            Trigger::NoPlan => f.write_str("first plan"),
+            Trigger::Membership => f.write_str("members changed"),
+            Trigger::Behind => f.write_str("the swarm moved on while this node was away"),
+            Trigger::Fetched => f.write_str("the ordered layers are on disk"),
+            Trigger::LinkDrift { from, to, metric } => {
+                write!(f, "link {} -> {} {metric} moved", from.short(), to.short())
+            }
+            Trigger::Power { node, cause } => {
+                let n = node.short();
+                match *cause {
+                    PowerCause::OnBattery(Some(l)) => {
+                        write!(f, "{n} went on battery at {}%", pct(l))
+                    }
+                    PowerCause::OnBattery(None) => write!(f, "{n} went on battery"),
+                    PowerCause::OnMains => write!(f, "{n} is on mains again"),
+                    PowerCause::Charge(l) => write!(f, "{n}'s battery at {}%", pct(l)),
+                    PowerCause::Throttled(t) => {
+                        write!(f, "{n} throttled to {}% of its measured speed", pct(t))
+                    }
+                    PowerCause::FullSpeed => write!(f, "{n} runs at full speed again"),
+                }
+            }
+        }
+    }
+}
+
+/// How [`power_trigger`] buckets members' power states.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Power {
+    /// The planner's battery floor, a charge in [0, 1].
+    pub min_level: f64,
+    /// Charge steps that count as a change, in (0, 1].
+    pub step: f64,
+}
+
+/// The charge assumed for a member on battery that does not report its level.
+pub const UNKNOWN_LEVEL: f64 = 0.5;
+
+/// A member's power state as far as planning cares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PowerState {
+    on_battery: bool,
+    level: Option<f64>,
+    throttle: Option<f64>,
+}
+
+impl PowerState {
+    /// The state a capability announces.
+    pub fn of(c: &shoal_protocol::Capability) -> Self {
+        let battery = c.battery.filter(|b| b.on_battery);
+        PowerState {
+            on_battery: battery.is_some(),
+            level: battery.and_then(|b| b.level),
+            throttle: c.throttle,
+        }
+    }
+
+    /// The charge bucket: steps of `p.step`, and whether below the floor.
+    fn bucket(&self, p: &Power) -> Option<(i64, bool)> {
+        let l = self.level.filter(|_| self.on_battery)?;
+        let step = if p.step > 0.0 { p.step } else { 1.0 };
+        Some(((l / step).floor() as i64, l < p.min_level))
+    }
+}
+
+/// The first member whose power state differs from its state when the plan was adopted
+/// (`before`; members not in it are new and left to the membership trigger).
+pub fn power_trigger(
+    before: &BTreeMap<NodeId, PowerState>,
+    now: &BTreeMap<NodeId, PowerState>,
+    p: &Power,
+) -> Option<Trigger> {
+    for (node, new) in now {
+        let Some(old) = before.get(node) else {
+            continue;
+        };
+        let cause = if new.on_battery != old.on_battery {
+            if new.on_battery {
+                PowerCause::OnBattery(new.level)
+            } else {
+                PowerCause::OnMains
+            }
+        } else if new.bucket(p) != old.bucket(p) {
+            PowerCause::Charge(new.level.unwrap_or(UNKNOWN_LEVEL))
+        } else if new.throttle != old.throttle {
+            match new.throttle {
+                Some(t) => PowerCause::Throttled(t),
+                None => PowerCause::FullSpeed,
+            }
+        } else {
+            continue;
+        };
+        return Some(Trigger::Power { node: *node, cause });
+    }
+    None
+}
+
+/// Why a plan for `members` replaces one for `before`, in words: "X joined; Y left".
+pub fn membership_cause(before: &[NodeId], members: &[NodeId]) -> String {
+    let list = |v: Vec<&NodeId>| v.iter().map(|n| n.short()).collect::<Vec<_>>().join(", ");
+    let joined = list(members.iter().filter(|m| !before.contains(m)).collect());
+    let left = list(before.iter().filter(|m| !members.contains(m)).collect());
+    match (joined.is_empty(), left.is_empty()) {
+        (false, false) => format!("{joined} joined; {left} left"),
+        (false, true) => format!("{joined} joined"),
+        (true, false) => format!("{left} left"),
+        (true, true) => "members changed".into(),
+    }
 }
 
 /// Thresholds and hysteresis of [`replan_trigger`].

@@ -94,6 +94,22 @@ pub struct LaunchOptions {
     pub top_config: String,
     /// The API key the swarm's own client sends (for nodes started with `api_keys`).
     pub api_key: Option<String>,
+    /// Give each node its own power-supply and thermal folders (`nodeN/power_supply`,
+    /// `nodeN/thermal`, empty: no battery, no sensor) read every 200 ms, and its own throttle
+    /// knob file `nodeN/throttle` ([`crate::power::THROTTLE_FILE_ENV`]), for tests to
+    /// control; otherwise the nodes read this machine's.
+    pub own_power: bool,
+}
+
+/// The power folders and throttle knob of node `i` under `dir` (see
+/// [`LaunchOptions::own_power`]): `(power_supply, thermal, throttle)`.
+pub fn power_paths(dir: &Path, i: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let n = dir.join(format!("node{i}"));
+    (
+        n.join("power_supply"),
+        n.join("thermal"),
+        n.join("throttle"),
+    )
 }
 
 /// One running node process.
@@ -192,11 +208,21 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
     } else {
         format!("model = {}\n", q(&opts.model))
     };
+    let power = if opts.own_power {
+        let (supply, thermal, _) = power_paths(&opts.dir, i);
+        format!(
+            "[power]\nsupply_dir = {}\nthermal_dir = {}\ntermux = false\npoll_ms = 200\n\n",
+            q(&supply),
+            q(&thermal)
+        )
+    } else {
+        String::new()
+    };
     format!(
         "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{}]\ndata_dir = {}\nkey_file = {}\n{}\
          api = \"127.0.0.1:0\"\nmdns = false\nquic = false\nort_spin = false\nmemory_offered = {}\n{}{}\n\n\
          [membership]\nliveness_timeout_ms = 2500\nannounce_interval_ms = 400\nsettle_ms = 1000\n\n\
-         [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n\n{}\n",
+         [probe]\nping_interval_ms = 500\nbandwidth_interval_ms = 2000\nbandwidth_bytes = 262144\nloss_rate_hz = 20\nloss_window = 100\n\n{}{}\n",
         boot.join(", "),
         q(&node_dir.join("data")),
         q(&node_dir.join("node.key")),
@@ -204,6 +230,7 @@ fn config_text(opts: &LaunchOptions, i: usize, bootstrap: &[String]) -> String {
         opts.memory.get(i).copied().unwrap_or(u64::MAX / 4),
         public,
         opts.top_config,
+        power,
         opts.extra_config,
     )
 }
@@ -542,13 +569,24 @@ async fn spawn_node(
         .map_err(io(format!("write {}", config.display())))?;
     let log = node_dir.join("node.log");
     let log_file = std::fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;
+    let mut env = opts.env.clone();
+    if opts.own_power {
+        let (supply, thermal, knob) = power_paths(&opts.dir, i);
+        for d in [&supply, &thermal] {
+            std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
+        }
+        env.push((
+            crate::power::THROTTLE_FILE_ENV.into(),
+            knob.display().to_string(),
+        ));
+    }
     let mut child = Command::new(&opts.bin)
         .arg("--log")
         .arg(&opts.log)
         .arg("run")
         .arg("--config")
         .arg(&config)
-        .envs(opts.env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))

@@ -18,6 +18,7 @@ pub mod links;
 pub mod membership;
 pub mod node;
 pub mod pipeline;
+pub mod power;
 pub mod probe;
 pub mod start;
 pub mod store;

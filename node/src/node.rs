@@ -86,6 +86,7 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     speculation: Arc<watch::Sender<Option<shoal_protocol::SpecFigures>>>,
     fetch: watch::Receiver<Option<crate::layers::follow::FetchStatus>>,
+    speed: Arc<crate::power::SpeedWatch>,
 }
 
 impl NodeHandle {
@@ -93,6 +94,12 @@ impl NodeHandle {
     /// them in its capability, and coordinators plan with them.
     pub fn speculation_reporter(&self) -> Arc<watch::Sender<Option<shoal_protocol::SpecFigures>>> {
         self.speculation.clone()
+    }
+
+    /// The watch the model thread reports its decode steps to; the node announces the
+    /// throttling it finds.
+    pub fn speed_watch(&self) -> Arc<crate::power::SpeedWatch> {
+        self.speed.clone()
     }
 
     /// The last fetch of layers from the swarm, if any.

@@ -148,6 +148,9 @@ pub struct PipelineParts<R> {
     /// Where the origin reports speculative decoding's measured figures (the node announces
     /// them); `None`: kept to itself.
     pub speculation: Option<SpecReporter>,
+    /// Where the model thread reports its decode steps (the node's throttling watch); `None`:
+    /// not watched.
+    pub speed: Option<Arc<crate::power::SpeedWatch>>,
 }
 
 /// The channel of speculative decoding's measured figures.
@@ -174,6 +177,7 @@ impl Pipeline {
             generate,
             cancel,
             speculation,
+            speed,
         } = parts;
         let metrics = Arc::new(Metrics::default());
         let activation = inbound::spawn_decoder(
@@ -193,7 +197,8 @@ impl Pipeline {
         let draft_config = runtime.clone();
         let (model, runtime) = match model_dir {
             Some(dir) => {
-                let (model, runtime) = load_model(dir, runtime, options.max_batch, cancel.clone())?;
+                let (model, runtime) =
+                    load_model(dir, runtime, options.max_batch, speed, cancel.clone())?;
                 (Some(model), Some(runtime))
             }
             None => (None, None),
@@ -260,11 +265,13 @@ fn load_model(
     dir: PathBuf,
     config: RuntimeConfig,
     max_batch: usize,
+    speed: Option<Arc<crate::power::SpeedWatch>>,
     cancel: CancellationToken,
 ) -> Result<(LoadedModel, runtime::RuntimeHandle), PipelineError> {
     let manifest = Manifest::load(&dir)?;
     let tokenizer = Tokenizer::load(&dir, &manifest)?;
-    let runtime = runtime::RuntimeHandle::spawn(dir, manifest.clone(), config, max_batch, cancel);
+    let runtime =
+        runtime::RuntimeHandle::spawn(dir, manifest.clone(), config, max_batch, speed, cancel);
     Ok((
         LoadedModel {
             manifest,

@@ -124,6 +124,7 @@ impl Node {
             generate: streams.generate,
             cancel: cancel.clone(),
             speculation: Some(node.speculation_reporter()),
+            speed: Some(node.speed_watch()),
         });
         let pipeline = match pipeline {
             Ok(p) => p,

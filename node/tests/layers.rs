@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "links",
         "membership",
         "capability",
+        "power",
         "store",
         "invite",
     ],

@@ -150,13 +150,20 @@ pub(crate) struct Instance {
     pub(crate) ids: Vec<String>,
     /// Index of the origin device.
     pub(crate) origin: usize,
-    /// `compute[i][l]`: seconds of layer `l` on device `i`, plus its fetch time spread over
-    /// the horizon when `i` must fetch it.
+    /// `compute[i][l]`: seconds of layer `l` on device `i` (times `1 + energy[i]` on battery),
+    /// plus its fetch time spread over the horizon when `i` must fetch it.
     pub(crate) compute: Vec<Vec<f64>>,
     /// `fetch[i][l]`: one-time seconds for `i` to fetch layer `l` (all 0 without `fetch`).
     fetch: Vec<Vec<f64>>,
     /// Tokens a fetch is spread over (1 without `fetch`).
     horizon: f64,
+    /// Per device: watts drawn from its battery while computing (0 on mains).
+    watts: Vec<f64>,
+    /// Per device: the energy price factor (`Energy::factor`; 0 on mains): `compute` carries
+    /// each layer's time times `1 + factor`.
+    energy: Vec<f64>,
+    /// Devices on battery below the scenario's `min_level`.
+    pub(crate) below_floor: Vec<bool>,
     /// Per-device stage overhead in seconds.
     pub(crate) overhead: Vec<f64>,
     /// Bytes each layer occupies.
@@ -202,6 +209,11 @@ pub struct StageCost {
     /// One-time seconds to fetch the layers the device does not hold (scenario `fetch`); the
     /// objective charges it spread over the horizon.
     pub fetch_s: f64,
+    /// Joules per token the stage draws from the device's battery (scenario `energy`; 0 on
+    /// mains).
+    pub energy_j: f64,
+    /// What those joules cost in the objective, seconds (counted in the objective's compute).
+    pub energy_s: f64,
     /// The device's per-stage overhead.
     pub overhead_s: f64,
     /// Bytes held (weights plus KV cache).
@@ -236,8 +248,15 @@ pub(crate) fn prefix_sums(xs: &[f64]) -> Vec<f64> {
 }
 
 impl Instance {
-    /// Resolves a validated scenario.
+    /// Resolves a validated scenario with the battery floor in force: a device on battery
+    /// below `energy.min_level` may hold nothing.
     pub(crate) fn new(s: &Scenario) -> Result<Self, PlanError> {
+        Self::with_floor(s, true)
+    }
+
+    /// Resolves a validated scenario; `floor: false` lets devices below the battery floor
+    /// hold layers (costs are the same either way).
+    pub(crate) fn with_floor(s: &Scenario, floor: bool) -> Result<Self, PlanError> {
         s.validate()?;
         let d = s.devices.len();
         let index = |id: &str| s.devices.iter().position(|x| x.id == id);
@@ -263,6 +282,22 @@ impl Instance {
             Some(f) => (fetch_matrix(s, f), f.horizon_tokens),
             None => (vec![vec![0.0; layers.len()]; d], 1.0),
         };
+        let on_battery = |id: &str| s.energy.as_ref().and_then(|e| e.batteries.get(id));
+        let watts: Vec<f64> = s
+            .devices
+            .iter()
+            .map(|x| on_battery(&x.id).map_or(0.0, |b| b.watts))
+            .collect();
+        let energy: Vec<f64> = s
+            .devices
+            .iter()
+            .map(|x| s.energy.as_ref().map_or(0.0, |e| e.factor(&x.id)))
+            .collect();
+        let below_floor: Vec<bool> = s
+            .devices
+            .iter()
+            .map(|x| s.energy.as_ref().is_some_and(|e| e.below_floor(&x.id)))
+            .collect();
         Ok(Self {
             ids: s.devices.iter().map(|x| x.id.clone()).collect(),
             origin,
@@ -270,18 +305,22 @@ impl Instance {
                 .devices
                 .iter()
                 .zip(&fetch)
-                .map(|(dev, fetch)| {
+                .zip(&energy)
+                .map(|((dev, fetch), e)| {
                     layers
                         .iter()
                         .zip(fetch)
                         .map(|(l, f)| {
-                            layer_time_at(l, dev, spec.positions) * per_token + f / horizon
+                            layer_time_at(l, dev, spec.positions) * per_token * (1.0 + e)
+                                + f / horizon
                         })
                         .collect()
                 })
                 .collect(),
             fetch,
             horizon,
+            watts,
+            energy,
             overhead: s.devices.iter().map(|x| x.overhead_s * per_token).collect(),
             mem: layers
                 .iter()
@@ -290,8 +329,16 @@ impl Instance {
             cap: s
                 .devices
                 .iter()
-                .map(|x| s.memory_fraction * x.mem_bytes)
+                .zip(&below_floor)
+                .map(|(x, &low)| {
+                    if floor && low {
+                        0.0
+                    } else {
+                        s.memory_fraction * x.mem_bytes
+                    }
+                })
                 .collect(),
+            below_floor,
             links,
             out_bytes: layers.iter().map(|l| l.out_bytes * positions).collect(),
             token_bytes: s.model.token_bytes * positions,
@@ -530,14 +577,21 @@ impl Instance {
             .map_err(|reason| PlanError::Placement { reason })?;
         let per_stage = stages
             .iter()
-            .map(|&(i, a, b)| StageCost {
-                device: self.ids[i].clone(),
-                layers: [a, b],
-                compute_s: self.compute[i][a..b].iter().sum::<f64>() - self.fetch_spread(i, a, b),
-                fetch_s: self.fetch[i][a..b].iter().sum(),
-                overhead_s: self.overhead[i],
-                memory_bytes: self.seg_mem(a, b),
-                memory_limit_bytes: self.cap[i],
+            .map(|&(i, a, b)| {
+                let spent = self.compute[i][a..b].iter().sum::<f64>() - self.fetch_spread(i, a, b);
+                // `spent` is the compute time times `1 + energy[i]`.
+                let compute_s = spent / (1.0 + self.energy[i]);
+                StageCost {
+                    device: self.ids[i].clone(),
+                    layers: [a, b],
+                    compute_s,
+                    fetch_s: self.fetch[i][a..b].iter().sum(),
+                    energy_j: self.watts[i] * compute_s,
+                    energy_s: spent - compute_s,
+                    overhead_s: self.overhead[i],
+                    memory_bytes: self.seg_mem(a, b),
+                    memory_limit_bytes: self.cap[i],
+                }
             })
             .collect();
         let mut route = vec![(self.origin, stages[0].0, self.token_bytes)];
@@ -571,8 +625,10 @@ impl Instance {
 }
 
 /// The objective value of a placement under the cost model.
+/// The battery floor is a placement rule of the planner, not a cost: a placement that puts
+/// layers on a device below it is scored like any other.
 pub fn evaluate(s: &Scenario, stages: &[Stage], obj: Objective) -> Result<f64, PlanError> {
-    let inst = Instance::new(s)?;
+    let inst = Instance::with_floor(s, false)?;
     let idx = inst.resolve(stages)?;
     inst.score(&idx, obj)
         .map_err(|reason| PlanError::Placement { reason })
@@ -580,7 +636,7 @@ pub fn evaluate(s: &Scenario, stages: &[Stage], obj: Objective) -> Result<f64, P
 
 /// Per-stage compute and memory and per-hop mean and penalty of a placement.
 pub fn explain(s: &Scenario, stages: &[Stage], obj: Objective) -> Result<Breakdown, PlanError> {
-    let inst = Instance::new(s)?;
+    let inst = Instance::with_floor(s, false)?;
     let idx = inst.resolve(stages)?;
     inst.breakdown(&idx, obj)
 }

@@ -46,7 +46,10 @@ pub use cost::{
 pub use error::{PlanError, ScenarioError};
 pub use exhaustive::{EXHAUSTIVE_LIMIT, candidates};
 pub use plan::{Objective, Plan, Stage, Strategy, UnknownName};
-pub use scenario::{Device, Fetch, Layer, Link, Model, Net, Scenario, Speculation};
+pub use scenario::{
+    Device, Energy, Fetch, Layer, Link, MIN_PRICED_LEVEL, Model, Net, OnBattery, Scenario,
+    Speculation,
+};
 
 use cost::{IdxStage, Instance};
 
@@ -93,7 +96,9 @@ pub fn plan(s: &Scenario, objective: Objective, strategy: Strategy) -> Result<Pl
     plan_with(s, objective, strategy, &PlanOptions::default())
 }
 
-/// Places the model with `strategy`, minimising `objective`.
+/// Places the model with `strategy`, minimising `objective`. Devices on battery below the
+/// scenario's `energy.min_level` hold no layers unless no placement exists without them; then
+/// the placement is made with them and the plan names them in `below_floor`.
 pub fn plan_with(
     s: &Scenario,
     objective: Objective,
@@ -102,19 +107,43 @@ pub fn plan_with(
 ) -> Result<Plan, PlanError> {
     let started = Instant::now();
     let inst = Instance::new(s)?;
+    match place(&inst, objective, strategy, opts, started) {
+        Err(PlanError::Infeasible { .. }) if inst.below_floor.iter().any(|&b| b) => {
+            let inst = Instance::with_floor(s, false)?;
+            let mut plan = place(&inst, objective, strategy, opts, started)?;
+            plan.below_floor = plan
+                .stages
+                .iter()
+                .filter(|st| s.energy.as_ref().is_some_and(|e| e.below_floor(&st.device)))
+                .map(|st| st.device.clone())
+                .collect();
+            Ok(plan)
+        }
+        r => r,
+    }
+}
+
+/// [`plan_with`] on one resolved instance.
+fn place(
+    inst: &Instance,
+    objective: Objective,
+    strategy: Strategy,
+    opts: &PlanOptions,
+    started: Instant,
+) -> Result<Plan, PlanError> {
     let (stages, optimal, mip_gap) = match strategy {
         Strategy::Milp
             if objective == Objective::Latency && opts.warm_start && !opts.per_layer_model =>
         {
-            let r = latency::solve(&inst, opts, baselines(&inst))?;
+            let r = latency::solve(inst, opts, baselines(inst))?;
             (r.stages, r.optimal, r.mip_gap)
         }
         Strategy::Milp => {
             let (warm, prune) = if opts.warm_start {
-                let relax = relax::Relaxation::new(&inst, objective);
-                let mut seeds = baselines(&inst);
-                seeds.extend(relax.path(&inst));
-                match bound::incumbent(&inst, objective, seeds) {
+                let relax = relax::Relaxation::new(inst, objective);
+                let mut seeds = baselines(inst);
+                seeds.extend(relax.path(inst));
+                match bound::incumbent(inst, objective, seeds) {
                     Some((c, st)) => (Some((c, st)), bound::Prune::new(relax, c)),
                     None => (None, bound::Prune::none()),
                 }
@@ -123,12 +152,12 @@ pub fn plan_with(
             };
             let seed = warm.as_ref().map(|(_, st)| st.as_slice());
             let r = match (objective, opts.per_layer_model) {
-                (_, true) => milp::solve(&inst, objective, opts.time_limit_s, seed, &prune)?,
+                (_, true) => milp::solve(inst, objective, opts.time_limit_s, seed, &prune)?,
                 (Objective::Latency, false) => {
-                    segments::latency(&inst, opts.time_limit_s, seed, &prune)?
+                    segments::latency(inst, opts.time_limit_s, seed, &prune)?
                 }
                 (Objective::Throughput, false) => bottleneck::solve(
-                    &inst,
+                    inst,
                     opts.time_limit_s - started.elapsed().as_secs_f64(),
                     opts.search_nodes,
                     warm.clone(),
@@ -136,22 +165,22 @@ pub fn plan_with(
                 )?,
             };
             (
-                better(&inst, objective, r.stages, warm),
+                better(inst, objective, r.stages, warm),
                 r.optimal,
                 r.mip_gap,
             )
         }
-        Strategy::Exhaustive => (exhaustive::solve(&inst, objective)?, true, None),
+        Strategy::Exhaustive => (exhaustive::solve(inst, objective)?, true, None),
         baseline => {
             let stages =
-                baseline::place(&inst, baseline).map_err(|reason| PlanError::Infeasible {
+                baseline::place(inst, baseline).map_err(|reason| PlanError::Infeasible {
                     reason: format!("{baseline}: {reason}"),
                 })?;
             (Some(stages), false, None)
         }
     };
     let stages = stages.ok_or_else(|| PlanError::Infeasible {
-        reason: feasibility::reason(&inst),
+        reason: feasibility::reason(inst),
     })?;
     let cost_s = inst
         .score(&stages, objective)
@@ -171,6 +200,7 @@ pub fn plan_with(
         optimal,
         solve_ms: started.elapsed().as_secs_f64() * 1e3,
         mip_gap,
+        below_floor: Vec::new(),
     })
 }
 
@@ -180,14 +210,25 @@ pub fn plan_with(
 /// bottleneck relaxation's optimum. No placement costs less.
 pub fn lower_bound(s: &Scenario, objective: Objective) -> Result<f64, PlanError> {
     let inst = Instance::new(s)?;
-    Ok(match objective {
+    let floored = bound_of(&inst, objective);
+    if !inst.below_floor.iter().any(|&b| b) {
+        return Ok(floored);
+    }
+    // The plan lifts the battery floor when nothing can be placed without it: a bound must
+    // hold for that placement too.
+    let lifted = bound_of(&Instance::with_floor(s, false)?, objective);
+    Ok(floored.min(lifted))
+}
+
+fn bound_of(inst: &Instance, objective: Objective) -> f64 {
+    match objective {
         Objective::Latency => {
             let deadline = Instant::now() + std::time::Duration::from_secs(10);
             let steps = PlanOptions::default().lagrange_steps;
-            latency::lower_bound(&inst, baselines(&inst), steps, deadline)
+            latency::lower_bound(inst, baselines(inst), steps, deadline)
         }
-        Objective::Throughput => relax::Relaxation::new(&inst, objective).lower,
-    })
+        Objective::Throughput => relax::Relaxation::new(inst, objective).lower,
+    }
 }
 
 /// A placement whose throughput cost is at most `t` seconds (every stage, hop and origin hop
@@ -202,7 +243,17 @@ pub fn throughput_within(
 ) -> Result<Option<Vec<Stage>>, PlanError> {
     let inst = Instance::new(s)?;
     let found = bottleneck::within(&inst, t, opts.time_limit_s, opts.search_nodes)?;
-    Ok(found.map(|st| inst.publish(&st)))
+    if found.is_some() || !inst.below_floor.iter().any(|&b| b) {
+        return Ok(found.map(|st| inst.publish(&st)));
+    }
+    // As `plan_with`: the floor gives way when nothing can be placed without the devices
+    // below it.
+    if bottleneck::within(&inst, f64::INFINITY, opts.time_limit_s, opts.search_nodes)?.is_some() {
+        return Ok(None);
+    }
+    let unfloored = Instance::with_floor(s, false)?;
+    let found = bottleneck::within(&unfloored, t, opts.time_limit_s, opts.search_nodes)?;
+    Ok(found.map(|st| unfloored.publish(&st)))
 }
 
 /// Every baseline placement that can be built (scored later).

@@ -144,4 +144,8 @@ pub struct Plan {
     /// Relative MIP gap when a time limit stopped HiGHS; absent when optimal or not a MILP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mip_gap: Option<f64>,
+    /// Devices on battery below the scenario's `energy.min_level` that hold layers all the
+    /// same, because the model could not be placed without them; absent when none does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub below_floor: Vec<String>,
 }

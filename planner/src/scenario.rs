@@ -43,6 +43,68 @@ pub struct Scenario {
     /// every device holds every layer, DESIGN.md's model as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetch: Option<Fetch>,
+    /// Which devices run on battery and what their energy costs. Absent: every device is on
+    /// mains, DESIGN.md's model as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<Energy>,
+}
+
+/// The energy term (planner/README.md, "Energy"): a device on battery pays for the joules its
+/// layers draw, `watts * t(l, i)` per layer, at a price in seconds per joule that rises as its
+/// charge falls, `price_s_per_j / max(level, MIN_PRICED_LEVEL)`; a device below `min_level`
+/// holds no layers unless the model cannot be placed without it. Devices not listed in
+/// `batteries` are on mains and pay nothing extra.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Energy {
+    /// Seconds of objective one joule drawn from a full battery costs (>= 0). Default 0.02.
+    #[serde(default = "default_price_s_per_j")]
+    pub price_s_per_j: f64,
+    /// Charge in [0, 1] below which a device on battery holds no layers if the model fits
+    /// without it. Default 0.2.
+    #[serde(default = "default_min_level")]
+    pub min_level: f64,
+    /// Per device id on battery: its charge and the power it draws while computing.
+    #[serde(default)]
+    pub batteries: std::collections::BTreeMap<String, OnBattery>,
+}
+
+/// A device running on its battery.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnBattery {
+    /// Charge in [0, 1].
+    pub level: f64,
+    /// Watts the device draws while it computes (> 0).
+    pub watts: f64,
+}
+
+/// The charge below which the price stops rising: an empty battery costs as much as one at 5%.
+pub const MIN_PRICED_LEVEL: f64 = 0.05;
+
+fn default_price_s_per_j() -> f64 {
+    0.02
+}
+
+fn default_min_level() -> f64 {
+    0.2
+}
+
+impl Energy {
+    /// The price factor of device `id`: seconds of objective per second of its compute
+    /// (`watts * price_s_per_j / max(level, MIN_PRICED_LEVEL)`; 0 on mains).
+    pub fn factor(&self, id: &str) -> f64 {
+        self.batteries.get(id).map_or(0.0, |b| {
+            b.watts * self.price_s_per_j / b.level.max(MIN_PRICED_LEVEL)
+        })
+    }
+
+    /// Whether device `id` is on battery below `min_level`.
+    pub fn below_floor(&self, id: &str) -> bool {
+        self.batteries
+            .get(id)
+            .is_some_and(|b| b.level < self.min_level)
+    }
 }
 
 /// The fetch term (planner/README.md, "Layers on disk"): a device given a layer it does not
@@ -286,6 +348,9 @@ impl Scenario {
         if let Some(f) = &self.fetch {
             self.validate_fetch(f, &ids)?;
         }
+        if let Some(e) = &self.energy {
+            validate_energy(e, &ids)?;
+        }
         if let Some(sp) = &self.speculation {
             let p = sp.positions;
             if !(p.is_finite() && p >= 1.0) {
@@ -398,6 +463,28 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+}
+
+fn validate_energy(e: &Energy, ids: &HashSet<&str>) -> Result<(), ScenarioError> {
+    non_negative("energy.price_s_per_j", e.price_s_per_j)?;
+    unit("energy.min_level", e.min_level)?;
+    for (id, b) in &e.batteries {
+        let f = |name: &str| format!("energy.batteries.{id}.{name}");
+        if !ids.contains(id.as_str()) {
+            return Err(bad("energy.batteries", &format!("unknown device {id:?}")));
+        }
+        unit(&f("level"), b.level)?;
+        positive(&f("watts"), b.watts)?;
+    }
+    Ok(())
+}
+
+fn unit(field: &str, v: f64) -> Result<(), ScenarioError> {
+    if v.is_finite() && (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(bad(field, &format!("must be in [0, 1], got {v}")))
     }
 }
 

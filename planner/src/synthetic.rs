@@ -121,6 +121,7 @@ pub fn cluster(devices: usize, layers: usize, seed: u64) -> Scenario {
         stage_penalty_s: 0.0,
         speculation: None,
         fetch: None,
+        energy: None,
     }
 }
 
@@ -179,5 +180,6 @@ pub fn heterogeneous(devices: usize, layers: usize, seed: u64) -> Scenario {
         stage_penalty_s: 0.0,
         speculation: None,
         fetch: None,
+        energy: None,
     }
 }

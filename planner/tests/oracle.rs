@@ -4,13 +4,14 @@
 //! every path is checked (Lagrangian proof, branch and bound, pruned segment MILP after no or
 //! a cut-short search, the full MILP), the lower bound never exceeds the optimum, and on
 //! larger heterogeneous swarms (`synthetic::heterogeneous`) the fast path equals the full MILP.
+//! A third of the random cases put devices on battery (the energy term), some below the floor.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_planner::{
-    Device, EXHAUSTIVE_LIMIT, Fetch, Layer, Link, Model, Net, Objective, Plan, PlanError,
-    PlanOptions, Scenario, Speculation, Strategy, candidates, evaluate, lower_bound, plan,
-    plan_with, synthetic, throughput_within,
+    Device, EXHAUSTIVE_LIMIT, Energy, Fetch, Layer, Link, Model, Net, Objective, OnBattery, Plan,
+    PlanError, PlanOptions, Scenario, Speculation, Strategy, candidates, evaluate, lower_bound,
+    plan, plan_with, synthetic, throughput_within,
 };
 
 /// Cases per objective; `SHOAL_ORACLE_CASES` raises it for a longer run.
@@ -155,6 +156,32 @@ fn sized_scenario(rng: &mut ChaCha8Rng, max_devices: usize, max_layers: usize) -
         }),
         // A third of the cases have layers on disk here and there, fetched at a cost.
         fetch: rng.random_bool(1.0 / 3.0).then(|| random_fetch(rng, d, l)),
+        // A third of the cases have devices on battery, some below the floor.
+        energy: rng.random_bool(1.0 / 3.0).then(|| random_energy(rng, d)),
+    }
+}
+
+/// Random batteries: each device on mains or on battery at a random charge (a third of those
+/// below a floor of 0.1 to 0.4) drawing 1 to 20 W, at a price of up to 0.1 s per joule.
+fn random_energy(rng: &mut ChaCha8Rng, d: usize) -> Energy {
+    let min_level = rng.random_range(0.1..0.4);
+    let mut batteries = std::collections::BTreeMap::new();
+    for k in 0..d {
+        if rng.random_bool(0.5) {
+            continue;
+        }
+        let level = if rng.random_bool(1.0 / 3.0) {
+            rng.random_range(0.0..min_level)
+        } else {
+            rng.random_range(min_level..=1.0)
+        };
+        let watts = rng.random_range(1.0..20.0);
+        batteries.insert(format!("d{k}"), OnBattery { level, watts });
+    }
+    Energy {
+        price_s_per_j: rng.random_range(0.0..0.1),
+        min_level,
+        batteries,
     }
 }
 
@@ -193,6 +220,34 @@ struct Counts {
     infeasible: usize,
     multi_stage: usize,
     lossy_hops: usize,
+    /// Optima with a device below the battery floor that holds nothing.
+    floor_kept: usize,
+    /// Optima that must use a device below the floor (`below_floor` names it).
+    floor_lifted: usize,
+}
+
+/// The battery floor in a plan: devices below it hold nothing unless the plan names them,
+/// and it names exactly those that hold layers.
+fn check_floor(seed: u64, s: &Scenario, p: &Plan, counts: &mut Counts) {
+    let Some(e) = &s.energy else { return };
+    let low: Vec<&String> = p
+        .stages
+        .iter()
+        .map(|st| &st.device)
+        .filter(|id| e.below_floor(id))
+        .collect();
+    assert_eq!(
+        p.below_floor.iter().collect::<Vec<_>>(),
+        low,
+        "seed {seed}: below_floor {:?} but stages {:?}",
+        p.below_floor,
+        p.stages
+    );
+    if !low.is_empty() {
+        counts.floor_lifted += 1;
+    } else if s.devices.iter().any(|x| e.below_floor(&x.id)) {
+        counts.floor_kept += 1;
+    }
 }
 
 fn check(objective: Objective, seed_base: u64) -> Counts {
@@ -214,6 +269,8 @@ fn check(objective: Objective, seed_base: u64) -> Counts {
                     "seed {seed} {objective}: milp {m:?} vs oracle {e:?}"
                 );
                 assert!(m.optimal, "seed {seed}: milp not optimal");
+                check_floor(seed, &s, &m, &mut counts);
+                check_floor(seed, &s, &e, &mut Counts::default());
                 let again = evaluate(&s, &m.stages, objective)
                     .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
                 assert_eq!(
@@ -303,6 +360,10 @@ fn assert_coverage(objective: Objective, c: &Counts) {
     assert!(
         c.lossy_hops >= 5,
         "too few optima across lossy links: {c:?}"
+    );
+    assert!(
+        c.floor_kept >= 5 && c.floor_lifted >= 2,
+        "too few cases with a device below the battery floor: {c:?}"
     );
 }
 
@@ -580,6 +641,7 @@ fn speculation_is_per_token_and_moves_the_optimum() {
         stage_penalty_s: 0.0,
         speculation: None,
         fetch: None,
+        energy: None,
     };
     let on = |dev: &str| {
         vec![shoal_planner::Stage {
@@ -677,6 +739,7 @@ fn fetch_horizon_decides_whether_layers_move() {
         stage_penalty_s: 0.0,
         speculation: None,
         fetch: None,
+        energy: None,
     };
     let with = |h: f64| Scenario {
         fetch: Some(fetch(h)),
@@ -735,4 +798,116 @@ fn fetch_horizon_decides_whether_layers_move() {
         err.to_string().contains("layer 3 is held by no device"),
         "{err}"
     );
+}
+
+/// The energy term: a phone on battery keeps its layers while charged and hands them to a
+/// mains device as its charge falls; below the floor it holds nothing, unless the model cannot
+/// be placed without it, and then the plan says so.
+#[test]
+fn battery_charge_moves_layers_to_mains() {
+    // 10 layers of 10 MB and 1 GFLOP: 0.025 s each on the phone "p", 0.05 s on the mains
+    // device "m" (the origin). The phone draws 4 W at 0.1 s per joule: its factor is 0.4 / level,
+    // so it is the cheaper device above 40% charge and the dearer one below.
+    let layer = Layer {
+        flops: 1e9,
+        param_bytes: 1e7,
+        read_bytes: None,
+        kv_bytes_per_token: 0.0,
+        out_bytes: 1000.0,
+    };
+    let device = |id: &str, flops: f64| Device {
+        id: id.into(),
+        flops,
+        mem_bw: None,
+        mem_bytes: 1e9,
+        overhead_s: 0.0,
+    };
+    let at = |level: f64| Scenario {
+        model: Model {
+            name: "energy".into(),
+            context_tokens: 0.0,
+            token_bytes: 4.0,
+            layers: vec![layer.clone(); 10],
+        },
+        devices: vec![device("m", 2e10), device("p", 4e10)],
+        links: vec![Link {
+            from: "m".into(),
+            to: "p".into(),
+            rtt_s: 0.002,
+            jitter_s: 0.0,
+            bandwidth_bps: 1e8,
+            loss: 0.0,
+            symmetric: true,
+        }],
+        origin: "m".into(),
+        net: Net::default(),
+        memory_fraction: 1.0,
+        stage_penalty_s: 0.0,
+        speculation: None,
+        fetch: None,
+        energy: Some(Energy {
+            price_s_per_j: 0.1,
+            min_level: 0.2,
+            batteries: [("p".to_string(), OnBattery { level, watts: 4.0 })].into(),
+        }),
+    };
+    let best = |s: &Scenario| {
+        let p = plan(s, Objective::Latency, Strategy::Milp).unwrap();
+        let oracle = plan(s, Objective::Latency, Strategy::Exhaustive).unwrap();
+        assert!(
+            (p.cost_s - oracle.cost_s).abs() < 1e-9,
+            "{p:?} vs {oracle:?}"
+        );
+        assert_eq!(p.below_floor, oracle.below_floor);
+        p
+    };
+    let on_phone = |p: &Plan| -> usize {
+        p.stages
+            .iter()
+            .filter(|s| s.device == "p")
+            .map(|s| s.layers[1] - s.layers[0])
+            .sum()
+    };
+    // Charge falling from full to empty: the phone's share never grows.
+    let levels = [
+        1.0, 0.8, 0.6, 0.5, 0.45, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.0,
+    ];
+    let shares: Vec<usize> = levels.iter().map(|&l| on_phone(&best(&at(l)))).collect();
+    assert!(shares.windows(2).all(|w| w[0] >= w[1]), "{shares:?}");
+    assert_eq!(shares[0], 10, "full: the phone is the faster device");
+    assert_eq!(
+        shares[5], 0,
+        "at 35% the phone's joules cost more than m's time"
+    );
+    // The breakdown: 10 layers * 0.025 s * 4 W = 1 J per token on the phone, priced at
+    // 0.1 / 1.0 s per joule.
+    let full = best(&at(1.0));
+    let e = shoal_planner::explain(&at(1.0), &full.stages, Objective::Latency).unwrap();
+    let phone = e.stages.iter().find(|s| s.device == "p").unwrap();
+    assert!((phone.energy_j - 1.0).abs() < 1e-9, "{phone:?}");
+    assert!((phone.energy_s - 0.1).abs() < 1e-9, "{phone:?}");
+    assert!(full.below_floor.is_empty());
+    // m can hold only 5 layers: the phone keeps the rest as its charge falls, and below the
+    // floor it keeps them only because nothing else fits; the plan names it.
+    let tight = |level: f64| {
+        let mut s = at(level);
+        s.devices[0].mem_bytes = 5.5e7;
+        s
+    };
+    assert_eq!(on_phone(&best(&tight(0.3))), 5);
+    let low = best(&tight(0.1));
+    assert_eq!(on_phone(&low), 5);
+    assert_eq!(low.below_floor, vec!["p".to_string()]);
+    // With room on m the floor holds: nothing on the phone and nothing to report.
+    let roomy = best(&at(0.1));
+    assert_eq!(on_phone(&roomy), 0);
+    assert!(roomy.below_floor.is_empty());
+    // The throughput check keeps the floor too, and lifts it only when it must.
+    let opts = PlanOptions::default();
+    let within = throughput_within(&tight(0.1), 10.0, &opts)
+        .unwrap()
+        .unwrap();
+    assert!(within.iter().any(|s| s.device == "p"));
+    let within = throughput_within(&at(0.1), 10.0, &opts).unwrap().unwrap();
+    assert!(within.iter().all(|s| s.device == "m"));
 }

@@ -47,7 +47,16 @@ pub struct Battery {
     pub on_battery: bool,
     /// Charge level in `[0, 1]`, if known.
     pub level: Option<f64>,
+    /// Watts the device draws while it computes, in `(0, MAX_WATTS]`: measured where the OS
+    /// reports it, else the figure of the device's class (`node/src/power.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watts: Option<f64>,
 }
+
+/// Largest [`Battery::watts`] an announcement may carry.
+pub const MAX_WATTS: f64 = 1000.0;
+/// The range of [`Capability::temp_c`], degrees Celsius.
+pub const TEMP_RANGE_C: std::ops::RangeInclusive<f64> = -60.0..=200.0;
 
 /// What speculative decoding achieved on a node as origin (a running mean over its recent
 /// passes), for the planner's cost of a pass ([`Capability::speculation`]).
@@ -114,6 +123,15 @@ pub struct Capability {
     /// disjoint, non-empty half-open ranges (at most [`MAX_HELD_RANGES`]); absent: every layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Vec<(u32, u32)>>,
+    /// The hottest temperature the OS reports (`/sys/class/thermal`), degrees Celsius, in
+    /// [`TEMP_RANGE_C`]; absent where none is readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_c: Option<f64>,
+    /// The node's compute speed while serving as a share of `flops` and `mem_bw`, in
+    /// `(0, 1)`, when its own step times show a sustained slowdown (throttling); absent at
+    /// full speed. The planner uses `flops * throttle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<f64>,
 }
 
 impl Capability {
@@ -141,6 +159,31 @@ impl Message for Capability {
         non_negative(k, "overhead_s", self.overhead_s)?;
         if let Some(level) = self.battery.and_then(|b| b.level) {
             fraction(k, "battery level", level)?;
+        }
+        if let Some(w) = self.battery.and_then(|b| b.watts) {
+            positive(k, "battery watts", w)?;
+            if w > MAX_WATTS {
+                return Err(ProtocolError::invalid(
+                    k,
+                    format!("battery watts {w} exceeds {MAX_WATTS}"),
+                ));
+            }
+        }
+        if let Some(t) = self.temp_c
+            && !(t.is_finite() && TEMP_RANGE_C.contains(&t))
+        {
+            return Err(ProtocolError::invalid(
+                k,
+                format!("temperature {t} outside {TEMP_RANGE_C:?} C"),
+            ));
+        }
+        if let Some(t) = self.throttle
+            && !(t.is_finite() && t > 0.0 && t < 1.0)
+        {
+            return Err(ProtocolError::invalid(
+                k,
+                format!("throttle {t} outside (0, 1)"),
+            ));
         }
         if let Some(s) = &self.speculation {
             s.check(k)?;

@@ -57,7 +57,7 @@ mod tensor;
 
 pub use capability::{
     Battery, Capability, MAX_ADDR_LEN, MAX_HELD_RANGES, MAX_LISTEN_ADDRS, MAX_MODEL_NAME_LEN,
-    ModelRef, SpecFigures,
+    MAX_WATTS, ModelRef, SpecFigures, TEMP_RANGE_C,
 };
 pub use codec::{
     Header, RECURSION_LIMIT, SCHEMA_VERSION, Wire, decode, encode, encode_unchecked, peek,
@@ -81,7 +81,7 @@ pub use pipeline::{
     Activation, MAX_ACTIVATION_BYTES, MAX_DRAFT, MAX_LOGITS_BYTES, PipelineMessage, Sampled,
     SessionEnd, TokenReturn,
 };
-pub use plan::{MAX_LAYERS, Objective, Plan, PlanStrategy, Stage};
+pub use plan::{MAX_CAUSE_LEN, MAX_LAYERS, Objective, Plan, PlanStrategy, Stage};
 pub use probe::{
     BandwidthProbe, BandwidthProbeReply, LossProbe, MAX_ACK_EARLIER, MAX_LOSS_PROBE_BYTES,
     MAX_PROBE_PAYLOAD, MAX_TRAIN_ACK_BYTES, MAX_TRAIN_DATAGRAM, TrainAck, TrainProbe,

@@ -12,7 +12,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use shoal_keys::{Domain, NodeId};
 
-use crate::check::{max_len, non_negative};
+use crate::check::{max_len, max_text, non_negative};
 use crate::{GOSSIP_MAX_BYTES, Kind, MAX_SWARM, Message, ModelRef, ProtocolError, SIGNED_OVERHEAD};
 
 /// Most layers a model may have (embedding + decoder layers + head).
@@ -94,7 +94,18 @@ pub struct Plan {
     /// once they hold them (not in force; at most one range per node, members only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefetch: Vec<Stage>,
+    /// Why the coordinator re-planned ("X went on battery at 18%", "Y left"), at most
+    /// [`MAX_CAUSE_LEN`] bytes; absent for the first plan or when it does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// Stage nodes on battery below the planner's floor that hold layers all the same,
+    /// because the model could not be placed without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub below_floor: Vec<NodeId>,
 }
+
+/// Longest [`Plan::cause`], in bytes.
+pub const MAX_CAUSE_LEN: usize = 256;
 
 impl Plan {
     /// Index of the stage `node` runs, if any.
@@ -160,6 +171,16 @@ impl Plan {
             return Err(ProtocolError::invalid(
                 k,
                 format!("stage node {} is not a member", s.node),
+            ));
+        }
+        if let Some(cause) = &self.cause {
+            max_text(k, "cause", cause, MAX_CAUSE_LEN)?;
+        }
+        max_len(k, "below_floor", self.below_floor.len(), MAX_SWARM)?;
+        if let Some(n) = self.below_floor.iter().find(|n| self.stage_of(n).is_none()) {
+            return Err(ProtocolError::invalid(
+                k,
+                format!("below-floor node {n} runs no stage"),
             ));
         }
         max_len(k, "prefetch", self.prefetch.len(), MAX_SWARM)?;

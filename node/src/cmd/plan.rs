@@ -150,17 +150,35 @@ fn print_plan(s: &Scenario, plan: &Plan) {
             format!("[{}, {})", st.layers[0], st.layers[1])
         );
     }
+    if !plan.below_floor.is_empty() {
+        println!(
+            "below the battery floor, yet holding layers (the model does not fit without them): {}",
+            plan.below_floor.join(", ")
+        );
+    }
 }
 
 fn print_breakdown(b: &Breakdown) {
     println!();
+    // The energy columns only when a stage draws from a battery (scenario `energy`).
+    let energy = b.stages.iter().any(|st| st.energy_j > 0.0);
+    let extra = if energy {
+        format!(" {:>10} {:>10}", "energy J", "energy ms")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<16} {:>9} {:>11} {:>12} {:>10} {:>10}",
+        "{:<16} {:>9} {:>11} {:>12} {:>10} {:>10}{extra}",
         "device", "layers", "compute ms", "overhead ms", "mem GB", "limit GB"
     );
     for st in &b.stages {
+        let extra = if energy {
+            format!(" {:>10.3} {:>10.3}", st.energy_j, st.energy_s * 1e3)
+        } else {
+            String::new()
+        };
         println!(
-            "{:<16} {:>9} {:>11.3} {:>12.3} {:>10.3} {:>10.3}",
+            "{:<16} {:>9} {:>11.3} {:>12.3} {:>10.3} {:>10.3}{extra}",
             st.device,
             format!("[{}, {})", st.layers[0], st.layers[1]),
             st.compute_s * 1e3,

@@ -344,6 +344,8 @@ fn a_placement_that_needs_fetches_waits_behind_the_running_plan() {
         optimal: true,
         timestamp_ms: 0,
         prefetch: vec![],
+        cause: None,
+        below_floor: vec![],
     };
     // Node 2 joined with nothing on disk; the others hold everything.
     let holds = |s: &Stage| s.node != n[2];
@@ -361,4 +363,75 @@ fn a_placement_that_needs_fetches_waits_behind_the_running_plan() {
     let without_1: Vec<NodeId> = members.iter().copied().filter(|m| *m != n[1]).collect();
     let (stages, _, _) = phase(target.clone(), 0.1, Some(&running), &without_1, holds);
     assert_eq!(stages, target);
+}
+
+fn power(on_battery: bool, level: Option<f64>, throttle: Option<f64>) -> PowerState {
+    PowerState::of(&shoal_protocol::Capability {
+        node: Identity::from_secret_bytes([1; 32]).node_id(),
+        seq: 0,
+        timestamp_ms: 0,
+        model: None,
+        flops: 1e9,
+        mem_bw: None,
+        mem_bytes: 1 << 30,
+        overhead_s: 0.0,
+        battery: Some(shoal_protocol::Battery {
+            on_battery,
+            level,
+            watts: Some(4.0),
+        }),
+        listen_addrs: vec![],
+        loss_probe_port: None,
+        speculation: None,
+        held: None,
+        temp_c: Some(40.0),
+        throttle,
+    })
+}
+
+#[test]
+fn power_changes_trigger_with_their_cause() {
+    let mut rng = ChaCha8Rng::seed_from_u64(25);
+    let n = ids(&mut rng, 2);
+    let p = Power {
+        min_level: 0.2,
+        step: 0.1,
+    };
+    let at = |states: [PowerState; 2]| -> BTreeMap<NodeId, PowerState> {
+        n.iter().copied().zip(states).collect()
+    };
+    let mains = power(false, Some(0.9), None);
+    let before = at([mains, mains]);
+    assert_eq!(power_trigger(&before, &before, &p), None);
+    let cause = |now: [PowerState; 2]| power_trigger(&before, &at(now), &p).map(|t| t.to_string());
+    let who = n[1].short();
+    assert_eq!(
+        cause([mains, power(true, Some(0.18), None)]),
+        Some(format!("{who} went on battery at 18%"))
+    );
+    // Charge moving within a step, or a hotter sensor, is no cause; the throttle is.
+    let on = |l| power(true, Some(l), None);
+    let before = at([mains, on(0.55)]);
+    let cause = |now: [PowerState; 2]| power_trigger(&before, &at(now), &p).map(|t| t.to_string());
+    assert_eq!(cause([mains, on(0.51)]), None);
+    assert_eq!(
+        cause([mains, on(0.49)]),
+        Some(format!("{who}'s battery at 49%"))
+    );
+    assert_eq!(
+        cause([mains, mains]),
+        Some(format!("{who} is on mains again"))
+    );
+    assert_eq!(
+        cause([mains, power(true, Some(0.55), Some(0.4))]),
+        Some(format!("{who} throttled to 40% of its measured speed"))
+    );
+    // A member the plan did not know is the membership trigger's business.
+    let newcomer: BTreeMap<NodeId, PowerState> = [(n[0], mains)].into();
+    assert_eq!(power_trigger(&newcomer, &at([mains, on(0.1)]), &p), None);
+    assert_eq!(membership_cause(&n[..1], &n), format!("{who} joined"));
+    assert_eq!(
+        membership_cause(&n, &n[1..]),
+        format!("{} left", n[0].short())
+    );
 }

@@ -15,7 +15,10 @@ use shoal_protocol::{Plan, Signed, Stage, Topic, encode};
 use super::scenario;
 use super::state::{NodeTask, SolveOutcome, unix_ms};
 use crate::config::ms;
-use crate::coordinator::{ReplanPolicy, Trigger, coordinator, phase, replan_trigger};
+use crate::coordinator::{
+    Power, PowerState, ReplanPolicy, Trigger, coordinator, membership_cause, phase, power_trigger,
+    replan_trigger,
+};
 use crate::view::{LinkView, MemberView, View};
 
 /// A refused plan moves our idea of the swarm's epoch at most this far ahead of the held one,
@@ -50,6 +53,25 @@ impl NodeTask {
         }
     }
 
+    /// How power states are bucketed for re-planning.
+    fn power_policy(&self) -> Power {
+        let p = &self.cfg.planner;
+        Power {
+            min_level: p.min_battery_percent / 100.0,
+            step: p.battery_step_percent / 100.0,
+        }
+    }
+
+    /// Every member's power state now.
+    pub(super) fn power_states(
+        &self,
+    ) -> std::collections::BTreeMap<shoal_keys::NodeId, PowerState> {
+        self.membership
+            .iter()
+            .map(|(id, m)| (*id, PowerState::of(&m.info)))
+            .collect()
+    }
+
     /// Starts a solve if this node is the next epoch's coordinator and a trigger fires.
     pub(super) fn maybe_replan(&mut self) {
         let Some(model) = self.model.clone() else {
@@ -81,6 +103,15 @@ impl NodeTask {
             (None, None) => Some(Trigger::NoPlan),
         };
         let trigger = trigger
+            .or_else(|| {
+                plan_members.as_ref().and_then(|_| {
+                    power_trigger(
+                        &self.power_baseline,
+                        &self.power_states(),
+                        &self.power_policy(),
+                    )
+                })
+            })
             .or((self.seen_epoch > self.gate.epoch()).then_some(Trigger::Behind))
             .or(self.prefetch_done().then_some(Trigger::Fetched));
         let Some(trigger) = trigger else {
@@ -121,10 +152,22 @@ impl NodeTask {
                 return;
             }
         };
+        let cause = match (&trigger, plan_members.as_deref()) {
+            (Trigger::NoPlan, _) => None,
+            (Trigger::Membership, Some(before)) => Some(membership_cause(before, &members)),
+            (t, _) => Some(t.to_string()),
+        };
         tracing::info!(node = %self.me.short(), epoch, ?trigger, devices = devices.len(), "re-planning");
         self.solving = true;
         let limit = self.cfg.planner.solve_time_limit_s;
-        self.spawn_solve(scen, (objective, strategy), limit, epoch, members, None);
+        self.spawn_solve(
+            scen,
+            (objective, strategy),
+            limit,
+            epoch,
+            members,
+            (None, cause),
+        );
     }
 
     /// Whether the held plan ordered prefetches and every ordered node now holds its layers.
@@ -151,7 +194,7 @@ impl NodeTask {
         limit_s: f64,
         epoch: u64,
         members: Vec<shoal_keys::NodeId>,
-        improves: Option<(u64, f64)>,
+        (improves, cause): (Option<(u64, f64)>, Option<String>),
     ) {
         let tx = self.solve_tx.clone();
         tokio::spawn(async move {
@@ -171,6 +214,7 @@ impl NodeTask {
                     members,
                     result,
                     improves,
+                    cause,
                 })
                 .await;
         });
@@ -227,7 +271,10 @@ impl NodeTask {
             limit,
             epoch,
             members.to_vec(),
-            improves,
+            (
+                improves,
+                Some("a better placement was found in the background".into()),
+            ),
         );
     }
 
@@ -333,12 +380,19 @@ impl NodeTask {
             num_layers: u32::try_from(model.layers.len()).unwrap_or(u32::MAX),
             objective: convert_objective(solved.objective),
             cost_s,
-            stages,
             members: out.members.clone(),
             strategy: convert_strategy(solved.strategy),
             optimal: solved.optimal,
             timestamp_ms: unix_ms(),
+            below_floor: solved
+                .below_floor
+                .iter()
+                .filter_map(|d| d.parse().ok())
+                .filter(|n| stages.iter().any(|s| s.node == *n))
+                .collect(),
+            stages,
             prefetch,
+            cause: out.cause.clone(),
         };
         let signed = match Signed::sign(&self.identity, plan) {
             Ok(s) => s,

@@ -172,6 +172,16 @@ impl NodeTask {
             stages = ?plan.stages.iter().map(|s| (s.node.short(), s.start, s.end)).collect::<Vec<_>>(),
             cost_s = plan.cost_s, "adopted plan"
         );
+        if let Some(cause) = &plan.cause {
+            tracing::info!(node = %self.me.short(), epoch = plan.epoch, "re-planned: {cause}");
+        }
+        if !plan.below_floor.is_empty() {
+            tracing::warn!(
+                epoch = plan.epoch,
+                nodes = ?plan.below_floor.iter().map(|n| n.short()).collect::<Vec<_>>(),
+                "on battery below the floor, yet holding layers: the model does not fit without them"
+            );
+        }
         match encode(&signed) {
             Ok(frame) => {
                 if let Err(e) = self.store.put_plan(&frame) {
@@ -181,6 +191,7 @@ impl NodeTask {
             Err(e) => tracing::warn!(error = %e, "cannot encode plan"),
         }
         self.baseline = Some((self.link_matrix(), std::time::Instant::now()));
+        self.power_baseline = self.power_states();
         self.failed_view = None;
         self.plan = Some(signed);
         self.publish_view();

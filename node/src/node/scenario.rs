@@ -6,15 +6,16 @@
 //! directions (links are close to symmetric, and a missing link would forbid the hop; a node
 //! behind NAT answers no UDP echo, so its peers' figures towards it count every probe lost
 //! while its own towards them are sound). Members that do not hold the
-//! model are not devices.
+//! model are not devices. A throttled member's speed is its announced share of what it
+//! measured; members on battery fill the energy term.
 
 use shoal_keys::NodeId;
-use shoal_planner::{Device, Fetch, Link, Model, Net, Scenario, Speculation};
+use shoal_planner::{Device, Energy, Fetch, Link, Model, Net, OnBattery, Scenario, Speculation};
 use shoal_protocol::Capability;
 
 use super::model::ModelInfo;
 use crate::config::PlannerConfig;
-use crate::coordinator::LinkMatrix;
+use crate::coordinator::{LinkMatrix, UNKNOWN_LEVEL};
 
 /// The devices of a scenario: members holding `model`, with their capabilities.
 pub(crate) fn devices<'a>(
@@ -41,8 +42,9 @@ pub(crate) fn build(
         .iter()
         .map(|(id, c)| Device {
             id: id.to_string(),
-            flops: c.flops,
-            mem_bw: c.mem_bw,
+            // A throttled node computes at its announced share of its measured speed.
+            flops: c.flops * c.throttle.unwrap_or(1.0),
+            mem_bw: c.mem_bw.map(|b| b * c.throttle.unwrap_or(1.0)),
             mem_bytes: c.mem_bytes as f64,
             overhead_s: c.overhead_s,
         })
@@ -90,7 +92,37 @@ pub(crate) fn build(
         stage_penalty_s: cfg.stage_penalty_s,
         speculation: speculation(devices),
         fetch: fetch(model, devices, cfg, fetch_share),
+        energy: energy(devices, cfg),
     }
+}
+
+/// The planner's energy term: the members on battery with their charge (a member that does
+/// not report it counts as [`UNKNOWN_LEVEL`]) and draw (the class figure of
+/// `crate::power::default_watts` for a laptop when it announces none); `None` when every
+/// member is on mains.
+pub(crate) fn energy(devices: &[(NodeId, &Capability)], cfg: &PlannerConfig) -> Option<Energy> {
+    let batteries: std::collections::BTreeMap<String, OnBattery> = devices
+        .iter()
+        .filter_map(|(id, c)| {
+            let b = c.battery.filter(|b| b.on_battery)?;
+            Some((
+                id.to_string(),
+                OnBattery {
+                    level: b.level.unwrap_or(UNKNOWN_LEVEL).clamp(0.0, 1.0),
+                    watts: b.watts.unwrap_or(crate::power::LAPTOP_WATTS),
+                },
+            ))
+        })
+        .collect();
+    if batteries.is_empty() {
+        return None;
+    }
+    let finite = |x: f64, default: f64| if x.is_finite() { x } else { default };
+    Some(Energy {
+        price_s_per_j: finite(cfg.energy_price_s_per_j, 0.0).max(0.0),
+        min_level: (finite(cfg.min_battery_percent, 0.0) / 100.0).clamp(0.0, 1.0),
+        batteries,
+    })
 }
 
 /// The planner's fetch term: which layers each device holds on disk (from `Capability.held`),
@@ -177,7 +209,51 @@ mod tests {
                 tokens_per_pass,
             }),
             held: None,
+            temp_c: None,
+            throttle: None,
         }
+    }
+
+    #[test]
+    fn members_on_battery_fill_the_energy_term() {
+        let id = |b: u8| Identity::from_secret_bytes([b; 32]).node_id();
+        let cfg = PlannerConfig::default();
+        let mains = cap(None);
+        let unplugged = |level, watts| Capability {
+            battery: Some(shoal_protocol::Battery {
+                on_battery: true,
+                level,
+                watts,
+            }),
+            ..cap(None)
+        };
+        let charging = Capability {
+            battery: Some(shoal_protocol::Battery {
+                on_battery: false,
+                level: Some(0.1),
+                watts: Some(4.0),
+            }),
+            ..cap(None)
+        };
+        assert_eq!(energy(&[(id(1), &mains), (id(2), &charging)], &cfg), None);
+        let (phone, laptop) = (unplugged(Some(0.18), Some(4.0)), unplugged(None, None));
+        let e = energy(&[(id(1), &mains), (id(2), &phone), (id(3), &laptop)], &cfg).unwrap();
+        assert_eq!((e.price_s_per_j, e.min_level), (0.02, 0.2));
+        assert_eq!(
+            e.batteries[&id(2).to_string()],
+            OnBattery {
+                level: 0.18,
+                watts: 4.0
+            }
+        );
+        assert_eq!(
+            e.batteries[&id(3).to_string()],
+            OnBattery {
+                level: UNKNOWN_LEVEL,
+                watts: crate::power::LAPTOP_WATTS
+            }
+        );
+        assert!(e.below_floor(&id(2).to_string()) && !e.below_floor(&id(3).to_string()));
     }
 
     #[test]

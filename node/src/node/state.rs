@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::model::ModelInfo;
 use crate::config::Config;
-use crate::coordinator::{LinkMatrix, PlanGate};
+use crate::coordinator::{LinkMatrix, PlanGate, PowerState};
 use crate::links::LinkEstimator;
 use crate::membership::Membership;
 use crate::probe;
@@ -34,6 +34,9 @@ pub(super) struct SolveOutcome {
     /// For a background improvement: the epoch of the plan it tries to beat and that plan's
     /// cost in the same scenario (`None` for a re-plan).
     pub(super) improves: Option<(u64, f64)>,
+    /// Why the re-plan was started, for the plan's `cause` (`None` for the first plan and
+    /// for improvements).
+    pub(super) cause: Option<String>,
 }
 
 /// A bandwidth measurement of one peer.
@@ -84,6 +87,14 @@ pub(super) struct NodeTask {
     pub(super) deferred_plan: Option<Signed<Plan>>,
     /// Link matrix and time when the held plan was adopted (the re-plan baseline).
     pub(super) baseline: Option<(LinkMatrix, Instant)>,
+    /// Members' power states when the held plan was adopted (the power re-plan baseline).
+    pub(super) power_baseline: BTreeMap<NodeId, PowerState>,
+    /// This node's battery and temperature, from the power poller.
+    pub(super) power: watch::Receiver<crate::power::Reading>,
+    /// This node's throttle factor, from the speed watch the model thread feeds.
+    pub(super) throttle: watch::Receiver<Option<f64>>,
+    /// The speed watch (ticked for its idle recovery).
+    pub(super) speed: Arc<crate::power::SpeedWatch>,
     pub(super) store: Store,
     pub(super) clock: Instant,
     pub(super) solving: bool,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use shoal_keys::{Identity, NodeId};
-use shoal_protocol::{Battery, Capability, ModelRef};
+use shoal_protocol::{Capability, ModelRef};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -25,6 +25,7 @@ use crate::coordinator::{LinkMatrix, PlanGate};
 use crate::layers::{self, serve::FileIndex};
 use crate::links::LinkEstimator;
 use crate::membership::{Membership, MembershipEvent};
+use crate::power;
 use crate::probe::{self, LossProber, LossSample, UdpEcho};
 use crate::store::Store;
 use crate::swarm::{self, NetEvent, NetworkHandle, SwarmParts};
@@ -160,7 +161,7 @@ pub async fn start(
         mem_bw: Some(speeds.mem_bw),
         mem_bytes: capability::memory_offered(cfg.memory_offered),
         overhead_s: cfg.planner.overhead_s,
-        battery: read_battery(),
+        battery: None,
         listen_addrs: listen
             .iter()
             .take(shoal_protocol::MAX_LISTEN_ADDRS)
@@ -171,7 +172,17 @@ pub async fn start(
         held: model
             .as_ref()
             .and_then(|m| held_field(&held_now, m.layers.len())),
+        temp_c: None,
+        throttle: None,
     };
+    let power_rx = spawn_power(&cfg.power, cancel.clone()).await;
+    let pc = &cfg.power;
+    let speed = Arc::new(power::SpeedWatch::new(power::WatchConfig {
+        window: pc.throttle_window.max(3),
+        below: pc.throttle_below,
+        above: pc.recover_above.max(pc.throttle_below),
+        idle_recover: ms(pc.idle_recover_ms),
+    }));
     let (view_tx, view_rx) = watch::channel(Arc::new(View::empty(me)));
     let (spec_tx, spec_rx) = watch::channel(None);
     let (bw_tx, bw_rx) = mpsc::channel(RESULT_CAPACITY);
@@ -213,7 +224,12 @@ pub async fn start(
         speculation: spec_rx,
         held: held_rx,
         _held_tx: files.is_none().then_some(held_tx.clone()),
+        power_baseline: BTreeMap::new(),
+        power: power_rx,
+        throttle: speed.subscribe(),
+        speed: speed.clone(),
     };
+    task.own_power();
     task.restore_plan();
     task.announce().await;
     task.publish_view();
@@ -228,6 +244,7 @@ pub async fn start(
         cancel: cancel.clone(),
         speculation: Arc::new(spec_tx),
         fetch: fetch_rx,
+        speed,
     };
     if let Some((dir, manifest, model_ref)) = files {
         let follower = layers::follow::Follower {
@@ -342,16 +359,41 @@ async fn wait_listen(net: &NetworkHandle, listeners: usize) -> Vec<Multiaddr> {
     }
 }
 
-/// The battery as the capability message carries it.
-fn read_battery() -> Option<Battery> {
-    capability::battery(std::path::Path::new(POWER_SUPPLY)).map(|b| Battery {
-        on_battery: b.on_battery,
-        level: b.level,
-    })
+/// Reads the battery and temperature once, then every `poll_ms` on a blocking thread (it may
+/// run `termux-battery-status`), publishing changes on the returned channel.
+async fn spawn_power(
+    cfg: &crate::config::PowerConfig,
+    cancel: CancellationToken,
+) -> watch::Receiver<power::Reading> {
+    let reader = Arc::new(std::sync::Mutex::new(power::Reader::new(power::Sources {
+        supply_dir: cfg.supply_dir.clone(),
+        thermal_dir: cfg.thermal_dir.clone(),
+        termux: cfg.termux,
+        watts: cfg.watts.filter(|w| w.is_finite() && *w > 0.0),
+    })));
+    let read = |r: Arc<std::sync::Mutex<power::Reader>>| async move {
+        tokio::task::spawn_blocking(move || r.lock().map(|mut r| r.read()).unwrap_or_default())
+            .await
+            .unwrap_or_default()
+    };
+    let every = ms(cfg.poll_ms.max(100));
+    let (tx, rx) = watch::channel(read(reader.clone()).await);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let reading = read(reader.clone()).await;
+            tx.send_if_modified(|old| {
+                let changed = *old != reading;
+                *old = reading;
+                changed
+            });
+        }
+    });
+    rx
 }
-
-/// Where Linux (and Android) report batteries.
-const POWER_SUPPLY: &str = "/sys/class/power_supply";
 
 impl NodeTask {
     async fn run(
@@ -371,6 +413,8 @@ impl NodeTask {
                 Some(r) = bw.recv() => self.on_bandwidth(r),
                 Some(o) = solved.recv() => self.on_solved(o).await,
                 Ok(()) = self.held.changed() => self.on_held().await,
+                Ok(()) = self.power.changed() => self.on_power().await,
+                Ok(()) = self.throttle.changed() => self.on_power().await,
                 _ = tick.tick() => self.on_tick().await,
             }
         }
@@ -497,6 +541,7 @@ impl NodeTask {
     }
 
     async fn on_tick(&mut self) {
+        self.speed.tick();
         let now = self.now();
         for ev in self.membership.expire(now) {
             self.on_membership(ev);
@@ -632,6 +677,33 @@ impl NodeTask {
         });
     }
 
+    /// Copies the power poller's and the speed watch's latest into the own capability;
+    /// returns whether anything planning cares about changed.
+    pub(super) fn own_power(&mut self) -> bool {
+        let reading = *self.power.borrow_and_update();
+        let throttle = *self.throttle.borrow_and_update();
+        let before = crate::coordinator::PowerState::of(&self.own);
+        self.own.battery = reading.battery;
+        self.own.temp_c = reading.temp_c;
+        self.own.throttle = throttle;
+        crate::coordinator::PowerState::of(&self.own) != before
+    }
+
+    /// The battery, temperature or throttle changed: a change that matters to planning is
+    /// announced now, and re-planned at once where this node coordinates next.
+    async fn on_power(&mut self) {
+        if !self.own_power() {
+            return;
+        }
+        tracing::info!(
+            node = %self.me.short(), battery = ?self.own.battery, throttle = ?self.own.throttle,
+            "power state changed"
+        );
+        self.announce().await;
+        self.maybe_replan();
+        self.publish_view();
+    }
+
     /// The layers on disk changed (a fetch finished): announce them now.
     async fn on_held(&mut self) {
         let held = self.held.borrow_and_update().clone();
@@ -646,8 +718,9 @@ impl NodeTask {
     pub(super) async fn announce(&mut self) {
         self.own.seq += 1;
         self.own.timestamp_ms = unix_ms();
-        // The battery is re-read every time, so a change is announced at the next tick.
-        self.own.battery = read_battery();
+        // Battery, temperature and throttle as last read (a change that matters to planning
+        // was announced when it happened).
+        self.own_power();
         self.own.speculation = *self.speculation.borrow();
         let now = self.now();
         if let Some(ev) = self.membership.observe(self.me, self.own.clone(), now) {

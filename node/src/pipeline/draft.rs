@@ -53,7 +53,8 @@ impl DraftModel {
             )));
         }
         let layers = 0..manifest.planner_layers();
-        let runtime = RuntimeHandle::spawn(dir.to_path_buf(), manifest, config, max_batch, cancel);
+        let runtime =
+            RuntimeHandle::spawn(dir.to_path_buf(), manifest, config, max_batch, None, cancel);
         Ok(DraftModel {
             runtime,
             layers,

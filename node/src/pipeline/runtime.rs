@@ -21,6 +21,8 @@ use shoal_model::{Manifest, RuntimeConfig, StageInput, StageOutput, StageRunner}
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::power::{self, SpeedWatch};
+
 /// Jobs that may wait for the runtime thread.
 pub const JOB_QUEUE: usize = 32;
 
@@ -96,6 +98,7 @@ impl RuntimeHandle {
         manifest: Manifest,
         config: RuntimeConfig,
         max_batch: usize,
+        speed: Option<Arc<SpeedWatch>>,
         stop: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(JOB_QUEUE);
@@ -112,7 +115,7 @@ impl RuntimeHandle {
             dir.clone(),
             manifest.layers.iter().map(|l| l.files.clone()).collect(),
         ));
-        tokio::task::spawn_blocking(move || run(dir, manifest, config, max_batch, rx, stop));
+        tokio::task::spawn_blocking(move || run(dir, manifest, config, max_batch, speed, rx, stop));
         RuntimeHandle { tx, files }
     }
 
@@ -187,6 +190,7 @@ fn run(
     manifest: Manifest,
     config: RuntimeConfig,
     max_batch: usize,
+    speed: Option<Arc<SpeedWatch>>,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
@@ -235,7 +239,7 @@ fn run(
                     run_batch(r, batch);
                 } else {
                     for job in batch {
-                        run_one(runner.as_mut(), job);
+                        run_one(runner.as_mut(), job, speed.as_deref());
                     }
                 }
             }
@@ -314,8 +318,9 @@ fn gather(
     batch
 }
 
-/// Runs one step alone.
-fn run_one(runner: Option<&mut StageRunner>, job: RunJob) {
+/// Runs one step alone; a single-position decode step's CPU time goes to the speed watch.
+/// (A test's throttle knob, `power::test_slowdown`, stretches every step on the CPU.)
+fn run_one(runner: Option<&mut StageRunner>, job: RunJob, speed: Option<&SpeedWatch>) {
     let result = match runner {
         None => Err(RuntimeError::NotLoaded),
         Some(r) if r.layers() != job.layers => Err(RuntimeError::WrongRange {
@@ -324,7 +329,22 @@ fn run_one(runner: Option<&mut StageRunner>, job: RunJob) {
         }),
         Some(r) => {
             let t = Instant::now();
-            r.run_verify(job.session, job.position, job.input, job.outputs)
+            let cpu = power::thread_cpu();
+            let decode = job.outputs == 1 && positions(&job.input) == 1;
+            let (layers, position) = (job.layers.clone(), job.position);
+            let result = r.run_verify(job.session, job.position, job.input, job.outputs);
+            power::stretch(
+                power::thread_cpu().saturating_sub(cpu),
+                power::test_slowdown(),
+            );
+            if let (Some(w), true, true) = (speed, decode, result.is_ok()) {
+                w.record(
+                    &layers,
+                    position,
+                    power::thread_cpu().saturating_sub(cpu).as_secs_f64(),
+                );
+            }
+            result
                 .map(|output| Computed {
                     output,
                     compute: t.elapsed(),
@@ -336,6 +356,14 @@ fn run_one(runner: Option<&mut StageRunner>, job: RunJob) {
     let _ = job.reply.send(result);
 }
 
+/// Positions a step's input carries.
+fn positions(input: &StageInput) -> usize {
+    match input {
+        StageInput::Tokens(t) => t.len(),
+        StageInput::Hidden(a) => a.shape.get(1).copied().unwrap_or(0),
+    }
+}
+
 /// Runs batchable steps together; each gets its own output and the batch's time.
 fn run_batch(r: &mut StageRunner, batch: Vec<RunJob>) {
     let t = Instant::now();
@@ -344,7 +372,13 @@ fn run_batch(r: &mut StageRunner, batch: Vec<RunJob>) {
         .map(|j| ((j.session, j.position, j.input), j.reply))
         .unzip();
     let n = jobs.len();
-    match r.run_batch(&jobs) {
+    let cpu = power::thread_cpu();
+    let result = r.run_batch(&jobs);
+    power::stretch(
+        power::thread_cpu().saturating_sub(cpu),
+        power::test_slowdown(),
+    );
+    match result {
         Ok(outputs) => {
             let compute = t.elapsed();
             for (output, reply) in outputs.into_iter().zip(replies) {
@@ -387,7 +421,14 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let stop = CancellationToken::new();
-            let h = RuntimeHandle::spawn(dir, manifest, RuntimeConfig::default(), 8, stop.clone());
+            let h = RuntimeHandle::spawn(
+                dir,
+                manifest,
+                RuntimeConfig::default(),
+                8,
+                None,
+                stop.clone(),
+            );
             h.load(all.clone()).await.expect("loads before the stop");
             stop.cancel();
             let after = tokio::time::timeout(Duration::from_secs(30), h.load(all)).await;
@@ -413,6 +454,7 @@ mod tests {
                     manifest,
                     RuntimeConfig::default(),
                     8,
+                    None,
                     CancellationToken::new(),
                 );
                 h.load(all).await.expect("loads");

@@ -590,6 +590,8 @@ mod tests {
             optimal: true,
             timestamp_ms: 0,
             prefetch: vec![],
+            cause: None,
+            below_floor: vec![],
         }
     }
 

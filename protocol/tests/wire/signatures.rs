@@ -36,11 +36,14 @@ fn capability(of: u8) -> Capability {
         battery: Some(Battery {
             on_battery: true,
             level: Some(0.5),
+            watts: Some(4.0),
         }),
         listen_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
         loss_probe_port: Some(4002),
         speculation: None,
         held: None,
+        temp_c: Some(41.5),
+        throttle: None,
     }
 }
 

@@ -43,11 +43,19 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
             any::<u64>(),
             0.0f64..1.0,
         ),
-        proptest::option::of((any::<bool>(), proptest::option::of(0.0f64..=1.0))),
+        proptest::option::of((
+            any::<bool>(),
+            proptest::option::of(0.0f64..=1.0),
+            proptest::option::of(0.1f64..=1000.0),
+        )),
         vec(text(60), 0..=4),
         proptest::option::of(any::<u16>()),
         proptest::option::of((1.0f64..=9.0, 0.0f64..=1.0)),
         proptest::option::of(vec((0u32..4, 1u32..4), 0..=8)),
+        (
+            proptest::option::of(-60.0f64..=200.0),
+            proptest::option::of(0.01f64..0.99),
+        ),
     )
         .prop_map(
             move |(
@@ -58,6 +66,7 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
                 loss_probe_port,
                 speculation,
                 held,
+                (temp_c, throttle),
             )| {
                 Capability {
                     node: node(author),
@@ -68,7 +77,11 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
                     mem_bw,
                     mem_bytes,
                     overhead_s,
-                    battery: battery.map(|(on_battery, level)| Battery { on_battery, level }),
+                    battery: battery.map(|(on_battery, level, watts)| Battery {
+                        on_battery,
+                        level,
+                        watts,
+                    }),
                     listen_addrs,
                     loss_probe_port,
                     speculation: speculation.map(|(positions, share)| SpecFigures {
@@ -87,6 +100,8 @@ pub(crate) fn capability(author: u8) -> impl Strategy<Value = Capability> {
                             })
                             .collect()
                     }),
+                    temp_c,
+                    throttle,
                 }
             },
         )
@@ -195,6 +210,7 @@ pub(crate) fn plan(author: u8) -> impl Strategy<Value = Plan> {
                     })
                     .into_iter()
                     .collect();
+                let below_floor = stages.first().filter(|_| epoch % 2 == 1).map(|s| s.node);
                 Plan {
                     epoch,
                     coordinator: node(author),
@@ -208,6 +224,9 @@ pub(crate) fn plan(author: u8) -> impl Strategy<Value = Plan> {
                     optimal,
                     timestamp_ms,
                     prefetch,
+                    // A cause and the first stage's node below the floor on odd epochs.
+                    cause: (epoch % 2 == 1).then(|| format!("epoch {epoch}: n{author} left")),
+                    below_floor: below_floor.into_iter().collect(),
                 }
             })
         })

@@ -122,6 +122,8 @@ fn plan() -> Plan {
         optimal: true,
         timestamp_ms: 0,
         prefetch: vec![],
+        cause: None,
+        below_floor: vec![],
     }
 }
 
@@ -144,6 +146,15 @@ fn plan_rules() {
     let mut empty = plan();
     empty.prefetch = vec![order(node(1), 3, 3)];
     assert!(refused(empty).contains("outside the model"));
+    let mut why = plan();
+    why.cause = Some("n1 went on battery at 18%".into());
+    why.below_floor = vec![node(2)];
+    why.validate().unwrap();
+    why.cause = Some("x".repeat(MAX_CAUSE_LEN + 1));
+    refused(why);
+    let mut floor = plan();
+    floor.below_floor = vec![node(0)];
+    assert!(refused(floor).contains("runs no stage"));
     assert_eq!(p.stages[1].layers(), 4..10);
     assert_eq!(p.stage_of(&node(2)), Some(1));
     assert_eq!(p.stage_of(&node(0)), None);
@@ -244,6 +255,8 @@ fn link_and_capability_rules() {
         loss_probe_port: None,
         speculation: None,
         held: None,
+        temp_c: None,
+        throttle: None,
     };
     cap.validate().unwrap();
     let held = |ranges: Vec<(u32, u32)>| Capability {
@@ -292,9 +305,37 @@ fn link_and_capability_rules() {
         battery: Some(Battery {
             on_battery: true,
             level: Some(2.0),
+            watts: None,
         }),
         ..cap.clone()
     });
+    let watts = |w: f64| Capability {
+        battery: Some(Battery {
+            on_battery: true,
+            level: Some(0.5),
+            watts: Some(w),
+        }),
+        ..cap.clone()
+    };
+    watts(4.0).validate().unwrap();
+    assert!(refused(watts(0.0)).contains("watts"));
+    assert!(refused(watts(MAX_WATTS * 2.0)).contains("watts"));
+    assert!(refused(watts(f64::NAN)).contains("watts"));
+    let hot = |temp_c: f64| Capability {
+        temp_c: Some(temp_c),
+        ..cap.clone()
+    };
+    hot(45.0).validate().unwrap();
+    assert!(refused(hot(*TEMP_RANGE_C.end() + 1.0)).contains("temperature"));
+    assert!(refused(hot(f64::INFINITY)).contains("temperature"));
+    let slow = |t: f64| Capability {
+        throttle: Some(t),
+        ..cap.clone()
+    };
+    slow(0.4).validate().unwrap();
+    for t in [0.0, 1.0, 1.5, f64::NAN] {
+        assert!(refused(slow(t)).contains("throttle"), "{t}");
+    }
     refused(Capability {
         listen_addrs: vec!["x".repeat(MAX_ADDR_LEN + 1)],
         ..cap.clone()
@@ -418,6 +459,8 @@ fn largest_gossip_messages_fit_gossipsub() {
         .collect::<Vec<_>>();
     // Every stage node also told to prefetch a range as long as its stage.
     let stages_copy = stages.clone();
+    // ... all of them below the battery floor, with the longest cause.
+    let members_copy = stages_copy.iter().map(|s| s.node).collect();
     let plan = Plan {
         epoch: u64::MAX,
         coordinator: me.node_id(),
@@ -434,6 +477,8 @@ fn largest_gossip_messages_fit_gossipsub() {
         optimal: false,
         timestamp_ms: u64::MAX,
         prefetch: stages_copy,
+        cause: Some("x".repeat(MAX_CAUSE_LEN)),
+        below_floor: members_copy,
     };
     let bytes = encode(&Signed::sign(&me, plan).unwrap()).unwrap();
     assert!(
