@@ -176,6 +176,9 @@ pub struct PowerConfig {
     pub throttle_below: f64,
     /// Two windows faster than this share end it. Default: `0.85`.
     pub recover_above: f64,
+    /// Least time between two changes of the announced throttle, milliseconds. Default:
+    /// `30000`.
+    pub throttle_hold_ms: u64,
     /// A throttled node that ran no step for this long counts as cooled down, milliseconds.
     /// Default: `300000`.
     pub idle_recover_ms: u64,
@@ -192,6 +195,7 @@ impl Default for PowerConfig {
             throttle_window: 25,
             throttle_below: 0.6,
             recover_above: 0.85,
+            throttle_hold_ms: 30_000,
             idle_recover_ms: 300_000,
         }
     }

@@ -21,10 +21,10 @@
 //! metric moved past its threshold and the hysteresis interval since the last plan has passed.
 //! Only the coordinator of the next epoch (`current + 1`) acts on a trigger.
 //!
-//! **Power** ([`power_trigger`]): a member that went on battery or back on mains, whose charge
-//! crossed a step of `battery_step_percent`, or whose announced throttle changed, re-plans at
-//! once (no hysteresis interval: the node's own watch already has one, and charge moves
-//! slowly); the trigger names the cause for the plan and the log.
+//! **Power** ([`power_trigger`]): a member that went on battery or back on mains, or whose
+//! charge crossed a step of `battery_step_percent`, re-plans at once (charge moves slowly); a
+//! member whose announced throttle changed re-plans after the hysteresis interval, as a link
+//! does. The trigger names the cause for the plan and the log.
 //!
 //! **Layers on disk** ([`phase`]): a placement whose nodes lack layers takes effect in two
 //! phases: the held plan keeps serving with a prefetch order, and the placement follows once
@@ -261,6 +261,19 @@ pub enum PowerCause {
     Throttled(f64),
     /// It runs at full speed again.
     FullSpeed,
+}
+
+impl Trigger {
+    /// Whether this is a member's speed change (throttled or back to full speed).
+    pub fn is_speed(&self) -> bool {
+        matches!(
+            self,
+            Trigger::Power {
+                cause: PowerCause::Throttled(_) | PowerCause::FullSpeed,
+                ..
+            }
+        )
+    }
 }
 
 impl std::fmt::Display for Trigger {

@@ -9,12 +9,14 @@
 //! - **Draw**: measured watts when the OS gives them while discharging, else the class figure
 //!   [`default_watts`] (planner/README.md, "Energy", justifies both figures).
 //! - **Temperature**: the hottest `/sys/class/thermal/thermal_zone*/temp`.
-//! - **Throttling** ([`SpeedWatch`]): the model thread reports the CPU time of every
-//!   single-position decode step it runs alone; the watch compares windows of those against
-//!   the best pace it has seen at that context length, and reports a sustained slowdown as a
-//!   throttle factor with hysteresis. CPU time of the running thread, not wall time: a step
-//!   that waits for the core (another process, a frozen peer) is not slower work, while a
-//!   throttled core takes more CPU time for the same work.
+//! - **Throttling** ([`SpeedWatch`]): the model thread reports the CPU time the process spent
+//!   during every single-position decode step it runs alone; the watch compares windows of
+//!   those against the best pace it has seen at that context length, and reports a sustained
+//!   slowdown as a throttle factor with hysteresis. CPU time, not wall time: a step that waits
+//!   for a core (another process, a frozen peer) is not slower work, while a throttled core
+//!   takes more CPU time for the same work. The process's, not the model thread's: ONNX
+//!   Runtime splits a step between the calling thread and its pool as the threads happen to
+//!   be scheduled, so one thread's share swings with the load while the sum does not.
 //!
 //! Pure readers and a small state machine; the node task polls them (`node/task.rs`) and the
 //! model thread feeds the watch (`pipeline/runtime.rs`).
@@ -231,38 +233,61 @@ fn bucket(position: usize) -> u32 {
 pub struct WatchConfig {
     /// Decode steps per window.
     pub window: usize,
-    /// A window slower than this share of the best pace counts as throttled.
+    /// A window slower than this share of the full-speed pace counts as throttled.
     pub below: f64,
     /// A throttled node counts as recovered when a window is faster than this share.
     pub above: f64,
+    /// Least time between two changes of the announced factor.
+    pub hold: Duration,
     /// A throttled node that ran no step for this long counts as cooled down.
     pub idle_recover: Duration,
 }
 
-/// Per stage range: the best CPU seconds per decode step seen at each context-length bucket
-/// ([`bucket`]), as at full speed.
-#[derive(Debug, Default)]
-struct Paces {
-    layers: Range<usize>,
-    best: BTreeMap<u32, f64>,
+/// One decode step's cost: CPU seconds of the model thread and of the whole process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepCost {
+    /// CPU seconds of the thread that ran the step.
+    pub thread_s: f64,
+    /// CPU seconds of every thread of the process while it ran.
+    pub process_s: f64,
+}
+
+/// The full-speed pace of one stage range at one context-length bucket ([`bucket`]): the
+/// slower of its first two windows (a conservative figure: a warm-up window errs towards
+/// seeing less throttling, never more). `exact` is false when it was estimated while the node
+/// was throttled (the window's pace times the factor).
+#[derive(Debug, Clone, Copy)]
+struct Baseline {
+    pace: StepCost,
+    windows: u8,
+    exact: bool,
 }
 
 #[derive(Debug)]
 struct WatchState {
     cfg: WatchConfig,
-    paces: Paces,
-    window: Vec<(f64, usize)>,
+    layers: Range<usize>,
+    baselines: BTreeMap<u32, Baseline>,
+    window: Vec<(StepCost, usize)>,
     /// The factor the previous window proposed (a change needs two agreeing windows).
     pending: Option<f64>,
     current: f64,
+    changed: Option<Instant>,
     last_step: Instant,
 }
 
-/// Re-measures this node's speed from its own decode steps and reports throttling: a share in
-/// (0, 1) of full speed once two consecutive windows of [`WatchConfig::window`] steps run
-/// slower than [`WatchConfig::below`] of the best pace (rounded to 5%), and full speed again
-/// once two windows run faster than [`WatchConfig::above`] of it (or after
-/// [`WatchConfig::idle_recover`] without steps: a node that was given no layers has cooled).
+/// Re-measures this node's speed from its own decode steps and reports throttling. A window
+/// of [`WatchConfig::window`] single-position decode steps is summarised by its medians of
+/// thread and process CPU time; each is compared with the full-speed pace of the same stage
+/// range and context-length bucket, and the window's share of full speed is the *larger* of
+/// the two ratios (both must show the slowdown: the model thread's share of a step swings
+/// when ONNX Runtime's pool threads are descheduled, the process's when other threads work
+/// beside the step; a slower core slows both). Two consecutive windows below
+/// [`WatchConfig::below`] announce that share (rounded to 5%); two above
+/// [`WatchConfig::above`] announce full speed again, as does [`WatchConfig::idle_recover`]
+/// without steps (a node that was given no layers has cooled). A throttled node's factor is
+/// not re-estimated (it only recovers), and no change follows another within
+/// [`WatchConfig::hold`].
 #[derive(Debug)]
 pub struct SpeedWatch {
     state: Mutex<WatchState>,
@@ -275,10 +300,12 @@ impl SpeedWatch {
         Self {
             state: Mutex::new(WatchState {
                 cfg,
-                paces: Paces::default(),
+                layers: 0..0,
+                baselines: BTreeMap::new(),
                 window: Vec::new(),
                 pending: None,
                 current: 1.0,
+                changed: None,
                 last_step: Instant::now(),
             }),
             tx: watch::channel(None).0,
@@ -290,58 +317,83 @@ impl SpeedWatch {
         self.tx.subscribe()
     }
 
-    /// Records one single-position decode step of `layers` at cache `position` that took
-    /// `cpu_s` CPU seconds.
-    pub fn record(&self, layers: &Range<usize>, position: usize, cpu_s: f64) {
+    /// Records one single-position decode step of `layers` at cache `position`.
+    pub fn record(&self, layers: &Range<usize>, position: usize, cost: StepCost) {
         let Ok(mut s) = self.state.lock() else { return };
         s.last_step = Instant::now();
-        if !(cpu_s.is_finite() && cpu_s > 0.0) {
+        let fine = |x: f64| x.is_finite() && x > 0.0;
+        if !(fine(cost.thread_s) && fine(cost.process_s)) {
             return;
         }
-        if s.paces.layers != *layers {
-            s.paces = Paces {
-                layers: layers.clone(),
-                best: BTreeMap::new(),
-            };
+        if s.layers != *layers {
+            s.layers = layers.clone();
+            s.baselines.clear();
             s.window.clear();
             s.pending = None;
         }
-        s.window.push((cpu_s, position));
+        s.window.push((cost, position));
         if s.window.len() < s.cfg.window {
             return;
         }
-        let mut paces: Vec<f64> = s.window.iter().map(|w| w.0).collect();
-        let mut positions: Vec<usize> = s.window.iter().map(|w| w.1).collect();
-        s.window.clear();
-        paces.sort_by(f64::total_cmp);
+        let window = std::mem::take(&mut s.window);
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let pace = StepCost {
+            thread_s: median(window.iter().map(|w| w.0.thread_s).collect()),
+            process_s: median(window.iter().map(|w| w.0.process_s).collect()),
+        };
+        let mut positions: Vec<usize> = window.iter().map(|w| w.1).collect();
         positions.sort_unstable();
-        let pace = paces[paces.len() / 2];
         let bucket = bucket(positions[positions.len() / 2]);
         let current = s.current;
-        let Some(best) = s.paces.best.get(&bucket).copied() else {
-            // A new context length: its full-speed pace is this one at the current factor.
-            s.paces.best.insert(bucket, pace * current);
+        let base = s.baselines.entry(bucket).or_insert(Baseline {
+            pace: StepCost {
+                thread_s: 0.0,
+                process_s: 0.0,
+            },
+            windows: 0,
+            exact: current >= 1.0,
+        });
+        if base.windows < 2 {
+            // Learning this range's pace: the slower of two windows, as at full speed.
+            base.pace.thread_s = base.pace.thread_s.max(pace.thread_s * current);
+            base.pace.process_s = base.pace.process_s.max(pace.process_s * current);
+            base.windows += 1;
             return;
-        };
-        let share = (best / pace).min(1.0);
-        if share >= 1.0 {
-            s.paces.best.insert(bucket, pace);
         }
-        let proposal = if share > s.cfg.above {
-            1.0
-        } else if share < s.cfg.below || current < 1.0 {
-            ((share * 20.0).round() / 20.0).clamp(0.05, 0.95)
+        let base = *base;
+        let share = (base.pace.thread_s / pace.thread_s)
+            .max(base.pace.process_s / pace.process_s)
+            .min(1.0);
+        let proposal = if current < 1.0 {
+            // Throttled: only recovery counts.
+            (share > s.cfg.above).then_some(1.0)
+        } else if share < s.cfg.below && base.exact {
+            Some(((share * 20.0).round() / 20.0).clamp(0.05, 0.95))
         } else {
-            current
+            None
         };
-        if (proposal - current).abs() < 0.1 && !(proposal == 1.0 && current < 1.0) {
+        let Some(proposal) = proposal else {
             s.pending = None;
             return;
-        }
+        };
+        let held = s.changed.is_some_and(|t| t.elapsed() < s.cfg.hold);
         match s.pending {
-            Some(p) if (p - proposal).abs() < 0.1 => {
+            Some(p) if (p - proposal).abs() < 0.1 && !held => {
+                tracing::info!(
+                    share = proposal,
+                    thread_ms = pace.thread_s * 1e3,
+                    process_ms = pace.process_s * 1e3,
+                    full_speed_thread_ms = base.pace.thread_s * 1e3,
+                    full_speed_process_ms = base.pace.process_s * 1e3,
+                    bucket,
+                    "speed watch: two windows agree"
+                );
                 s.pending = None;
                 s.current = proposal;
+                s.changed = Some(Instant::now());
                 let _ = self.tx.send((proposal < 1.0).then_some(proposal));
             }
             _ => s.pending = Some(proposal),
@@ -355,6 +407,7 @@ impl SpeedWatch {
             s.current = 1.0;
             s.pending = None;
             s.window.clear();
+            s.changed = Some(Instant::now());
             let _ = self.tx.send(None);
         }
     }
@@ -363,6 +416,13 @@ impl SpeedWatch {
 /// CPU time of the calling thread.
 pub fn thread_cpu() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// CPU time of the whole process (every thread).
+pub fn process_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
         .map(Duration::from)
         .unwrap_or_default()
 }
@@ -452,27 +512,38 @@ mod tests {
         assert_eq!(hottest(root.path()), Some(55.0));
     }
 
-    fn watch() -> SpeedWatch {
+    fn watch(hold_ms: u64) -> SpeedWatch {
         SpeedWatch::new(WatchConfig {
             window: 5,
             below: 0.6,
             above: 0.85,
+            hold: Duration::from_millis(hold_ms),
             idle_recover: Duration::from_millis(50),
         })
     }
 
-    /// Feeds `windows` windows of steps of `pace` CPU seconds at `position`.
-    fn feed(w: &SpeedWatch, windows: usize, pace: f64, position: usize) {
+    /// Feeds `windows` windows of steps costing `thread` and `process` CPU seconds.
+    fn feed_both(w: &SpeedWatch, windows: usize, (thread, process): (f64, f64), position: usize) {
         for _ in 0..windows * 5 {
-            w.record(&(0..4), position, pace);
+            let cost = StepCost {
+                thread_s: thread,
+                process_s: process,
+            };
+            w.record(&(0..4), position, cost);
         }
+    }
+
+    /// Feeds windows of steps of `pace` CPU seconds on the thread and the process alike.
+    fn feed(w: &SpeedWatch, windows: usize, pace: f64, position: usize) {
+        feed_both(w, windows, (pace, pace), position);
     }
 
     #[test]
     fn a_sustained_slowdown_is_reported_once_and_recovery_too() {
-        let w = watch();
+        let w = watch(0);
         let rx = w.subscribe();
-        feed(&w, 3, 0.010, 20);
+        // Two windows learn the pace, then it holds.
+        feed(&w, 4, 0.010, 20);
         assert_eq!(*rx.borrow(), None);
         // One slow window is noise.
         feed(&w, 1, 0.040, 20);
@@ -481,8 +552,8 @@ mod tests {
         // Two in a row: throttled to a quarter.
         feed(&w, 2, 0.040, 20);
         assert_eq!(*rx.borrow(), Some(0.25));
-        // Staying there changes nothing; nor does a small wobble.
-        feed(&w, 4, 0.038, 20);
+        // Staying there, or slowing further, changes nothing: only recovery counts.
+        feed(&w, 4, 0.080, 20);
         assert_eq!(*rx.borrow(), Some(0.25));
         // Back to speed for two windows.
         feed(&w, 1, 0.010, 20);
@@ -492,8 +563,34 @@ mod tests {
     }
 
     #[test]
+    fn only_a_slowdown_of_both_thread_and_process_counts() {
+        let w = watch(0);
+        let rx = w.subscribe();
+        feed(&w, 2, 0.010, 20);
+        // The model thread did the pool's share (its threads were descheduled).
+        feed_both(&w, 4, (0.020, 0.010), 20);
+        // Other threads of the process worked beside the step.
+        feed_both(&w, 4, (0.010, 0.030), 20);
+        assert_eq!(*rx.borrow(), None);
+        feed_both(&w, 2, (0.030, 0.030), 20);
+        assert_eq!(*rx.borrow(), Some(0.35));
+    }
+
+    #[test]
+    fn changes_are_held_apart() {
+        let w = watch(60_000);
+        let rx = w.subscribe();
+        feed(&w, 2, 0.010, 20);
+        feed(&w, 2, 0.040, 20);
+        assert_eq!(*rx.borrow(), Some(0.25));
+        // Recovered at once: not announced within the hold.
+        feed(&w, 4, 0.010, 20);
+        assert_eq!(*rx.borrow(), Some(0.25));
+    }
+
+    #[test]
     fn moderate_noise_and_longer_contexts_are_not_throttling() {
-        let w = watch();
+        let w = watch(0);
         let rx = w.subscribe();
         feed(&w, 2, 0.010, 20);
         // 30% slower: above the 0.6 threshold.
@@ -502,17 +599,21 @@ mod tests {
         feed(&w, 6, 0.030, 2000);
         assert_eq!(*rx.borrow(), None);
         // A new stage range starts over.
-        for _ in 0..10 {
-            w.record(&(4..9), 20, 0.050);
+        for _ in 0..20 {
+            let cost = StepCost {
+                thread_s: 0.050,
+                process_s: 0.050,
+            };
+            w.record(&(4..9), 20, cost);
         }
         assert_eq!(*rx.borrow(), None);
     }
 
     #[test]
     fn an_idle_throttled_node_counts_as_cooled() {
-        let w = watch();
+        let w = watch(0);
         let rx = w.subscribe();
-        feed(&w, 1, 0.010, 20);
+        feed(&w, 2, 0.010, 20);
         feed(&w, 2, 0.050, 20);
         assert_eq!(*rx.borrow(), Some(0.2));
         w.tick();

@@ -5,7 +5,8 @@
 //!   tokens of an undisturbed run;
 //! - a stage node whose steps run four times slower (the knob spends the time on the CPU, as a
 //!   throttled core does) is re-planned once, with the cause "throttled to ...", and not again
-//!   while requests keep coming.
+//!   while requests keep coming; the other nodes, sharing the cores with it, are not taken
+//!   for throttled.
 
 // Tests fail by panicking: unwrap and expect are the assertions here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,11 +23,17 @@ use serde_json::Value;
 use shoal_node::launch::{self, LaunchOptions, LocalSwarm};
 
 const PROMPT: [u32; 4] = [87, 104, 121, 32];
-const MAX_TOKENS: usize = 160;
+/// Tokens per request: the battery test's generation must outlast the re-plan by a margin
+/// (about 3 s of generation against about 0.3 s to re-plan, on the 2-core machine).
+const MAX_TOKENS: usize = 600;
+/// Tokens per request of the throttle test (kept in the first context-length bucket).
+const THROTTLE_TOKENS: usize = 100;
 /// Tokens streamed before the battery is unplugged.
 const UNPLUG_AFTER: usize = 8;
-/// How long requests keep coming after the throttle, to see that nothing more happens.
-const THROTTLED_FOR: Duration = Duration::from_secs(25);
+/// How long requests keep coming after the throttle: the re-plan waits out
+/// `planner.min_replan_interval_ms` (30 s by default) since the plan in force, and then
+/// nothing more may happen.
+const THROTTLED_FOR: Duration = Duration::from_secs(45);
 
 /// Three nodes, each with memory for half the model, reading their own power folders.
 async fn swarm(dir: &Path, model: &Path) -> (LocalSwarm, Value) {
@@ -121,7 +128,7 @@ async fn a_stage_on_battery_below_the_floor_hands_its_layers_over_mid_generation
     let origin = (0..3).find(|&i| i != phone).unwrap();
     let phone_id = swarm.nodes[phone].id.clone();
     let expected = greedy_tokens(&swarm, origin, &PROMPT, MAX_TOKENS).await;
-    assert!(expected.len() > UNPLUG_AFTER * 4, "{expected:?}");
+    assert!(expected.len() > MAX_TOKENS / 2, "{expected:?}");
 
     // Stream the same request; unplug the phone at 10% once a few tokens arrived.
     let start = Instant::now();
@@ -226,8 +233,10 @@ async fn a_throttled_stage_is_re_planned_once() {
     let origin = (0..3).find(|&i| i != hot).unwrap();
     let hot_id = swarm.nodes[hot].id.clone();
     // Full speed first, so the watch knows the stage's pace.
-    let expected = greedy_tokens(&swarm, origin, &PROMPT, MAX_TOKENS).await;
-    let _ = greedy_tokens(&swarm, origin, &PROMPT, MAX_TOKENS).await;
+    let expected = greedy_tokens(&swarm, origin, &PROMPT, THROTTLE_TOKENS).await;
+    for _ in 0..3 {
+        let _ = greedy_tokens(&swarm, origin, &PROMPT, THROTTLE_TOKENS).await;
+    }
 
     let (_, _, knob) = launch::power_paths(&dir.path().join("swarm"), hot);
     std::fs::write(&knob, "4\n").unwrap();
@@ -236,7 +245,7 @@ async fn a_throttled_stage_is_re_planned_once() {
     let (seen, watcher) = watch_plans(&swarm, origin, start, stop.clone());
     let mut requests = 0;
     while start.elapsed() < THROTTLED_FOR {
-        let got = greedy_tokens(&swarm, origin, &PROMPT, MAX_TOKENS).await;
+        let got = greedy_tokens(&swarm, origin, &PROMPT, THROTTLE_TOKENS).await;
         assert_eq!(got, expected, "request {requests} gave other tokens");
         requests += 1;
     }

@@ -102,16 +102,24 @@ impl NodeTask {
             }
             (None, None) => Some(Trigger::NoPlan),
         };
-        let trigger = trigger
-            .or_else(|| {
-                plan_members.as_ref().and_then(|_| {
-                    power_trigger(
-                        &self.power_baseline,
-                        &self.power_states(),
-                        &self.power_policy(),
-                    )
-                })
+        // A member's power change names the cause before a link's drift (a throttled node's
+        // hops slow down too); a battery re-plans at once, a speed change waits out the
+        // hysteresis interval as a link's does.
+        let power = plan_members
+            .as_ref()
+            .and_then(|_| {
+                power_trigger(
+                    &self.power_baseline,
+                    &self.power_states(),
+                    &self.power_policy(),
+                )
             })
+            .filter(|t| since >= self.policy().min_interval || !t.is_speed());
+        let trigger = match trigger {
+            None | Some(Trigger::LinkDrift { .. }) if power.is_some() => power,
+            t => t,
+        };
+        let trigger = trigger
             .or((self.seen_epoch > self.gate.epoch()).then_some(Trigger::Behind))
             .or(self.prefetch_done().then_some(Trigger::Fetched));
         let Some(trigger) = trigger else {

@@ -181,6 +181,7 @@ pub async fn start(
         window: pc.throttle_window.max(3),
         below: pc.throttle_below,
         above: pc.recover_above.max(pc.throttle_below),
+        hold: ms(pc.throttle_hold_ms),
         idle_recover: ms(pc.idle_recover_ms),
     }));
     let (view_tx, view_rx) = watch::channel(Arc::new(View::empty(me)));

@@ -329,20 +329,20 @@ fn run_one(runner: Option<&mut StageRunner>, job: RunJob, speed: Option<&SpeedWa
         }),
         Some(r) => {
             let t = Instant::now();
-            let cpu = power::thread_cpu();
+            let (thread, process) = (power::thread_cpu(), power::process_cpu());
             let decode = job.outputs == 1 && positions(&job.input) == 1;
             let (layers, position) = (job.layers.clone(), job.position);
             let result = r.run_verify(job.session, job.position, job.input, job.outputs);
             power::stretch(
-                power::thread_cpu().saturating_sub(cpu),
+                power::process_cpu().saturating_sub(process),
                 power::test_slowdown(),
             );
             if let (Some(w), true, true) = (speed, decode, result.is_ok()) {
-                w.record(
-                    &layers,
-                    position,
-                    power::thread_cpu().saturating_sub(cpu).as_secs_f64(),
-                );
+                let cost = power::StepCost {
+                    thread_s: power::thread_cpu().saturating_sub(thread).as_secs_f64(),
+                    process_s: power::process_cpu().saturating_sub(process).as_secs_f64(),
+                };
+                w.record(&layers, position, cost);
             }
             result
                 .map(|output| Computed {
@@ -372,10 +372,10 @@ fn run_batch(r: &mut StageRunner, batch: Vec<RunJob>) {
         .map(|j| ((j.session, j.position, j.input), j.reply))
         .unzip();
     let n = jobs.len();
-    let cpu = power::thread_cpu();
+    let cpu = power::process_cpu();
     let result = r.run_batch(&jobs);
     power::stretch(
-        power::thread_cpu().saturating_sub(cpu),
+        power::process_cpu().saturating_sub(cpu),
         power::test_slowdown(),
     );
     match result {
