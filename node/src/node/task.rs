@@ -175,7 +175,7 @@ pub async fn start(
         temp_c: None,
         throttle: None,
     };
-    let power_rx = spawn_power(&cfg.power, cancel.clone()).await;
+    let power_rx = spawn_power(&cfg.power, cancel.clone());
     let pc = &cfg.power;
     let speed = Arc::new(power::SpeedWatch::new(power::WatchConfig {
         window: pc.throttle_window.max(3),
@@ -360,9 +360,9 @@ async fn wait_listen(net: &NetworkHandle, listeners: usize) -> Vec<Multiaddr> {
     }
 }
 
-/// Reads the battery and temperature once, then every `poll_ms` on a blocking thread (it may
-/// run `termux-battery-status`), publishing changes on the returned channel.
-async fn spawn_power(
+/// Reads the battery and temperature at once and then every `poll_ms`, on a blocking thread (it
+/// may run `termux-battery-status`), publishing changes on the returned channel.
+fn spawn_power(
     cfg: &crate::config::PowerConfig,
     cancel: CancellationToken,
 ) -> watch::Receiver<power::Reading> {
@@ -378,13 +378,16 @@ async fn spawn_power(
             .unwrap_or_default()
     };
     let every = ms(cfg.poll_ms.max(100));
-    let (tx, rx) = watch::channel(read(reader.clone()).await);
+    let (tx, rx) = watch::channel(power::Reading::default());
     tokio::spawn(async move {
+        // The first reading at once (off the start path), then every `poll_ms`.
+        let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
+            wait = every;
             let reading = read(reader.clone()).await;
             tx.send_if_modified(|old| {
                 let changed = *old != reading;
