@@ -135,31 +135,13 @@ async fn a_stage_on_battery_below_the_floor_hands_its_layers_over_mid_generation
     let stop = tokio_util::sync::CancellationToken::new();
     let (seen, watcher) = watch_plans(&swarm, origin, start, stop.clone());
     let swarm_dir = dir.path().join("swarm");
-    let mut tokens: Vec<u32> = Vec::new();
-    let mut unplugged_at = None;
-    let mut last: Option<Value> = None;
     let request = greedy_request(&PROMPT, MAX_TOKENS, true);
-    let status = swarm
-        .post_sse(origin, "/v1/completions", &request, |d| {
-            if d == "[DONE]" {
-                return;
-            }
-            let v: Value = serde_json::from_str(d).unwrap();
-            for t in v["choices"][0]["token_ids"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-            {
-                tokens.push(t.as_u64().unwrap() as u32);
-            }
-            if tokens.len() >= UNPLUG_AFTER && unplugged_at.is_none() {
-                set_battery(&swarm_dir, phone, 10, "Discharging");
-                unplugged_at = Some(start.elapsed().as_secs_f64());
-            }
-            last = Some(v);
-        })
-        .await
-        .unwrap();
+    let run = stream_then(&swarm, origin, &request, UNPLUG_AFTER, || {
+        set_battery(&swarm_dir, phone, 10, "Discharging");
+    })
+    .await;
+    let (status, tokens, last) = (run.status, run.tokens, run.last);
+    let unplugged_at = run.signalled_at.map(|t| (t - start).as_secs_f64());
     let ended = start.elapsed().as_secs_f64();
     // The next plan without the phone, as every node agrees on it.
     let epoch = plan["epoch"].as_u64().unwrap();

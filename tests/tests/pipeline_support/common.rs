@@ -198,9 +198,29 @@ pub(crate) async fn stream_disturbed(
     (pid, signal): (u32, &str),
     after: usize,
 ) -> Disturbed {
+    stream_then(swarm, origin, request, after, || {
+        let ok = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    })
+    .await
+}
+
+/// Streams `request` from node `origin` and runs `disturb` once, when `after` tokens have
+/// arrived (`Disturbed::signalled_at` is when).
+pub(crate) async fn stream_then(
+    swarm: &LocalSwarm,
+    origin: usize,
+    request: &Value,
+    after: usize,
+    disturb: impl FnOnce(),
+) -> Disturbed {
     let mut tokens: Vec<u32> = Vec::new();
     let mut signalled_at = None;
     let mut last: Option<Value> = None;
+    let mut disturb = Some(disturb);
     let status = swarm
         .post_sse(origin, "/v1/completions", request, |d| {
             if d == "[DONE]" {
@@ -214,12 +234,10 @@ pub(crate) async fn stream_disturbed(
             {
                 tokens.push(t.as_u64().unwrap() as u32);
             }
-            if tokens.len() >= after && signalled_at.is_none() {
-                let ok = std::process::Command::new("kill")
-                    .args([signal, &pid.to_string()])
-                    .status()
-                    .unwrap();
-                assert!(ok.success());
+            if tokens.len() >= after
+                && let Some(f) = disturb.take()
+            {
+                f();
                 signalled_at = Some(std::time::Instant::now());
             }
             last = Some(v);
