@@ -690,26 +690,35 @@ fn speculation_is_per_token_and_moves_the_optimum() {
     );
 }
 
+/// A layer of 10 MB and 1 GFLOP sending 1000 bytes on (the two-device tests below).
+fn gflop_layer() -> Layer {
+    Layer {
+        flops: 1e9,
+        param_bytes: 1e7,
+        read_bytes: None,
+        kv_bytes_per_token: 0.0,
+        out_bytes: 1000.0,
+    }
+}
+
+/// A device of `flops` with 1 GB and no memory-bandwidth term or overhead.
+fn device(id: &str, flops: f64) -> Device {
+    Device {
+        id: id.into(),
+        flops,
+        mem_bw: None,
+        mem_bytes: 1e9,
+        overhead_s: 0.0,
+    }
+}
+
 /// The fetch term: a joiner that holds nothing gets layers only when the horizon pays for the
 /// transfer, or when nothing else fits; explain reports the one-time seconds.
 #[test]
 fn fetch_horizon_decides_whether_layers_move() {
     // 4 layers of 10 MB and 1 GFLOP: 0.1 s each on "a" (holds all), 0.01 s on "b" (holds
     // nothing); 80 Mbit/s, 2 ms RTT between them.
-    let layer = Layer {
-        flops: 1e9,
-        param_bytes: 1e7,
-        read_bytes: None,
-        kv_bytes_per_token: 0.0,
-        out_bytes: 1000.0,
-    };
-    let device = |id: &str, flops: f64| Device {
-        id: id.into(),
-        flops,
-        mem_bw: None,
-        mem_bytes: 1e9,
-        overhead_s: 0.0,
-    };
+    let layer = gflop_layer();
     let fetch = |horizon_tokens: f64| Fetch {
         horizon_tokens,
         holds: [("b".to_string(), vec![])].into_iter().collect(),
@@ -808,20 +817,7 @@ fn battery_charge_moves_layers_to_mains() {
     // 10 layers of 10 MB and 1 GFLOP: 0.025 s each on the phone "p", 0.05 s on the mains
     // device "m" (the origin). The phone draws 4 W at 0.1 s per joule: its factor is 0.4 / level,
     // so it is the cheaper device above 40% charge and the dearer one below.
-    let layer = Layer {
-        flops: 1e9,
-        param_bytes: 1e7,
-        read_bytes: None,
-        kv_bytes_per_token: 0.0,
-        out_bytes: 1000.0,
-    };
-    let device = |id: &str, flops: f64| Device {
-        id: id.into(),
-        flops,
-        mem_bw: None,
-        mem_bytes: 1e9,
-        overhead_s: 0.0,
-    };
+    let layer = gflop_layer();
     let at = |level: f64| Scenario {
         model: Model {
             name: "energy".into(),

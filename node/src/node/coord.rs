@@ -94,11 +94,12 @@ impl NodeTask {
             .baseline
             .as_ref()
             .map_or(std::time::Duration::MAX, |(_, t)| t.elapsed());
+        let policy = self.policy();
         let trigger = match (baseline, plan_members.as_deref()) {
-            (Some(b), _) => replan_trigger(Some(b), &members, &links, since, &self.policy()),
+            (Some(b), _) => replan_trigger(Some(b), &members, &links, since, &policy),
             // A plan without a local baseline (restored from the store): membership only.
             (None, Some(pm)) => {
-                replan_trigger(Some((pm, &links)), &members, &links, since, &self.policy())
+                replan_trigger(Some((pm, &links)), &members, &links, since, &policy)
             }
             (None, None) => Some(Trigger::NoPlan),
         };
@@ -114,7 +115,7 @@ impl NodeTask {
                     &self.power_policy(),
                 )
             })
-            .filter(|t| since >= self.policy().min_interval || !t.is_speed());
+            .filter(|t| since >= policy.min_interval || !t.is_speed());
         let trigger = match trigger {
             None | Some(Trigger::LinkDrift { .. }) if power.is_some() => power,
             t => t,
